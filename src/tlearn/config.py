@@ -1,0 +1,109 @@
+"""The one typed configuration of a training run, readable from and written to YAML or JSON.
+
+Built once (defaults ← `--config` file ← command-line flags), passed down unchanged, and saved resolved as
+`RUN/config.yaml` so `tlearn train --config RUN/config.yaml` repeats the run exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tlearn.backbone_registry import DEFAULT_BACKBONE
+from tlearn.discovery import DEFAULT_SPLIT_FRACTIONS
+from tlearn.errors import TlearnError
+from tlearn.images import DEFAULT_MAX_IMAGE_PIXELS
+
+
+class TrainConfig(BaseModel):
+    """Everything that decides what a training run computes.
+
+    Example:
+        >>> config = TrainConfig(data="data/", mode="finetune", epochs=10)
+        >>> config.backbone
+        'tf_efficientnet_lite0'
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # What to learn from
+    data: Path
+    split: tuple[float, float, float] = DEFAULT_SPLIT_FRACTIONS  # train / val / test for DATA/<class>/*
+    max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, gt=0)
+    # Backbone
+    backbone: str = DEFAULT_BACKBONE
+    weights: Path | None = None  # local checkpoint instead of embedded / downloaded weights
+    # Training
+    mode: Literal["linear", "finetune"] = "linear"
+    epochs: int = Field(12, ge=1)  # fine-tuning epochs (the linear head is fitted in closed form)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)  # peak learning rate of the top layer; lower layers get less
+    layer_decay: float = Field(0.6, gt=0, le=1)  # learning-rate factor from one layer group to the one below
+    unfreeze_every: int = Field(1, ge=1)  # epochs between unfreezing the next layer group (from the top)
+    weight_decay: float = Field(0.05, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    warmup_epochs: float = Field(1.0, ge=0)
+    patience: int = Field(4, ge=1)  # early stopping: epochs without validation improvement
+    augment: Literal["trivial", "basic", "none"] = "trivial"
+    balance: Literal["auto", "on", "off"] = "auto"  # class-weighted loss; auto: when imbalance > 3:1
+    seed: int = 0
+    # Where and how to compute
+    device: str = "auto"
+    workers: int | None = Field(None, ge=0)  # decoding processes; None: chosen from the core count
+
+    @field_validator("split")
+    @classmethod
+    def _split_sums_to_one(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(part < 0 for part in value) or value[0] <= 0 or value[1] <= 0:
+            raise ValueError("split needs positive train and val fractions and a non-negative test fraction")
+        total = sum(value)
+        return tuple(part / total for part in value)
+
+    def to_yaml(self) -> str:
+        """The resolved configuration as YAML (paths as strings)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def parse_split(text: str) -> tuple[float, float, float]:
+    """`"0.6,0.2,0.2"`, `"60/20/20"` or `"80,20,0"` → normalised fractions."""
+    parts = [part for part in text.replace("/", ",").split(",") if part.strip()]
+    try:
+        values = tuple(float(part) for part in parts)
+    except ValueError:
+        raise TlearnError(f"--split {text!r}: expected three numbers such as 0.6,0.2,0.2 or 60/20/20") from None
+    if len(values) != 3:
+        raise TlearnError(f"--split {text!r}: expected three numbers (train, val, test)")
+    return values
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a dict of settings (validated when combined)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise TlearnError(f"{path}: cannot read config ({error.strerror or error})") from None
+    try:
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as error:
+        raise TlearnError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({error})") from None
+    if not isinstance(values, dict):
+        raise TlearnError(f"{path}: expected a mapping of settings, got {type(values).__name__}")
+    return values
+
+
+def build_config(file_values: dict[str, Any] | None = None, **overrides: Any) -> TrainConfig:
+    """Defaults ← values from a config file ← explicit overrides (None means "not given")."""
+    values = dict(file_values or {})
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    try:
+        return TrainConfig(**values)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in issue['loc']) or 'config'}: {issue['msg']}" for issue in error.errors()
+        )
+        raise TlearnError(f"invalid configuration: {problems}") from None

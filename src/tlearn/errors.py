@@ -1,0 +1,30 @@
+"""Errors a user can act on.
+
+Every error a user can fix (a missing folder, an empty class, a file that is not a model) is a
+`TlearnError`: the CLI prints its message as one line and exits with code 2, without a traceback.
+Anything else is a bug in tlearn and keeps its traceback (shown with `--debug`).
+"""
+
+from __future__ import annotations
+
+
+class TlearnError(Exception):
+    """A problem with the user's input or environment, explained in one line."""
+
+    exit_code = 2
+
+
+class DataError(TlearnError):
+    """The data folder cannot be used: missing, empty classes, fewer than two classes."""
+
+
+class BackboneError(TlearnError):
+    """The backbone cannot be built: unknown name, weights unavailable offline, incompatible checkpoint."""
+
+
+class ModelFileError(TlearnError):
+    """A model directory or file is missing, incomplete or not a tlearn model."""
+
+
+class RunDirError(TlearnError):
+    """The run directory cannot be used (for example it already holds another run)."""

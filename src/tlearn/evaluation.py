@@ -1,0 +1,83 @@
+"""`tlearn evaluate`: metrics of a saved model on a labelled folder, in the schema of a run's metrics.json."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tlearn import atomic
+from tlearn.classifier import Classifier
+from tlearn.discovery import discover_for_evaluation
+from tlearn.errors import DataError
+from tlearn.metrics import classification_metrics
+from tlearn.progress import Progress
+
+
+@dataclass
+class Evaluation:
+    """Metrics of one split and the per-image outcome."""
+
+    split: str
+    metrics: dict[str, dict[str, Any]]  # {split: metrics}
+    predictions: list[dict[str, Any]]  # path, label, predicted, confidence, probabilities
+    skipped: list[dict[str, str]]
+
+
+def evaluate_folder(
+    classifier: Classifier,
+    data: str | Path,
+    *,
+    split: str | None = None,
+    out: str | Path | None = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> Evaluation:
+    """Evaluate `classifier` on a labelled folder; write `out/metrics.json` and `out/predictions.csv` if given.
+
+    A pre-split folder is evaluated on its test split (val when there is no test); a folder of class
+    sub-folders as a whole, unless `split` names one of its hash splits. Unreadable files are skipped and
+    listed, not fatal.
+
+    Raises:
+        DataError: the folder holds a class the model does not know, or no usable image.
+    """
+    progress = progress or Progress()
+    source, split_name = discover_for_evaluation(data, split=split)
+    unknown = sorted({image.label for image in source.images} - set(classifier.classes))
+    if unknown:
+        raise DataError(f"{source.root}: class folder(s) {', '.join(unknown)} are not among the model's classes "
+                        f"({', '.join(classifier.classes)})")
+    index = {name: i for i, name in enumerate(classifier.classes)}
+    paths = [image.path for image in source.images]
+    probabilities, failures = classifier.predict_files_probabilities(
+        paths, batch_size=batch_size, workers=workers, progress=progress
+    )
+    usable = [position for position in range(len(paths)) if position not in failures]
+    if not usable:
+        raise DataError(f"{source.root}: none of the {len(paths)} image(s) could be decoded")
+    labels = np.asarray([index[source.images[p].label] for p in usable], dtype=np.int64)
+    metrics = {split_name: classification_metrics(labels, probabilities[usable], classifier.classes)}
+    predictions = [
+        {
+            "path": source.images[p].relpath,
+            "label": source.images[p].label,
+            "predicted": classifier.classes[int(probabilities[p].argmax())],
+            "confidence": round(float(probabilities[p].max()), 6),
+            **{f"p_{name}": round(float(value), 6) for name, value in zip(classifier.classes, probabilities[p],
+                                                                           strict=True)},
+        }
+        for p in usable
+    ]
+    skipped = [{"path": source.images[p].relpath, "reason": reason} for p, reason in sorted(failures.items())]
+    if out is not None:
+        out = Path(out)
+        atomic.write_json(out / "metrics.json", metrics)
+        columns = ["path", "label", "predicted", "confidence", *[f"p_{name}" for name in classifier.classes]]
+        atomic.write_csv(out / "predictions.csv", predictions, columns)
+        atomic.write_json(out / "data_report.json", {"data": str(source.root), "split": split_name,
+                                                     "skipped": skipped, "ignored": source.ignored})
+    return Evaluation(split_name, metrics, predictions, skipped)

@@ -1,0 +1,113 @@
+"""The model directory: `model.safetensors` + `config.json`, written atomically, read without unpickling.
+
+A tlearn model is an ordinary timm model: `timm.create_model(config["arch"], num_classes=len(classes))`
+loads `model.safetensors` strictly. `config.json` adds what timm does not know: the class names in order,
+the preprocessing, where the backbone came from, and the calibration temperature. Nothing here imports
+torch, so a linear head can be saved on the cached-embedding path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors.numpy import save as save_numpy_safetensors
+
+from tlearn import __version__, atomic
+from tlearn.errors import ModelFileError
+from tlearn.preprocess import Preprocessing
+
+MODEL_FORMAT = "tlearn-model"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+class ModelConfig(BaseModel):
+    """Contents of a model directory's `config.json`."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    format: Literal["tlearn-model"] = MODEL_FORMAT
+    format_version: int = 1
+    tlearn_version: str = __version__
+    arch: str  # timm model name the weights load into
+    backbone: dict[str, str]  # name, arch, weights origin, key (see BackboneRef.describe)
+    classes: list[str] = Field(min_length=2)
+    preprocessing: dict[str, Any]
+    embedding_dim: int
+    classifier_keys: tuple[str, str]
+    mode: Literal["linear", "finetune"]
+    temperature: float = 1.0  # divide logits by this before the softmax (calibration)
+    created: str = Field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    metrics: dict[str, dict[str, float]] = Field(default_factory=dict)  # split → headline figures
+
+    def preprocessing_spec(self) -> Preprocessing:
+        """The preprocessing as an object."""
+        return Preprocessing.from_dict(self.preprocessing)
+
+
+def linear_model_state(
+    backbone_state: Mapping[str, np.ndarray], classifier_keys: tuple[str, str], weight: np.ndarray, bias: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The backbone's state dict with its classifier replaced by a trained linear head."""
+    weight_key, bias_key = classifier_keys
+    state = {name: value for name, value in backbone_state.items() if name not in classifier_keys}
+    state[weight_key] = np.ascontiguousarray(weight, dtype=np.float32)
+    state[bias_key] = np.ascontiguousarray(bias, dtype=np.float32)
+    return state
+
+
+def save_model(folder: str | Path, state: Mapping[str, np.ndarray], config: ModelConfig) -> Path:
+    """Write the model directory atomically (a crash leaves the previous model or none, never half)."""
+    folder = Path(folder)
+    payload = save_numpy_safetensors(
+        {name: np.ascontiguousarray(value) for name, value in state.items()}, metadata={"format": "pt"}
+    )
+    with atomic.replace_directory(folder) as staging:
+        (staging / WEIGHTS_FILE).write_bytes(payload)
+        (staging / CONFIG_FILE).write_text(config.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return folder
+
+
+def update_config(folder: str | Path, **changes: Any) -> ModelConfig:
+    """Change fields of a saved model's config.json (atomically); returns the new config."""
+    folder = model_folder(folder)
+    updated = read_config(folder).model_copy(update=changes)
+    atomic.write_text(folder / CONFIG_FILE, updated.model_dump_json(indent=2) + "\n")
+    return updated
+
+
+def model_folder(path: str | Path) -> Path:
+    """The model directory for `path`: the directory itself, a run directory holding `model/`, or a file in it.
+
+    Raises:
+        ModelFileError: nothing that looks like a tlearn model is there.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such model directory")
+    if path.is_file() and path.name in (CONFIG_FILE, WEIGHTS_FILE):
+        path = path.parent
+    for candidate in (path, path / "model"):
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate
+    raise ModelFileError(f"{path}: not a tlearn model directory (expected {CONFIG_FILE} and {WEIGHTS_FILE})")
+
+
+def read_config(path: str | Path) -> ModelConfig:
+    """Load and validate `config.json` of a model directory."""
+    folder = model_folder(path)
+    config_path = folder / CONFIG_FILE
+    try:
+        config = ModelConfig.model_validate(json.loads(config_path.read_text(encoding="utf-8")))
+    except (ValueError, ValidationError) as error:
+        first = str(error).strip().splitlines()[0]
+        raise ModelFileError(f"{config_path}: not a valid tlearn model config ({first})") from None
+    if not (folder / WEIGHTS_FILE).is_file():
+        raise ModelFileError(f"{folder}: {WEIGHTS_FILE} is missing")
+    return config
