@@ -39,6 +39,7 @@ class TrainConfig(BaseModel):
     weights: Path | None = None  # local checkpoint instead of embedded / downloaded weights
     # Training
     mode: Literal["linear", "finetune"] = "linear"
+    refit: bool = True  # linear: refit the head on train + val with the chosen C (only when a test split exists)
     epochs: int = Field(12, ge=1)  # fine-tuning epochs (the linear head is fitted in closed form)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)  # peak learning rate of the top layer; lower layers get less

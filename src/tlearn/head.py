@@ -84,24 +84,11 @@ def fit_linear_head(
         >>> fit = fit_linear_head(train_x, train_y, val_x, val_y, 2)  # doctest: +SKIP
         >>> fit.head.probabilities(test_x)  # doctest: +SKIP
     """
-    from sklearn.exceptions import ConvergenceWarning  # deferred: see SKLEARN_MODULES
-    from sklearn.linear_model import LogisticRegression
-
-    mean = train_x.mean(axis=0)
-    scale = train_x.std(axis=0)
-    scale[scale < 1e-6] = 1.0  # constant features: weights stay ~0 under L2, keep them finite
-    train_z = (train_x - mean) / scale
-    model = LogisticRegression(
-        C=c_grid[0], max_iter=2000, class_weight="balanced" if balanced else None, warm_start=True, random_state=seed
-    )
+    solver = _StandardizedLogisticRegression(train_x, train_y, num_classes, balanced=balanced, seed=seed)
     best: tuple[tuple[float, float], float, LinearHead] | None = None
     candidates: list[dict[str, float]] = []
     for c in sorted(c_grid):
-        model.set_params(C=c)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            model.fit(train_z, train_y)
-        head = _fold_standardization(model, mean, scale, num_classes)
+        head = solver.fit(c)
         train_probabilities = head.probabilities(train_x)
         val_probabilities = head.probabilities(val_x)
         row = {
@@ -117,6 +104,36 @@ def fit_linear_head(
             best = (score, c, head)
     assert best is not None
     return HeadFit(head=best[2], c=best[1], candidates=candidates)
+
+
+def refit_linear_head(
+    x: np.ndarray, y: np.ndarray, num_classes: int, c: float, *, balanced: bool = False, seed: int = 0
+) -> LinearHead:
+    """Fit once with a chosen C, e.g. on train + val after C was chosen on val (more data, same recipe)."""
+    return _StandardizedLogisticRegression(x, y, num_classes, balanced=balanced, seed=seed).fit(c)
+
+
+class _StandardizedLogisticRegression:
+    """sklearn's L-BFGS logistic regression on standardised inputs, warm-started from one C to the next."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, num_classes: int, *, balanced: bool, seed: int) -> None:
+        from sklearn.linear_model import LogisticRegression  # deferred: see SKLEARN_MODULES
+
+        self.mean = x.mean(axis=0)
+        self.scale = x.std(axis=0)
+        self.scale[self.scale < 1e-6] = 1.0  # constant features: weights stay ~0 under L2, keep them finite
+        self.z, self.y, self.num_classes = (x - self.mean) / self.scale, y, num_classes
+        self.model = LogisticRegression(max_iter=2000, class_weight="balanced" if balanced else None,
+                                        warm_start=True, random_state=seed)
+
+    def fit(self, c: float) -> LinearHead:
+        from sklearn.exceptions import ConvergenceWarning
+
+        self.model.set_params(C=c)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            self.model.fit(self.z, self.y)
+        return _fold_standardization(self.model, self.mean, self.scale, self.num_classes)
 
 
 def _fold_standardization(model, mean: np.ndarray, scale: np.ndarray, num_classes: int) -> LinearHead:

@@ -23,7 +23,7 @@ from tlearn.data_report import CheckedData, check_data, summary_lines
 from tlearn.discovery import discover
 from tlearn.errors import DataError
 from tlearn.features import FeatureExtractor
-from tlearn.head import SKLEARN_MODULES, fit_linear_head
+from tlearn.head import SKLEARN_MODULES, fit_linear_head, refit_linear_head
 from tlearn.metrics import classification_metrics
 from tlearn.model_files import ModelConfig, linear_model_state, save_model
 from tlearn.progress import Progress
@@ -96,8 +96,19 @@ def run_training(config: TrainConfig, *, out: str | Path, overwrite: bool = Fals
     head_started = time.perf_counter()
     fit = fit_linear_head(features["train"], labels["train"], features["val"], labels["val"], len(source.classes),
                           balanced=balanced, seed=config.seed)
-    head_seconds = time.perf_counter() - head_started
     chosen = next(row for row in fit.candidates if row["c"] == fit.c)
+    evaluated = [split for split in EVALUATED_SPLITS if len(labels[split])]
+    # Validation figures come from the head fitted on train alone (honest); the saved head is then refit on
+    # train + val with the chosen C when a test split keeps the final evaluation untouched.
+    probabilities = {split: fit.head.probabilities(features[split]) for split in evaluated}
+    head = fit.head
+    refit = config.mode == "linear" and config.refit and "test" in evaluated
+    if refit:
+        head = refit_linear_head(np.concatenate([features["train"], features["val"]]),
+                                 np.concatenate([labels["train"], labels["val"]]), len(source.classes), fit.c,
+                                 balanced=balanced, seed=config.seed)
+        probabilities["test"] = head.probabilities(features["test"])
+    head_seconds = time.perf_counter() - head_started
     history = [history_row(0, "linear head", chosen["train_loss"], chosen["train_accuracy"], chosen["val_loss"],
                            chosen["val_accuracy"], None, head_seconds)]
     info = embedded.info
@@ -106,9 +117,7 @@ def run_training(config: TrainConfig, *, out: str | Path, overwrite: bool = Fals
         preprocessing=info.preprocessing.to_dict(), embedding_dim=info.num_features,
         classifier_keys=info.classifier_keys, mode=config.mode,
     )
-    state = linear_model_state(extractor.stored_weights(progress), info.classifier_keys, fit.head.weight, fit.head.bias)
-    evaluated = [split for split in EVALUATED_SPLITS if len(labels[split])]
-    probabilities = {split: fit.head.probabilities(features[split]) for split in evaluated}
+    state = linear_model_state(extractor.stored_weights(progress), info.classifier_keys, head.weight, head.bias)
     finetune_summary: dict[str, Any] = {}
     if config.mode == "finetune":
         from tlearn.finetune import LabelledFiles, finetune  # deferred: imports torch
@@ -133,7 +142,8 @@ def run_training(config: TrainConfig, *, out: str | Path, overwrite: bool = Fals
         "seconds": round(time.perf_counter() - started, 3),
         "embedding": {"cache_hits": embedded.cache_hits, "computed": embedded.computed,
                       "seconds": round(embedded.seconds, 3), "corrupt_cache_entries": embedded.corrupt_cache_entries},
-        "head": {"c": fit.c, "balanced_loss": balanced, "candidates": fit.candidates},
+        "head": {"c": fit.c, "balanced_loss": balanced, "refit_on_train_and_val": refit,
+                 "candidates": fit.candidates},
         "finetune": finetune_summary,
         "model_bytes": (run_dir / "model" / "model.safetensors").stat().st_size,
     }
