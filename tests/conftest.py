@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -85,3 +88,62 @@ def write_broken_files(folder: Path) -> dict[str, str]:
 def tiny_data(tmp_path: Path) -> Path:
     """Two well-separated classes, 16 images each (auto split)."""
     return make_class_folder(tmp_path / "data", {"red": 16, "blue": 16})
+
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium (Debian's `chromium`) driven by Playwright; skipped where missing, except in CI."""
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    if executable is None or sync_playwright is None:
+        missing = "chromium (apt-get install chromium)" if executable is None else "playwright (pip install -e .[dev])"
+        if os.environ.get("CI"):
+            pytest.fail(f"browser tests need {missing}")
+        pytest.skip(f"browser tests need {missing}")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+TINY_BACKBONE = "test_efficientnet"  # timm's 0.36M-parameter test network (160 x 160): export tests run in seconds
+
+
+def tiny_backbone_weights(folder: Path) -> Path:
+    """Seeded random weights for TINY_BACKBONE as a local file (no download; features still separate colours)."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    path = folder / f"{TINY_BACKBONE}.safetensors"
+    save_file(timm.create_model(TINY_BACKBONE, pretrained=False).state_dict(), path)
+    return path
+
+
+@dataclass
+class ExportedModel:
+    data: Path  # red squares and blue circles, the model's training folder
+    run: Path  # the run directory (model in run / "model")
+    onnx: Path  # its verified fp32 ONNX export
+    export: Any  # tlearn.export.ExportResult of that export
+
+
+@pytest.fixture(scope="session")
+def exported_model(tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
+    """A tiny model trained once per session and exported to ONNX (shared by export, inference and serve tests)."""
+    import tlearn
+    from tlearn.export import export_model
+
+    root = tmp_path_factory.mktemp("exported")
+    data = make_class_folder(root / "data", {"red": 14, "blue": 14})
+    run = tlearn.train(data, out=root / "run", backbone=TINY_BACKBONE, weights=tiny_backbone_weights(root), quiet=True)
+    result = export_model(run.model_path, root / "model.onnx", check_data=data)
+    return ExportedModel(data, run.path, result.path, result)

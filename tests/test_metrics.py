@@ -23,3 +23,12 @@ def test_values_and_schema():
 def test_class_absent_from_split():
     metrics = classification_metrics(np.array([0, 0]), np.array([[0.9, 0.1], [0.4, 0.6]]), ["a", "b"])
     assert metrics["per_class"]["b"]["support"] == 0 and metrics["accuracy"] == 0.5
+
+
+def test_ece_always_and_top5_accuracy_beyond_five_classes():
+    two = classification_metrics(np.array([0, 1]), np.array([[0.9, 0.1], [0.6, 0.4]]), ["a", "b"])
+    assert abs(two["ece"] - (0.1 + 0.6) / 2) < 1e-12 and "top5_accuracy" not in two
+    labels = np.arange(8)
+    probabilities = np.roll(np.eye(8), 1, axis=1) * 0.5 + np.eye(8) * 0.3 + 0.2 / 8  # truth always second
+    many = classification_metrics(labels, probabilities, [f"c{i}" for i in range(8)])
+    assert many["accuracy"] == 0.0 and many["top5_accuracy"] == 1.0

@@ -34,7 +34,8 @@ def test_linear_run_writes_the_contract(tiny_data, tmp_path):
     with open(out / "history.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert rows[0]["stage"] == "linear head" and list(rows[0]) == [
-        "epoch", "stage", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+        "epoch", "stage", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds",
+        "images_per_second"]
     assert yaml.safe_load((out / "config.yaml").read_text())["mode"] == "linear"
     assert not leftover_temporaries(out)
     assert run.metrics == metrics

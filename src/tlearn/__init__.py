@@ -25,17 +25,25 @@ _EXPORTS = {
     "TrainConfig": "tlearn.config",
     "Run": "tlearn.training",
     "Classifier": "tlearn.classifier",
-    "Prediction": "tlearn.classifier",
+    "OnnxClassifier": "tlearn.onnx_classifier",
+    "InferenceEngine": "tlearn.inference",
+    "Prediction": "tlearn.inference",
+    "export_model": "tlearn.export",
     "TlearnError": "tlearn.errors",
+    "write_report": "tlearn.report",
 }
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
     from tlearn.api import evaluate, load, train
-    from tlearn.classifier import Classifier, Prediction
+    from tlearn.classifier import Classifier
     from tlearn.config import TrainConfig
     from tlearn.demo_data import demo
     from tlearn.errors import TlearnError
+    from tlearn.export import export_model
+    from tlearn.inference import InferenceEngine, Prediction
+    from tlearn.onnx_classifier import OnnxClassifier
+    from tlearn.report import write_report
     from tlearn.training import Run
 
 

@@ -80,8 +80,11 @@ class BackboneRef:
         return info.preprocessing if info else None
 
     def describe(self) -> dict[str, str]:
-        """What a run records about its backbone."""
-        return {"name": self.name, "arch": self.arch, "weights": self.weights, "key": self.key}
+        """What a run records about its backbone (enough for `resolve_described` to find it again)."""
+        described = {"name": self.name, "arch": self.arch, "weights": self.weights, "key": self.key}
+        if self.source == "file":
+            described["weights_path"] = str(self.weights_path)
+        return described
 
 
 def resolve_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = None) -> BackboneRef:
@@ -116,6 +119,23 @@ def resolve_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = 
                            _key(arch, identity))
     return BackboneRef(name, arch, "hub", f"timm pretrained {arch} (downloaded from the Hugging Face hub)", None,
                        _key(arch, f"hub:{arch}"))
+
+
+def resolve_described(described: Mapping[str, str]) -> BackboneRef:
+    """The backbone a model was built from (as `BackboneRef.describe` recorded it), resolved on this machine.
+
+    Raises:
+        BackboneError: its weights file is gone, or the weights here differ from the recorded ones.
+
+    Example:
+        >>> resolve_described(resolve_backbone("lite0").describe()).arch
+        'tf_efficientnet_lite0'
+    """
+    ref = resolve_backbone(described["name"], described.get("weights_path"))
+    if ref.key != described["key"]:
+        raise BackboneError(f"backbone {described['name']}: the weights here ({ref.weights}) are not the ones "
+                            f"the model was built from ({described['weights']})")
+    return ref
 
 
 def _key(arch: str, weights_identity: str) -> str:

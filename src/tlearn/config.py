@@ -42,19 +42,24 @@ class TrainConfig(BaseModel):
     refit: bool = True  # linear: refit the head on train + val with the chosen C (only when a test split exists)
     epochs: int = Field(12, ge=1)  # fine-tuning epochs (the linear head is fitted in closed form)
     batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-3, gt=0)  # peak learning rate of the top layer; lower layers get less
+    lr: float = Field(1e-4, gt=0)  # peak learning rate of the top layer; lower layers get less
     layer_decay: float = Field(0.6, gt=0, le=1)  # learning-rate factor from one layer group to the one below
     unfreeze_every: int = Field(1, ge=1)  # epochs between unfreezing the next layer group (from the top)
     weight_decay: float = Field(0.05, ge=0)
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     warmup_epochs: float = Field(1.0, ge=0)
     patience: int = Field(4, ge=1)  # early stopping: epochs without validation improvement
-    augment: Literal["trivial", "basic", "none"] = "trivial"
+    augment: Literal["trivial", "basic", "none"] = "basic"
     balance: Literal["auto", "on", "off"] = "auto"  # class-weighted loss; auto: when imbalance > 3:1
     seed: int = 0
+    calibrate: bool = False  # fit a temperature on val (temperature scaling) and store it in the model
     # Where and how to compute
     device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # fine-tuning autocast; auto: bf16/fp16 on GPU
+    compile: bool = False  # torch.compile the model for fine-tuning
     workers: int | None = Field(None, ge=0)  # decoding processes; None: chosen from the core count
+    # Tracking
+    mlflow: str | None = None  # MLflow tracking URI (server URL or local folder) to log the run to
 
     @field_validator("split")
     @classmethod

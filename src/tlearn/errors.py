@@ -28,3 +28,7 @@ class ModelFileError(TlearnError):
 
 class RunDirError(TlearnError):
     """The run directory cannot be used (for example it already holds another run)."""
+
+
+class ExportError(TlearnError):
+    """An export failed its check against the PyTorch model (nothing is written), or cannot be made."""

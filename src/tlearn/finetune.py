@@ -12,12 +12,20 @@ Recipe (ULMFiT / Keras transfer-learning guide / timm fine-tuning practice):
   small to re-estimate them;
 * early stopping on validation, keeping the best state (the linear warm start counts as epoch 0, so
   fine-tuning can never end worse on validation than the linear model).
+
+Runs are resumable: a checkpoint is written atomically after every epoch (`tlearn.checkpoint`), and SIGTERM is
+turned into the same clean stop as Ctrl-C. Under torchrun the model is wrapped in DistributedDataParallel,
+each rank sees its DistributedSampler share, and validation is sharded and gathered so every rank takes the
+same early-stopping decisions; only rank 0 writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,18 +35,28 @@ import timm
 import torch
 from timm.models import group_parameters
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from tlearn.augment import train_transform
+from tlearn.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from tlearn.classifier import Classifier
 from tlearn.config import TrainConfig
 from tlearn.devices import autocast_dtype, resolve_device
+from tlearn.distributed import DistributedContext, unshard
+from tlearn.errors import TlearnError
 from tlearn.head import cross_entropy
 from tlearn.images import load_rgb
 from tlearn.loader import default_workers
 from tlearn.model_files import ModelConfig
 from tlearn.progress import Progress
 from tlearn.rundir import history_row
+from tlearn.tracking import Tracker
+
+
+class Interrupted(TlearnError):
+    """Training was stopped by Ctrl-C or SIGTERM; the last completed epoch is checkpointed."""
+
+    exit_code = 130
 
 
 @dataclass
@@ -74,6 +92,22 @@ class _TrainImages(Dataset):
         return self.transform(picture), int(self.files.labels[index])
 
 
+@dataclass
+class _Setup:
+    """Everything the epoch loop works with."""
+
+    model: nn.Module
+    evaluator: Classifier
+    groups: list[list[tuple[str, nn.Parameter]]]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    loader: DataLoader
+    loss_fn: nn.Module
+    device: torch.device
+    precision: torch.dtype | None
+
+
 def finetune(
     *,
     config: TrainConfig,
@@ -81,9 +115,13 @@ def finetune(
     initial_state: dict[str, np.ndarray],
     splits: dict[str, LabelledFiles],
     class_weights: np.ndarray | None,
+    run_dir: Path,
+    resume: bool,
+    dist: DistributedContext,
+    tracker: Tracker,
     progress: Progress,
 ) -> FinetuneOutcome:
-    """Fine-tune the model described by `model_config`, starting from `initial_state`.
+    """Fine-tune the model described by `model_config`, starting from `initial_state` (or the checkpoint).
 
     Args:
         config: the run's configuration (epochs, learning rates, augmentation, device, seed...).
@@ -91,112 +129,201 @@ def finetune(
         initial_state: backbone weights with the fitted linear head in the classifier slot.
         splits: "train", "val" and optionally "test" files with labels.
         class_weights: per-class loss weights for imbalanced data, or None.
+        run_dir: where checkpoints go (`RUN/checkpoints/last`).
+        resume: continue from the checkpoint in `run_dir` instead of starting at epoch 0.
+        dist: this process's rank in a torchrun job (rank 0 of 1 when alone).
+        tracker: receives per-epoch scalars.
         progress: status lines and bars.
+
+    Raises:
+        Interrupted: Ctrl-C or SIGTERM arrived; the run can be resumed from its last checkpoint.
     """
     torch.manual_seed(config.seed)
+    setup = _setup(config, model_config, initial_state, splits["train"], class_weights, dist)
+    if resume:
+        checkpoint = load_checkpoint(run_dir)
+        setup.model.load_state_dict(checkpoint.model_state)
+        setup.optimizer.load_state_dict(checkpoint.optimizer)
+        setup.scheduler.load_state_dict(checkpoint.scheduler)
+        setup.scaler.load_state_dict(checkpoint.scaler)
+        checkpoint.restore_rng()
+        state, best_state = checkpoint.state, checkpoint.best_state
+        progress.info(f"resuming after epoch {state.epoch} of {config.epochs} (best so far: epoch {state.best_epoch})")
+    else:
+        val_loss, val_accuracy, _ = _evaluate(setup.evaluator, splits["val"], config, dist, progress)
+        state = TrainingState(epoch=0, history=[history_row(0, "linear head", None, None, val_loss, val_accuracy,
+                                                            None, 0.0)],
+                              best_score=(val_accuracy, -val_loss), best_epoch=0, stale_epochs=0, images_seen=0,
+                              train_seconds=0.0)
+        best_state = copy.deepcopy(setup.model.state_dict())
+        _checkpoint(run_dir, setup, best_state, state, dist)
+        progress.info(f"fine-tuning {len(setup.groups)} layer groups for up to {config.epochs} epochs "
+                      f"(start: val accuracy {val_accuracy:.3f}, loss {val_loss:.3f})")
+
+    with _stop_on_sigterm():
+        try:
+            best_state = _epochs(setup, config, splits, state, best_state, run_dir, dist, tracker, progress)
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted after epoch {state.epoch}; continue with the same command plus --resume "
+                              f"(checkpoint: {run_dir / 'checkpoints' / 'last'})") from None
+
+    setup.model.load_state_dict(best_state)
+    probabilities = {split: _evaluate(setup.evaluator, files, config, dist, progress)[2]
+                     for split, files in splits.items() if split != "train"}
+    return FinetuneOutcome(
+        state={name: value.detach().cpu().numpy() for name, value in setup.model.state_dict().items()},
+        history=state.history,
+        best_epoch=state.best_epoch,
+        probabilities=probabilities,
+        images_per_second=state.images_seen / state.train_seconds if state.train_seconds else 0.0,
+    )
+
+
+def _epochs(
+    setup: _Setup,
+    config: TrainConfig,
+    splits: dict[str, LabelledFiles],
+    state: TrainingState,
+    best_state: dict[str, torch.Tensor],
+    run_dir: Path,
+    dist: DistributedContext,
+    tracker: Tracker,
+    progress: Progress,
+) -> dict[str, torch.Tensor]:
+    """Train epoch after epoch from `state.epoch + 1`, updating `state` in place; returns the best state."""
+    groups = setup.groups
+    trainer, trainer_unfrozen = setup.model, 0
+    while state.epoch < config.epochs and state.stale_epochs < config.patience:
+        epoch = state.epoch + 1
+        unfrozen = min(len(groups), 1 + math.ceil(epoch / config.unfreeze_every))
+        _set_trainable(setup.model, groups, unfrozen)
+        if unfrozen != trainer_unfrozen:  # DDP registers the trainable parameters when it wraps
+            trainer, trainer_unfrozen = _wrap_for_training(setup.model, setup.device, dist,
+                                                           compile_model=config.compile), unfrozen
+        _reseed_epoch(setup.loader, config.seed, epoch)
+        started = time.perf_counter()
+        loss_sum, correct, seen = train_one_epoch(trainer, setup, progress, epoch)
+        loss_sum, correct, seen = (sum(values) for values in zip(*dist.gather((loss_sum, correct, seen)),
+                                                                  strict=True))
+        seconds = time.perf_counter() - started
+        val_loss, val_accuracy, _ = _evaluate(setup.evaluator, splits["val"], config, dist, progress)
+        images_per_second = seen / seconds if seconds else 0.0
+        row = history_row(epoch, f"unfreeze {unfrozen}/{len(groups)}", loss_sum / max(seen, 1), correct / max(seen, 1),
+                          val_loss, val_accuracy, setup.optimizer.param_groups[-1]["lr"],
+                          time.perf_counter() - started, images_per_second)
+        state.history.append(row)
+        state.epoch, state.images_seen, state.train_seconds = epoch, state.images_seen + seen, state.train_seconds + seconds
+        tracker.log_metrics({"train/loss": row["train_loss"], "train/accuracy": row["train_accuracy"],
+                             "val/loss": val_loss, "val/accuracy": val_accuracy, "lr": row["lr"],
+                             "train/images_per_second": images_per_second}, step=epoch)
+        progress.info(f"epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.3f} acc "
+                      f"{row['train_accuracy']:.3f} | val loss {val_loss:.3f} acc {val_accuracy:.3f} | "
+                      f"{images_per_second:.1f} img/s")
+        if (val_accuracy, -val_loss) > state.best_score:
+            state.best_score, state.best_epoch, state.stale_epochs = (val_accuracy, -val_loss), epoch, 0
+            best_state = copy.deepcopy(setup.model.state_dict())
+        else:
+            state.stale_epochs += 1
+            if state.stale_epochs >= config.patience:
+                progress.info(f"early stop: no validation improvement for {config.patience} epochs")
+        _checkpoint(run_dir, setup, best_state, state, dist)
+    return best_state
+
+
+def train_one_epoch(trainer: nn.Module, setup: _Setup, progress: Progress, epoch: int) -> tuple[float, int, int]:
+    """One pass over this rank's training data; returns the summed loss, correct answers and images seen."""
+    total_loss, correct, seen = 0.0, 0, 0
+    device, precision = setup.device, setup.precision
+    with progress.bar(total=len(setup.loader.sampler), desc=f"epoch {epoch}") as bar:
+        for images, labels in setup.loader:
+            images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            labels = labels.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=precision or torch.float32, enabled=precision is not None):
+                logits = trainer(images)
+                loss = setup.loss_fn(logits.float(), labels)
+            setup.optimizer.zero_grad(set_to_none=True)
+            setup.scaler.scale(loss).backward()
+            setup.scaler.step(setup.optimizer)
+            setup.scaler.update()
+            setup.scheduler.step()
+            total_loss += float(loss.detach()) * len(labels)
+            correct += int((logits.detach().argmax(1) == labels).sum())
+            seen += len(labels)
+            bar.update(len(labels))
+    return total_loss, correct, seen
+
+
+def _setup(
+    config: TrainConfig,
+    model_config: ModelConfig,
+    initial_state: dict[str, np.ndarray],
+    train_files: LabelledFiles,
+    class_weights: np.ndarray | None,
+    dist: DistributedContext,
+) -> _Setup:
     device = resolve_device(config.device)
+    if device.type == "cuda" and dist.enabled:
+        device = torch.device("cuda", dist.local_rank)
     model = timm.create_model(model_config.arch, pretrained=False, num_classes=len(model_config.classes))
     model.load_state_dict({name: torch.from_numpy(np.array(value)) for name, value in initial_state.items()})
     evaluator = Classifier(model, model_config, device)  # shares `model`; evaluates with eval preprocessing
     groups = _layer_groups(model)
     optimizer = _optimizer(groups, config)
-    loader = _train_loader(splits["train"], model_config, config, device)
-    total_steps = config.epochs * len(loader)
+    loader = _train_loader(train_files, model_config, config, device, dist)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _warmup_cosine(total_steps, warmup_steps=round(config.warmup_epochs * len(loader)))
+        optimizer, _warmup_cosine(config.epochs * len(loader), warmup_steps=round(config.warmup_epochs * len(loader)))
     )
+    precision = _precision(config.precision, device)
     weights = torch.tensor(class_weights, dtype=torch.float32, device=device) if class_weights is not None else None
-    loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
-    precision = autocast_dtype(device)
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
-
-    val_loss, val_accuracy, _ = _evaluate(evaluator, splits["val"], config, progress)
-    history = [history_row(0, "linear head", None, None, val_loss, val_accuracy, 0.0, 0.0)]
-    best = (val_accuracy, -val_loss)
-    best_epoch, best_state = 0, copy.deepcopy(model.state_dict())
-    progress.info(f"fine-tuning {len(groups)} layer groups for up to {config.epochs} epochs "
-                  f"(start: val accuracy {val_accuracy:.3f}, loss {val_loss:.3f})")
-    stale, images_seen, train_seconds = 0, 0, 0.0
-    for epoch in range(1, config.epochs + 1):
-        unfrozen = min(len(groups), 1 + math.ceil(epoch / config.unfreeze_every))
-        _set_trainable(model, groups, unfrozen)
-        started = time.perf_counter()
-        train_loss, train_accuracy, seen = train_one_epoch(
-            model, loader, optimizer, scheduler, loss_fn, device, precision, scaler, progress, epoch
-        )
-        seconds = time.perf_counter() - started
-        images_seen, train_seconds = images_seen + seen, train_seconds + seconds
-        val_loss, val_accuracy, _ = _evaluate(evaluator, splits["val"], config, progress)
-        history.append(history_row(epoch, f"unfreeze {unfrozen}/{len(groups)}", train_loss, train_accuracy,
-                                    val_loss, val_accuracy, optimizer.param_groups[-1]["lr"],
-                                    time.perf_counter() - started))
-        progress.info(f"epoch {epoch}/{config.epochs}: train loss {train_loss:.3f} acc {train_accuracy:.3f} | "
-                      f"val loss {val_loss:.3f} acc {val_accuracy:.3f} | {seen / seconds:.1f} img/s")
-        if (val_accuracy, -val_loss) > best:
-            best, best_epoch, best_state, stale = (val_accuracy, -val_loss), epoch, copy.deepcopy(model.state_dict()), 0
-        else:
-            stale += 1
-            if stale >= config.patience:
-                progress.info(f"early stop: no validation improvement for {config.patience} epochs")
-                break
-
-    model.load_state_dict(best_state)
-    probabilities = {
-        split: _evaluate(evaluator, files, config, progress)[2] for split, files in splits.items() if split != "train"
-    }
-    return FinetuneOutcome(
-        state={name: value.detach().cpu().numpy() for name, value in model.state_dict().items()},
-        history=history,
-        best_epoch=best_epoch,
-        probabilities=probabilities,
-        images_per_second=images_seen / train_seconds if train_seconds else 0.0,
-    )
+    return _Setup(model, evaluator, groups, optimizer, scheduler,
+                  torch.amp.GradScaler(device.type, enabled=precision == torch.float16), loader,
+                  nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing), device, precision)
 
 
-def train_one_epoch(
-    model: nn.Module,
-    loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    loss_fn: nn.Module,
-    device: torch.device,
-    precision: torch.dtype | None,
-    scaler: torch.amp.GradScaler,
-    progress: Progress,
-    epoch: int,
-) -> tuple[float, float, int]:
-    """One pass over the training data; returns mean loss, accuracy and the number of images seen."""
-    total_loss, correct, seen = 0.0, 0, 0
-    with progress.bar(total=len(loader.dataset), desc=f"epoch {epoch}") as bar:
-        for images, labels in loader:
-            images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            labels = labels.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=precision or torch.float32, enabled=precision is not None):
-                logits = model(images)
-                loss = loss_fn(logits.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            total_loss += float(loss.detach()) * len(labels)
-            correct += int((logits.argmax(1) == labels).sum())
-            seen += len(labels)
-            bar.update(len(labels))
-    return total_loss / max(seen, 1), correct / max(seen, 1), seen
+def _precision(choice: str, device: torch.device) -> torch.dtype | None:
+    """`auto`: bf16 (or fp16) autocast on GPU, fp32 on CPU; explicit choices are honoured where possible."""
+    if choice == "auto":
+        return autocast_dtype(device)
+    if choice == "fp32":
+        return None
+    if choice == "fp16" and device.type != "cuda":
+        raise TlearnError("--precision fp16 needs a CUDA GPU (use bf16 or fp32 on CPU)")
+    return torch.bfloat16 if choice == "bf16" else torch.float16
+
+
+def _wrap_for_training(model: nn.Module, device: torch.device, dist: DistributedContext, *, compile_model: bool):
+    """DDP wrapper (rebuilt when the set of trainable parameters changes) and optional torch.compile."""
+    trainer = model
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trainer = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(trainer) if compile_model else trainer
+
+
+def _checkpoint(
+    run_dir: Path, setup: _Setup, best_state: dict[str, torch.Tensor], state: TrainingState, dist: DistributedContext
+) -> None:
+    if dist.is_main:
+        save_checkpoint(run_dir, model_state=setup.model.state_dict(), best_state=best_state,
+                        optimizer=setup.optimizer, scheduler=setup.scheduler, scaler=setup.scaler, state=state)
+    dist.barrier()
 
 
 def _evaluate(
-    evaluator: Classifier, files: LabelledFiles, config: TrainConfig, progress: Progress
+    evaluator: Classifier, files: LabelledFiles, config: TrainConfig, dist: DistributedContext, progress: Progress
 ) -> tuple[float, float, np.ndarray]:
-    """Loss, accuracy and probabilities on a split, with the evaluation preprocessing."""
+    """Loss, accuracy and probabilities on a split (sharded over ranks, gathered on all of them)."""
     evaluator.model.eval()
+    paths = dist.shard(files.paths)
     probabilities, failures = evaluator.predict_files_probabilities(
-        files.paths, batch_size=config.batch_size, workers=config.workers, progress=progress
+        paths, batch_size=config.batch_size, workers=config.workers, progress=progress
     )
     if failures:
         position, reason = next(iter(failures.items()))
-        raise RuntimeError(f"{files.paths[position]}: became unreadable during training ({reason})")
+        raise TlearnError(f"{paths[position]}: became unreadable during training ({reason})")
+    if dist.enabled:
+        probabilities = np.stack(unshard([list(part) for part in dist.gather(probabilities)], len(files.paths)))
     accuracy = float((probabilities.argmax(1) == files.labels).mean())
     return cross_entropy(probabilities, files.labels), accuracy, probabilities
 
@@ -242,19 +369,44 @@ def _warmup_cosine(total_steps: int, *, warmup_steps: int):
     return factor
 
 
-def _train_loader(files: LabelledFiles, model_config: ModelConfig, config: TrainConfig, device: torch.device):
+def _train_loader(
+    files: LabelledFiles, model_config: ModelConfig, config: TrainConfig, device: torch.device,
+    dist: DistributedContext,
+) -> DataLoader:
     workers = config.workers if config.workers is not None else default_workers(accelerator=device.type == "cuda")
     dataset = _TrainImages(files, train_transform(model_config.preprocessing_spec(), augment=config.augment),
                            config.max_image_pixels)
-    generator = torch.Generator().manual_seed(config.seed)
+    per_rank = math.ceil(len(dataset) / dist.world_size)
+    batch_size = min(config.batch_size, per_rank)
+    sampler = DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
+                                 seed=config.seed) if dist.enabled else None
     return DataLoader(
         dataset,
-        batch_size=min(config.batch_size, len(dataset)),
-        shuffle=True,
-        drop_last=len(dataset) > config.batch_size,
+        batch_size=batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=per_rank > batch_size,
         num_workers=workers,
-        persistent_workers=workers > 0,
         pin_memory=device.type == "cuda",
-        generator=generator,
+        generator=torch.Generator(),
     )
 
+
+def _reseed_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
+    """Shuffling and augmentation depend only on (seed, epoch), so a resumed run replays the same epochs."""
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+    loader.generator.manual_seed(seed * 1000 + epoch)
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm():
+    """Let SIGTERM stop training like Ctrl-C (main thread only; signal handlers cannot be set elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -33,6 +33,10 @@ class ImageDecodeError(Exception):
     """This file cannot be used as an image; the message is the reason, for the data report."""
 
 
+class ImageTooLargeError(ImageDecodeError):
+    """The image has more pixels than allowed (a possible decompression bomb); refused before decoding."""
+
+
 def is_image_name(path: str | Path) -> bool:
     """Whether the file name has one of the supported image extensions (any case)."""
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
@@ -84,7 +88,7 @@ def load_rgb(
             picture = Image.open(source)
         width, height = picture.size
         if width * height > max_pixels:
-            raise ImageDecodeError(
+            raise ImageTooLargeError(
                 f"too many pixels ({width}x{height} = {width * height:,} > limit {max_pixels:,}; "
                 "possible decompression bomb)"
             )
@@ -98,7 +102,7 @@ def load_rgb(
     except UnidentifiedImageError:
         raise ImageDecodeError("not an image (format not recognised)") from None
     except Image.DecompressionBombError as error:
-        raise ImageDecodeError(f"too many pixels ({error}; possible decompression bomb)") from None
+        raise ImageTooLargeError(f"too many pixels ({error}; possible decompression bomb)") from None
     except OSError as error:
         raise ImageDecodeError(f"truncated or corrupt image ({error})") from None
     except (SyntaxError, ValueError, TypeError, IndexError, KeyError, EOFError, MemoryError) as error:

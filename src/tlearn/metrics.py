@@ -7,7 +7,10 @@ from typing import Any
 
 import numpy as np
 
+from tlearn.calibration import expected_calibration_error
 from tlearn.head import cross_entropy
+
+TOP_K = 5  # top-k accuracy is reported when there are more classes than this
 
 
 def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> dict[str, Any]:
@@ -19,9 +22,9 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, classe
         classes: class names in index order.
 
     Returns:
-        `accuracy`, `balanced_accuracy`, `macro_f1`, `weighted_f1`, `loss` (cross-entropy), `per_class`
-        ({class: precision, recall, f1, support}), `confusion_matrix` (rows: true class, columns: predicted),
-        `classes` and `n`.
+        `accuracy`, `balanced_accuracy`, `macro_f1`, `weighted_f1`, `loss` (cross-entropy), `ece` (expected
+        calibration error), `top5_accuracy` (only with more than 5 classes), `per_class` ({class: precision,
+        recall, f1, support}), `confusion_matrix` (rows: true class, columns: predicted), `classes` and `n`.
 
     Example:
         >>> classification_metrics(np.array([0, 1]), np.array([[0.9, 0.1], [0.2, 0.8]]), ["a", "b"])["accuracy"]
@@ -33,6 +36,7 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, classe
         confusion_matrix,
         f1_score,
         precision_recall_fscore_support,
+        top_k_accuracy_score,
     )
 
     predictions = probabilities.argmax(axis=1)
@@ -44,12 +48,17 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, classe
             labels, predictions, labels=indices, zero_division=0
         )
         balanced = balanced_accuracy_score(labels, predictions) if len(labels) else 0.0
+    top_k = {}
+    if len(classes) > TOP_K and len(labels):
+        top_k[f"top{TOP_K}_accuracy"] = float(top_k_accuracy_score(labels, probabilities, k=TOP_K, labels=indices))
     return {
         "accuracy": float(accuracy_score(labels, predictions)) if len(labels) else 0.0,
         "balanced_accuracy": float(balanced),
         "macro_f1": float(f1_score(labels, predictions, labels=indices, average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(labels, predictions, labels=indices, average="weighted", zero_division=0)),
         "loss": cross_entropy(probabilities, labels) if len(labels) else 0.0,
+        "ece": expected_calibration_error(probabilities, labels),
+        **top_k,
         "per_class": {
             name: {
                 "precision": float(precision[index]),
