@@ -66,6 +66,15 @@ def test_int8_static_export_agrees_with_fp32(capsys, exported_model, tmp_path):
     assert all(p.label == p.source.split("/")[-2] for p in predictions)
 
 
+def test_int8_without_calibration_data_is_dynamic_and_says_what_it_covers(exported_model, tmp_path):
+    result = export_model(exported_model.run, tmp_path / "dynamic.onnx", int8=True, check_data=exported_model.data)
+    assert result.precision == "int8-dynamic" and "MatMul/Gemm" in result.notes[0]
+    assert result.checks[1].limit == "agreement ≥ 99%" and result.checks[1].passed
+    graph = onnx.load(str(result.path)).graph
+    assert any(node.op_type == "DynamicQuantizeLinear" for node in graph.node)
+    assert not any(node.op_type == "ConvInteger" for node in graph.node)  # convolutions stay fp32
+
+
 def test_torchscript_export_round_trips_with_its_config(exported_model, tmp_path):
     result = export_model(exported_model.run, tmp_path / "model.pt", export_format="torchscript")
     check = result.checks[0]

@@ -18,6 +18,7 @@ import io
 import json
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -81,7 +82,13 @@ class ExportCheck:
 
 @dataclass
 class ExportResult:
-    """What was written, and the checks it passed."""
+    """What was written, and the checks it passed.
+
+    Example:
+        >>> result = export_model("runs/ants", "ants.onnx")  # doctest: +SKIP
+        >>> result.precision, result.size_bytes, all(check.passed for check in result.checks)  # doctest: +SKIP
+        ('fp32', 13652197, True)
+    """
 
     path: Path
     export_format: str
@@ -141,17 +148,13 @@ def export_model(
     calibration_files = _image_files(calibration_data, MAX_CALIBRATION_IMAGES) if calibration_data else []
     if calibration_data and not calibration_files:
         raise ExportError(f"{calibration_data}: no image files for calibration")
-    check_pixels, image_source, real_images = _check_images(classifier, check_data, calibration_files, progress)
+    check_set = _check_set(classifier, check_data, calibration_files, progress)
     graph = probability_graph(classifier)
-    reference = _run_batched(classifier.probabilities, check_pixels)
     if export_format == "torchscript":
-        payload, checks = _torchscript(graph, classifier, check_pixels, reference, image_source, limits, progress)
+        payload, checks = _torchscript(graph, check_set, limits, progress)
         precision, notes = "fp32", []
     else:
-        payload, checks, precision, notes = _onnx(
-            graph, classifier, check_pixels, reference, image_source, real_images, calibration_files, int8, opset,
-            limits, progress,
-        )
+        payload, checks, precision, notes = _onnx(graph, check_set, calibration_files, int8, opset, limits, progress)
     atomic.write_bytes(out, payload)
     return ExportResult(out, export_format, precision, len(payload), time.perf_counter() - started, checks, notes)
 
@@ -177,11 +180,7 @@ def probability_graph(classifier: Classifier) -> nn.Module:
 
 def _onnx(
     graph: nn.Module,
-    classifier: Classifier,
-    check_pixels: np.ndarray,
-    reference: np.ndarray,
-    image_source: str,
-    real_images: bool,
+    check_set: _CheckSet,
     calibration_files: list[Path],
     int8: bool,
     opset: int,
@@ -189,6 +188,7 @@ def _onnx(
     progress: Progress,
 ) -> tuple[bytes, list[ExportCheck], str, list[str]]:
     """Export (and quantize) to ONNX, check each stage; returns (file bytes, checks, precision, notes)."""
+    classifier = check_set.classifier
     progress.info(f"exporting to ONNX (opset {opset}, dynamic batch)...")
     with tempfile.TemporaryDirectory(prefix="tlearn-export-") as work:
         fp32_path = Path(work) / "fp32.onnx"
@@ -196,18 +196,17 @@ def _onnx(
         _describe(fp32_proto, classifier, {"format": "onnx", "precision": "fp32", "opset": opset})
         fp32_path.write_bytes(fp32_proto.SerializeToString())
         fp32 = OnnxClassifier.load(fp32_path)
-        fp32_probabilities = _run_batched(fp32.probabilities, check_pixels)
-        checks = [_compare("onnx fp32 vs pytorch", fp32_probabilities, reference, image_source,
-                           max_abs_diff=limits.max_abs_diff)]
+        fp32_probabilities = check_set.run(fp32.probabilities)
+        checks = [check_set.compare("onnx fp32 vs pytorch", fp32_probabilities, max_abs_diff=limits.max_abs_diff)]
         _raise_if_failed(checks)
         final_path, precision, notes = fp32_path, "fp32", []
         if int8:
             final_path = Path(work) / "int8.onnx"
             precision, notes = _quantize(fp32_path, final_path, calibration_files, classifier.preprocessing, progress)
-            int8_probabilities = _run_batched(OnnxClassifier.load(final_path).probabilities, check_pixels)
-            checks.append(_compare(
-                f"onnx {precision} vs onnx fp32", int8_probabilities, fp32_probabilities, image_source,
-                min_agreement=limits.min_int8_agreement if real_images else None,
+            int8_probabilities = check_set.run(OnnxClassifier.load(final_path).probabilities)
+            checks.append(check_set.compare(
+                f"onnx {precision} vs onnx fp32", int8_probabilities, reference=fp32_probabilities,
+                min_agreement=limits.min_int8_agreement if check_set.real else None,
             ))
             _raise_if_failed(checks)
         proto = onnx.load(str(final_path))
@@ -299,58 +298,31 @@ class _CalibrationReader(CalibrationDataReader):
 
 
 def _torchscript(
-    graph: nn.Module,
-    classifier: Classifier,
-    check_pixels: np.ndarray,
-    reference: np.ndarray,
-    image_source: str,
-    limits: ExportLimits,
-    progress: Progress,
+    graph: nn.Module, check_set: _CheckSet, limits: ExportLimits, progress: Progress
 ) -> tuple[bytes, list[ExportCheck]]:
     """Trace to TorchScript, reload from bytes and check; returns (file bytes, checks)."""
+    classifier = check_set.classifier
     progress.info("tracing to TorchScript...")
     height, width = classifier.preprocessing.input_size
-    with torch.no_grad():
-        traced = torch.jit.trace(graph, torch.zeros(2, 3, height, width), check_trace=False)
     export_info = {"format": "torchscript", "precision": "fp32", "tlearn_version": __version__,
                    "torch_version": torch.__version__}
-    buffer = io.BytesIO()
     extra = {"config.json": classifier.config.model_dump_json(), "tlearn_export.json": json.dumps(export_info)}
-    torch.jit.save(traced, buffer, _extra_files=extra)
-    payload = buffer.getvalue()
-    reloaded = torch.jit.load(io.BytesIO(payload), map_location="cpu")
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        # TorchScript is deprecated upstream and says so on every call; it is still the format asked for here.
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+        torch.jit.save(torch.jit.trace(graph, torch.zeros(2, 3, height, width), check_trace=False), buffer,
+                       _extra_files=extra)
+        payload = buffer.getvalue()
+        reloaded = torch.jit.load(io.BytesIO(payload), map_location="cpu")
 
     def run(pixels: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return reloaded(torch.from_numpy(normalize(pixels, classifier.preprocessing))).numpy()
 
-    checks = [_compare("torchscript vs pytorch", _run_batched(run, check_pixels), reference, image_source,
-                       max_abs_diff=limits.max_abs_diff)]
+    checks = [check_set.compare("torchscript vs pytorch", check_set.run(run), max_abs_diff=limits.max_abs_diff)]
     _raise_if_failed(checks)
     return payload, checks
-
-
-def _compare(
-    name: str,
-    probabilities: np.ndarray,
-    reference: np.ndarray,
-    image_source: str,
-    *,
-    max_abs_diff: float | None = None,
-    min_agreement: float | None = None,
-) -> ExportCheck:
-    """Compare two (N, C) probability matrices against the limits that apply."""
-    difference = float(np.abs(probabilities - reference).max())
-    agreement = float((probabilities.argmax(1) == reference.argmax(1)).mean())
-    passed, limits = True, []
-    if max_abs_diff is not None:
-        passed &= difference <= max_abs_diff
-        limits.append(f"max |Δprob| ≤ {max_abs_diff:g}")
-    if min_agreement is not None:
-        passed &= agreement >= min_agreement
-        limits.append(f"agreement ≥ {100 * min_agreement:g}%")
-    return ExportCheck(name, len(reference), image_source, difference, agreement,
-                       ", ".join(limits) or "reported only (no real images)", bool(passed))
 
 
 def _raise_if_failed(checks: list[ExportCheck]) -> None:
@@ -359,30 +331,70 @@ def _raise_if_failed(checks: list[ExportCheck]) -> None:
         raise ExportError(f"export not written: {failed[0].summary()}")
 
 
-def _run_batched(probabilities: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray) -> np.ndarray:
-    """Probabilities of all images, in batches of CHECK_BATCH_SIZES (so batch 1 and a full batch both run)."""
-    first, rest = CHECK_BATCH_SIZES
-    chunks = [pixels[:first]] + [pixels[start : start + rest] for start in range(first, len(pixels), rest)]
-    return np.concatenate([probabilities(chunk) for chunk in chunks if len(chunk)])
+@dataclass
+class _CheckSet:
+    """The images every export is checked on, with the PyTorch model's probabilities for them."""
+
+    classifier: Classifier
+    pixels: np.ndarray  # (N, H, W, 3) uint8, preprocessed
+    source: str  # where the images came from, for the report
+    real: bool  # False for random pixels: agreement is then reported, not enforced
+    reference: np.ndarray  # (N, C) PyTorch probabilities
+
+    def run(self, probabilities: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """Probabilities of all check images from an exported model's `probabilities(pixels)`."""
+        return _in_check_batches(probabilities, self.pixels)
+
+    def compare(
+        self,
+        name: str,
+        probabilities: np.ndarray,
+        *,
+        reference: np.ndarray | None = None,
+        max_abs_diff: float | None = None,
+        min_agreement: float | None = None,
+    ) -> ExportCheck:
+        """Compare (N, C) probabilities with the reference (PyTorch's unless given) against the limits given."""
+        reference = self.reference if reference is None else reference
+        difference = float(np.abs(probabilities - reference).max())
+        agreement = float((probabilities.argmax(1) == reference.argmax(1)).mean())
+        passed, limits = True, []
+        if max_abs_diff is not None:
+            passed &= difference <= max_abs_diff
+            limits.append(f"max |Δprob| ≤ {max_abs_diff:g}")
+        if min_agreement is not None:
+            passed &= agreement >= min_agreement
+            limits.append(f"agreement ≥ {100 * min_agreement:g}%")
+        return ExportCheck(name, len(reference), self.source, difference, agreement,
+                           ", ".join(limits) or "reported only (no real images)", bool(passed))
 
 
-def _check_images(
+def _check_set(
     classifier: Classifier, check_data: str | Path | None, calibration_files: list[Path], progress: Progress
-) -> tuple[np.ndarray, str, bool]:
-    """(pixels, where they came from, whether they are real images) for the checks."""
+) -> _CheckSet:
+    """The check images: `check_data`, else the run's validation split, else the calibration images, else noise."""
     if check_data is not None:
         files, source = _image_files(check_data, MAX_CHECK_IMAGES), str(check_data)
     else:
         files, source = _validation_split(classifier.path), "the run's validation split"
         if not files and calibration_files:
             files, source = calibration_files, "the calibration images"
-    pixels = _decode(files, classifier.preprocessing) if files else np.empty((0,))
-    if len(pixels):
+    pixels = _decode(files, classifier.preprocessing)
+    real = len(pixels) > 0
+    if real:
         progress.info(f"checking on {len(pixels)} images from {source}")
-        return pixels, source, True
-    height, width = classifier.preprocessing.input_size
-    random_pixels = np.random.default_rng(0).integers(0, 256, (32, height, width, 3), dtype=np.uint8)
-    return random_pixels, "random pixels: no real images found, pass --check-data DIR", False
+    else:
+        height, width = classifier.preprocessing.input_size
+        pixels = np.random.default_rng(0).integers(0, 256, (32, height, width, 3), dtype=np.uint8)
+        source = "random pixels: no real images found, pass --check-data DIR"
+    return _CheckSet(classifier, pixels, source, real, _in_check_batches(classifier.probabilities, pixels))
+
+
+def _in_check_batches(probabilities: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray) -> np.ndarray:
+    """(N, C) probabilities computed in batches of CHECK_BATCH_SIZES: batch 1 and a full batch both run."""
+    first, rest = CHECK_BATCH_SIZES
+    chunks = [pixels[:first], *(pixels[start : start + rest] for start in range(first, len(pixels), rest))]
+    return np.concatenate([probabilities(chunk) for chunk in chunks if len(chunk)])
 
 
 def _validation_split(folder: Path | None) -> list[Path]:
