@@ -22,7 +22,8 @@ from tlearn.cache import cache_root
 from tlearn.calibration import apply_temperature, fit_temperature
 from tlearn.config import TrainConfig
 from tlearn.data_report import CheckedData, check_data, summary_lines
-from tlearn.discovery import discover
+from tlearn.discovery import DataSource, discover
+from tlearn.display import RunReport
 from tlearn.distributed import DistributedContext
 from tlearn.errors import DataError, RunDirError
 from tlearn.features import FeatureExtractor
@@ -39,11 +40,12 @@ EVALUATED_SPLITS = ("val", "test")
 
 @dataclass
 class Run:
-    """A finished training run.
+    """A finished training run: its metrics and history in memory, everything else under `path`.
 
     Example:
-        >>> run = run_training(TrainConfig(data="data/"), out="runs/first")  # doctest: +SKIP
-        >>> run.metrics["test"]["accuracy"]  # doctest: +SKIP
+        >>> run = tlearn.train("data/", out="runs/first")  # doctest: +SKIP
+        >>> run.metrics["test"]["accuracy"], run.history  # doctest: +SKIP
+        >>> run.report()  # doctest: +SKIP
     """
 
     path: Path
@@ -67,6 +69,16 @@ class Run:
         except ImportError:
             return self.history_rows
         return pandas.DataFrame(self.history_rows, columns=HISTORY_COLUMNS)
+
+    def report(self) -> RunReport:
+        """The run's report: metrics, training curves and confusion matrix inline in Jupyter; elsewhere one
+        line of headline metrics and the path of `report.html`.
+
+        Example:
+            >>> run.report()  # doctest: +SKIP
+            test: accuracy 0.960, macro F1 0.959 (n=50); full report: runs/first/report.html
+        """
+        return RunReport(self.path)
 
 
 def run_training(
@@ -95,6 +107,9 @@ def run_training(
     run_dir = Path(out).expanduser()
     if resume and (run_dir / "model").is_dir() and not (run_dir / "checkpoints").is_dir():
         raise RunDirError(f"{run_dir}: the run is already complete (nothing to resume); its model is {run_dir / 'model'}")
+    # Data folder and backbone are checked before --out is created, so a mistyped command leaves nothing behind.
+    source = discover(config.data, split_fractions=config.split)
+    ref = resolve_backbone(config.backbone, config.weights)
     if dist.is_main:
         prepare_run_dir(run_dir, overwrite=overwrite, resume=resume)
         atomic.write_text(run_dir / "config.yaml", config.to_yaml())  # first, so a crashed run can resume
@@ -102,7 +117,7 @@ def run_training(
     tracker = Tracker(run_dir / "tb" if dist.is_main else None, mlflow_uri=config.mlflow if dist.is_main else None,
                       run_name=run_dir.name)
     with tracker:
-        prepared = _embed_and_check(config, dist, progress)
+        prepared = _embed_and_check(config, source, ref, dist, progress)
         linear = _fit_linear(config, prepared)
         result = linear
         if config.mode == "finetune":
@@ -166,10 +181,10 @@ class _Trained:
     balanced: bool = False
 
 
-def _embed_and_check(config: TrainConfig, dist: DistributedContext, progress: Progress) -> _Prepared:
-    """Discover the images, embed them through the cache (sharded over ranks), check what is usable."""
-    source = discover(config.data, split_fractions=config.split)
-    ref = resolve_backbone(config.backbone, config.weights)
+def _embed_and_check(
+    config: TrainConfig, source: DataSource, ref: BackboneRef, dist: DistributedContext, progress: Progress
+) -> _Prepared:
+    """Embed the images through the cache (sharded over ranks), check what is usable."""
     extractor = FeatureExtractor(
         ref, cache_root(), device=config.device, batch_size=config.batch_size, workers=config.workers,
         max_pixels=config.max_image_pixels, import_while_computing=SKLEARN_MODULES,
@@ -254,7 +269,8 @@ def _finetune(
     # Epoch 0 stays the linear head's row (with its training figures); fine-tuning epochs follow.
     return _Trained(linear.model_config, outcome.state, outcome.probabilities, linear.history + outcome.history[1:],
                     finetune_summary={"best_epoch": outcome.best_epoch,
-                                      "images_per_second": round(outcome.images_per_second, 2)})
+                                      "images_per_second": round(outcome.images_per_second, 2),
+                                      "peak_gpu_memory_mb": outcome.peak_gpu_memory_mb})
 
 
 def _write_run(
