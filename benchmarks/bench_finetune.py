@@ -41,6 +41,7 @@ def main() -> None:
         "train_wall_s": round(train_s, 1),
         "train_images_per_s": round(run_json["finetune"]["images_per_second"], 1),
         "best_epoch": run_json["finetune"]["best_epoch"],
+        "peak_gpu_memory_mb": run_json["finetune"].get("peak_gpu_memory_mb"),
         "history": history,
         "train_output": output.strip().splitlines(),
     })

@@ -13,7 +13,7 @@ from tlearn.backbone_registry import StoredBackbone, resolve_backbone
 from tlearn.cache import cache_root
 from tlearn.features import FeatureExtractor
 from tlearn.head import softmax
-from tlearn.imagenet import imagenet_class_names, imagenet_top_k
+from tlearn.imagenet import imagenet_class_names, imagenet_predictions, imagenet_top_k
 from tlearn.preprocess import EvalPreprocess, normalize
 from tlearn.progress import Progress
 
@@ -45,3 +45,13 @@ def test_answers_equal_the_original_timm_model(tmp_path):
         best = np.argsort(-row)[:3]
         assert [name for name, _ in answer] == [imagenet_class_names()[index] for index in best]
         assert [score for _, score in answer] == pytest.approx(row[best].tolist(), abs=1e-4)
+
+
+def test_imagenet_predictions_are_the_named_top_k_and_report_unreadable_files(tmp_path):
+    image = tmp_path / "red.png"
+    colour_image((220, 30, 30), size=96, seed=0).save(image)
+    answer, missing = imagenet_predictions([image, tmp_path / "missing.jpg"], backbone="lite0", top_k=2, quiet=True)
+    expected = imagenet_top_k(resolve_backbone("lite0").describe(), [image], k=2)[0]
+    assert answer.labels == [name for name, _ in expected] and answer.error is None
+    assert answer.probabilities == pytest.approx([score for _, score in expected], abs=1e-6)  # batch of 2 vs 1
+    assert missing.labels == [] and "cannot read" in missing.error

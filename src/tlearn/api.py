@@ -112,8 +112,7 @@ def evaluate(
     Example:
         >>> evaluate("runs/first", "holdout/", out="runs/first/holdout").metrics  # doctest: +SKIP
     """
-    from tlearn.evaluation import evaluate_folder
     from tlearn.inference import InferenceEngine, load_engine
 
     classifier = model if isinstance(model, InferenceEngine) else load_engine(model, device=device)
-    return evaluate_folder(classifier, data, split=split, out=out, tta=tta, progress=Progress(quiet=quiet))
+    return classifier.evaluate(data, out=out, split=split, tta=tta, quiet=quiet)

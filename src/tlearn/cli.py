@@ -90,6 +90,7 @@ def train(
     lr: Annotated[float | None, typer.Option(help="Peak fine-tuning learning rate (top layers).")] = None,
     layer_decay: Annotated[float | None, typer.Option(help="Learning-rate factor from one layer group to the next lower one.")] = None,
     unfreeze_every: Annotated[int | None, typer.Option(min=1, help="Epochs between unfreezing layer groups.")] = None,
+    unfreeze_depth: Annotated[int | None, typer.Option(min=1, help="Layer groups (from the top) fine-tuning may unfreeze.")] = None,
     patience: Annotated[int | None, typer.Option(min=1, help="Early stopping: epochs without val improvement.")] = None,
     label_smoothing: Annotated[float | None, typer.Option(help="Label smoothing for fine-tuning.")] = None,
     balance: Annotated[str | None, typer.Option(help="Class-weighted loss: auto (when imbalance > 3:1), on, off.")] = None,
@@ -117,7 +118,7 @@ def train(
         data, out=out, config=config, overwrite=overwrite, resume=resume, quiet=quiet,
         mode=mode.value if mode else None, backbone=backbone, weights=weights, epochs=epochs, seed=seed,
         split=parse_split(split) if split else None, batch_size=batch_size, lr=lr, layer_decay=layer_decay,
-        unfreeze_every=unfreeze_every, patience=patience, label_smoothing=label_smoothing, balance=balance,
+        unfreeze_every=unfreeze_every, unfreeze_depth=unfreeze_depth, patience=patience, label_smoothing=label_smoothing, balance=balance,
         augment=augment, device=device, precision=precision, compile=compile_model, workers=workers, mlflow=mlflow,
         calibrate=calibrate,
     )

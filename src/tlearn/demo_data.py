@@ -19,7 +19,15 @@ DEMO_CLASSES = ("circle", "square", "triangle")
 
 
 def draw_dataset(folder: str | Path, *, per_class: int = 70, size: int = 160, seed: int = 0) -> Path:
-    """Write `folder/<shape>/<n>.{jpg,png}` images; returns the folder. Existing files are overwritten."""
+    """Write `folder/<shape>/<n>.{jpg,png}` images; returns the folder. Existing files are overwritten.
+
+    A labelled image set to try tlearn on without data of your own: `per_class` images of each of circles,
+    squares and triangles, the same for a given seed.
+
+    Example:
+        >>> data = draw_dataset("shapes", per_class=20)  # doctest: +SKIP
+        >>> run = tlearn.train(data, out="runs/shapes")  # doctest: +SKIP
+    """
     folder = Path(folder)
     rng = np.random.default_rng(seed)
     for shape in DEMO_CLASSES:

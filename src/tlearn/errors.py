@@ -9,7 +9,13 @@ from __future__ import annotations
 
 
 class TlearnError(Exception):
-    """A problem with the user's input or environment, explained in one line."""
+    """A problem with the user's input or environment, explained in one line.
+
+    Example:
+        >>> tlearn.train("no/such/folder")  # doctest: +SKIP
+        Traceback (most recent call last):
+        tlearn.errors.DataError: no/such/folder: no such folder
+    """
 
     exit_code = 2
 

@@ -22,7 +22,13 @@ from tlearn.run_records import EVALUATION_FILE
 
 @dataclass
 class Evaluation:
-    """Metrics of one split and the per-image outcome."""
+    """Metrics of one split and the per-image outcome.
+
+    Example:
+        >>> evaluation = tlearn.evaluate("runs/ants", "holdout/")  # doctest: +SKIP
+        >>> evaluation.metrics[evaluation.split]["accuracy"], len(evaluation.predictions)  # doctest: +SKIP
+        (0.95, 153)
+    """
 
     split: str
     metrics: dict[str, dict[str, Any]]  # {split: metrics}

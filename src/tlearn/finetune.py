@@ -5,7 +5,7 @@ Recipe (ULMFiT / Keras transfer-learning guide / timm fine-tuning practice):
 * warm start: the classifier layer begins as the linear head fitted on cached embeddings, so the first
   gradients do not wreck the pretrained features;
 * gradual unfreezing over timm's coarse layer groups (stem, stages, head), one more group every
-  `unfreeze_every` epochs, starting with the head and the top stage;
+  `unfreeze_every` epochs, starting with the head and the top stage, down to `unfreeze_depth` groups;
 * discriminative learning rates: each group below the top gets `layer_decay` times its upper neighbour's;
 * AdamW (no decay on biases and norms), linear warm-up then cosine decay, label smoothing, augmentation;
 * batch-norm statistics stay frozen (layers in eval mode) — batches of small data sets are too few and too
@@ -76,6 +76,7 @@ class FinetuneOutcome:
     best_epoch: int
     probabilities: dict[str, np.ndarray]  # split → (N, C)
     images_per_second: float
+    peak_gpu_memory_mb: float | None = None  # CUDA only
 
 
 class _TrainImages(Dataset):
@@ -176,6 +177,7 @@ def finetune(
         best_epoch=state.best_epoch,
         probabilities=probabilities,
         images_per_second=state.images_seen / state.train_seconds if state.train_seconds else 0.0,
+        peak_gpu_memory_mb=torch.cuda.max_memory_allocated(setup.device) / 2**20 if setup.device.type == "cuda" else None,
     )
 
 
@@ -195,7 +197,7 @@ def _epochs(
     trainer, trainer_unfrozen = setup.model, 0
     while state.epoch < config.epochs and state.stale_epochs < config.patience:
         epoch = state.epoch + 1
-        unfrozen = min(len(groups), 1 + math.ceil(epoch / config.unfreeze_every))
+        unfrozen = min(len(groups), config.unfreeze_depth or len(groups), 1 + math.ceil(epoch / config.unfreeze_every))
         _set_trainable(setup.model, groups, unfrozen)
         if unfrozen != trainer_unfrozen:  # DDP registers the trainable parameters when it wraps
             trainer, trainer_unfrozen = _wrap_for_training(setup.model, setup.device, dist,

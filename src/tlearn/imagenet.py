@@ -1,4 +1,5 @@
-"""What the original ImageNet model says about images: the "before" of the report's before/after panel.
+"""What the original ImageNet model says about images: the "before" of the report's before/after panel and
+of `tlearn.imagenet_predictions`.
 
 The backbone's original classifier is kept beside its weights in the cache (`StoredBackbone`), and applied
 to an image's embedding it gives the original ImageNet logits. So the "before" view costs no more than the
@@ -17,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tlearn.backbone_registry import resolve_described
+from tlearn.backbone_registry import DEFAULT_BACKBONE, BackboneRef, resolve_backbone, resolve_described
 from tlearn.cache import cache_root
 from tlearn.errors import BackboneError
 from tlearn.features import FeatureExtractor
 from tlearn.head import softmax
+from tlearn.inference import Prediction
 from tlearn.progress import Progress
 
 IMAGENET_CLASSES = 1000
@@ -48,10 +50,46 @@ def imagenet_class_names() -> list[str]:
     return [lemmas[synset] for synset in synsets]
 
 
+def imagenet_predictions(
+    images: Sequence[str | Path],
+    *,
+    backbone: str = DEFAULT_BACKBONE,
+    weights: str | Path | None = None,
+    top_k: int = 3,
+    quiet: bool = False,
+) -> list[Prediction]:
+    """What the original ImageNet model — the backbone with its own 1000-class head — says about image files.
+
+    The "before" of transfer learning: named ImageNet-1k classes, to set beside what a trained classifier
+    answers. Embeddings go through the cache, so images a run has already seen cost nothing, and a fully
+    cached call never imports torch.
+
+    Args:
+        images: image files.
+        backbone: an embedded backbone (`lite0`, ...) or any timm model with an ImageNet-1k head.
+        weights: a local checkpoint to use instead of the embedded or downloaded ImageNet weights.
+        top_k: classes per image.
+        quiet: no progress bar or status lines.
+
+    Returns:
+        One `Prediction` per file, in order; an unreadable file's has `error` set.
+
+    Raises:
+        BackboneError: unknown backbone, or its original classifier is not ImageNet-1k's.
+
+    Example:
+        >>> before = imagenet_predictions(["ant.jpg"], top_k=2)  # doctest: +SKIP
+        >>> before[0].labels  # doctest: +SKIP
+        ['ant, emmet, pismire', 'ground beetle, carabid beetle']
+    """
+    paths = [Path(image) for image in images]
+    return _predictions(resolve_backbone(backbone, weights), paths, top_k, Progress(quiet=quiet))
+
+
 def imagenet_top_k(
     backbone: Mapping[str, str], paths: Sequence[Path], *, k: int = 3, progress: Progress | None = None
 ) -> list[Answer]:
-    """The original ImageNet model's top-k classes for each image.
+    """The original ImageNet model's top-k classes for each image, for a trained model's own backbone.
 
     Args:
         backbone: the model's backbone as recorded in its config (`ModelConfig.backbone`).
@@ -69,20 +107,27 @@ def imagenet_top_k(
         >>> imagenet_top_k(read_config("runs/ants/model").backbone, [Path("ant.jpg")])  # doctest: +SKIP
         [[('ant, emmet, pismire', 0.91), ('ground beetle, carabid beetle', 0.02), ('bee', 0.01)]]
     """
-    progress = progress or Progress(quiet=True)
-    ref = resolve_described(backbone)
+    predictions = _predictions(resolve_described(backbone), list(paths), k, progress or Progress(quiet=True))
+    return [list(zip(prediction.labels, prediction.probabilities, strict=True)) for prediction in predictions]
+
+
+def _predictions(ref: BackboneRef, paths: list[Path], k: int, progress: Progress) -> list[Prediction]:
+    """Top-k ImageNet classes per file: the cached embeddings through the backbone's original classifier."""
     extractor = FeatureExtractor(ref, cache_root(), device="cpu", workers=0)
     info = extractor.info(progress)
     if info.pretrained_classes != IMAGENET_CLASSES:
         raise BackboneError(f"backbone {ref.arch}: its original classifier has {info.pretrained_classes} classes, "
                             f"not ImageNet-1k's {IMAGENET_CLASSES}")
-    embedded = extractor.embed_files(list(paths), progress=progress)
+    embedded = extractor.embed_files(paths, progress=progress)
     weights = extractor.stored_weights(progress)
     weight_key, bias_key = info.classifier_keys
     probabilities = softmax(embedded.embeddings @ weights[weight_key].T + weights[bias_key])  # (N, 1000)
     names = imagenet_class_names()
-    answers: list[Answer] = []
-    for position, row in enumerate(probabilities):
+    predictions = []
+    for position, (path, row) in enumerate(zip(paths, probabilities, strict=True)):
+        if position in embedded.failures:
+            predictions.append(Prediction(str(path), error=embedded.failures[position]))
+            continue
         best = np.argsort(-row)[:k]
-        answers.append([] if position in embedded.failures else [(names[i], float(row[i])) for i in best])
-    return answers
+        predictions.append(Prediction(str(path), [names[i] for i in best], [float(row[i]) for i in best]))
+    return predictions

@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -24,6 +25,9 @@ from tlearn.model_files import ModelConfig, model_folder
 from tlearn.preprocess import EvalPreprocess, Preprocessing
 from tlearn.progress import Progress
 
+if TYPE_CHECKING:
+    from tlearn.evaluation import Evaluation
+
 ImageInput = str | Path | Image.Image | np.ndarray
 ENGINES = ("torch", "onnx")
 ONNX_SUFFIX = ".onnx"
@@ -31,7 +35,13 @@ ONNX_SUFFIX = ".onnx"
 
 @dataclass
 class Prediction:
-    """Top-k answer for one image, or the reason it could not be read."""
+    """Top-k answer for one image, or the reason it could not be read.
+
+    Example:
+        >>> prediction = Prediction("bee.jpg", ["bees", "ants"], [0.97, 0.03])
+        >>> prediction.label
+        'bees'
+    """
 
     source: str  # file path, or "<image N>" for in-memory images
     labels: list[str] = field(default_factory=list)
@@ -108,6 +118,10 @@ class InferenceEngine(ABC):
         """Top-k labels for files (decoded in parallel), PIL images or RGB arrays, in input order.
 
         A file that cannot be decoded gets a `Prediction` with `error` set; the others are still predicted.
+
+        Example:
+            >>> [(p.label, round(p.probabilities[0], 2)) for p in clf.predict(["bee.jpg", picture])]  # doctest: +SKIP
+            [('bees', 0.97), ('ants', 0.88)]
         """
         results: list[Prediction | None] = [None] * len(images)
         files = [(i, Path(item)) for i, item in enumerate(images) if isinstance(item, str | Path)]
@@ -123,6 +137,36 @@ class InferenceEngine(ABC):
             for (index, _), row in zip(chunk, self.probabilities(pixels), strict=True):
                 results[index] = self.top_k(f"<image {index}>", row, top_k)
         return [result for result in results if result is not None]
+
+    def evaluate(
+        self,
+        data: str | Path,
+        *,
+        out: str | Path | None = None,
+        split: str | None = None,
+        tta: bool = False,
+        quiet: bool = False,
+    ) -> Evaluation:
+        """Metrics on a labelled folder, in the schema of a run's metrics.json (`tlearn evaluate`).
+
+        Args:
+            data: `DATA/<class>/*` (evaluated whole) or a pre-split folder (its test split, else val).
+            out: also write metrics.json, predictions.csv and report.html there.
+            split: all, train, val or test, instead of the default above.
+            tta: flip test-time augmentation (each image averaged with its mirror image).
+            quiet: no progress bar or status lines.
+
+        Raises:
+            DataError: the folder holds a class the model does not know, or no usable image.
+
+        Example:
+            >>> evaluation = clf.evaluate("holdout/")  # doctest: +SKIP
+            >>> evaluation.metrics[evaluation.split]["accuracy"]  # doctest: +SKIP
+            0.95
+        """
+        from tlearn.evaluation import evaluate_folder  # deferred: tlearn.evaluation imports this module
+
+        return evaluate_folder(self, data, split=split, out=out, tta=tta, progress=Progress(quiet=quiet))
 
     def iter_file_predictions(
         self,

@@ -72,7 +72,7 @@ def write_report(folder: str | Path, *, progress: Progress | None = None) -> Pat
         split=split,
         where=split_description(split),
         title=records.folder.resolve().name,
-        figures={name: _data_uri(png, "image/png") for name, png in figures.items()},
+        figures={name: data_uri(png, "image/png") for name, png in figures.items()},
         baseline=majority_baseline(records),
         per_class=_per_class_rows(records.metrics[split]),
         calibration=_calibration(labels, probabilities, temperature),
@@ -250,10 +250,11 @@ def thumbnail(path: Path, *, pixels: int = THUMBNAIL_PIXELS) -> str | None:
     picture.thumbnail((pixels, pixels))
     buffer = io.BytesIO()
     picture.save(buffer, format="JPEG", quality=80)
-    return _data_uri(buffer.getvalue(), "image/jpeg")
+    return data_uri(buffer.getvalue(), "image/jpeg")
 
 
-def _data_uri(payload: bytes, media_type: str) -> str:
+def data_uri(payload: bytes, media_type: str) -> str:
+    """`payload` inlined as a `data:` URI, for pages that must stand alone (the report, notebook output)."""
     return f"data:{media_type};base64,{base64.b64encode(payload).decode('ascii')}"
 
 

@@ -1,0 +1,69 @@
+"""The public API: `__all__` is complete, documented and torch-free to import; the engines' evaluate/export
+delegate to the library functions and agree with them."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import subprocess
+import sys
+
+import pytest
+
+import tlearn
+from conftest import PROJECT
+from tlearn.errors import ModelFileError
+
+API_REFERENCE = PROJECT / "docs" / "api.md"
+
+
+def test_all_lists_every_export_and_each_has_an_example_and_a_reference_entry():
+    reference = API_REFERENCE.read_text(encoding="utf-8")
+    assert set(tlearn.__all__) == {"__version__", *tlearn._EXPORTS}
+    for name in tlearn.__all__:
+        assert re.search(rf"`tlearn\.{re.escape(name)}\b", reference), f"{name} is missing from {API_REFERENCE}"
+        if name != "__version__":
+            assert "Example:" in (inspect.getdoc(getattr(tlearn, name)) or ""), f"tlearn.{name} has no example"
+    for method in (tlearn.Run.report, tlearn.InferenceEngine.predict, tlearn.InferenceEngine.evaluate,
+                   tlearn.Classifier.export):
+        assert "Example:" in inspect.getdoc(method), method.__qualname__
+    for field in tlearn.TrainConfig.model_fields:
+        assert f"`{field}`" in reference, f"TrainConfig.{field} is missing from {API_REFERENCE}"
+
+
+def test_the_torch_free_names_import_without_torch():
+    code = ("import sys, tlearn\n"
+            "for name in ('train', 'load', 'evaluate', 'TrainConfig', 'Run', 'RunReport', 'Evaluation', 'Prediction',\n"
+            "             'InferenceEngine', 'imagenet_predictions', 'write_report', 'draw_dataset', 'TlearnError'):\n"
+            "    getattr(tlearn, name)\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_evaluate_is_the_same_on_both_engines_and_through_tlearn_evaluate(exported_model, tmp_path):
+    on_torch = tlearn.load(exported_model.run).evaluate(exported_model.data, quiet=True)
+    through_api = tlearn.evaluate(exported_model.run, exported_model.data, quiet=True)
+    on_onnx = tlearn.load(exported_model.onnx).evaluate(exported_model.data, out=tmp_path / "eval", quiet=True)
+    assert on_torch.split == "all" and on_torch.metrics["all"]["n"] == 28
+    for other in (through_api, on_onnx):
+        assert other.metrics["all"]["confusion_matrix"] == on_torch.metrics["all"]["confusion_matrix"]
+        assert other.metrics["all"]["loss"] == pytest.approx(on_torch.metrics["all"]["loss"], abs=1e-4)
+    assert (tmp_path / "eval" / "report.html").is_file() and (tmp_path / "eval" / "metrics.json").is_file()
+
+
+def test_classifier_export_writes_a_checked_file_that_answers_the_same(exported_model, tmp_path):
+    classifier = tlearn.load(exported_model.run)
+    result = classifier.export(tmp_path / "model.onnx", check_data=exported_model.data, quiet=True)
+    assert result.path == tmp_path / "model.onnx" and result.path.stat().st_size == result.size_bytes
+    assert result.checks and all(check.passed for check in result.checks)
+    images = sorted(exported_model.data.rglob("*.png"))[::5]
+    exported_answers = tlearn.load(result.path).predict(images, top_k=1)
+    assert [p.label for p in exported_answers] == [p.label for p in classifier.predict(images, top_k=1)]
+
+
+def test_export_needs_the_model_directory(exported_model, tmp_path):
+    loaded = tlearn.load(exported_model.run)
+    in_memory = tlearn.Classifier(loaded.model, loaded.config, loaded.device)
+    with pytest.raises(ModelFileError, match="not loaded from a model directory"):
+        in_memory.export(tmp_path / "model.onnx")
+    assert not (tmp_path / "model.onnx").exists()
