@@ -23,8 +23,12 @@ def require_shared() -> None:
 def run_tlearn(*args: object, env: dict[str, str] | None = None) -> tuple[float, str]:
     """Run `tlearn ARGS` as a fresh process; returns (wall seconds, stdout). Fails loudly on error."""
     started = time.perf_counter()
-    completed = subprocess.run([sys.executable, "-m", "tlearn", *map(str, args)], capture_output=True, text=True,
-                               env={**os.environ, **(env or {})})
+    completed = subprocess.run(
+        [sys.executable, "-m", "tlearn", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     seconds = time.perf_counter() - started
     if completed.returncode != 0:
         sys.exit(f"tlearn {' '.join(map(str, args))} failed ({completed.returncode}):\n{completed.stderr}")

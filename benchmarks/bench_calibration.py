@@ -42,12 +42,16 @@ def main() -> None:
             "hymenoptera_val": {key: held_out[key] for key in FIGURES},
         }
     before, after = (outcome[name]["hymenoptera_val"] for name in ("uncalibrated", "calibrated"))
-    save(f"calibration-{args.mode}", {
-        "command": f"tlearn train {TRAIN} --out RUN --mode {args.mode} [--calibrate] ; tlearn evaluate RUN/model {VAL}",
-        **outcome,
-        "ece_hymenoptera_val": {"without": round(before["ece"], 4), "with": round(after["ece"], 4)},
-        "ece_not_worse": after["ece"] <= before["ece"],
-    })
+    save(
+        f"calibration-{args.mode}",
+        {
+            "command": f"tlearn train {TRAIN} --out RUN --mode {args.mode} [--calibrate] ; "
+            f"tlearn evaluate RUN/model {VAL}",
+            **outcome,
+            "ece_hymenoptera_val": {"without": round(before["ece"], 4), "with": round(after["ece"], 4)},
+            "ece_not_worse": after["ece"] <= before["ece"],
+        },
+    )
 
 
 if __name__ == "__main__":

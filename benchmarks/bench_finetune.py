@@ -33,18 +33,21 @@ def main() -> None:
     run_tlearn("evaluate", work / "run" / "model", VAL, "--out", work / "eval", "-q")
     metrics = json.loads((work / "eval" / "metrics.json").read_text())["all"]
     history = (work / "run" / "history.csv").read_text().strip().splitlines()
-    save(args.name or f"finetune-{args.backbone}", {
-        "command": f"tlearn train {TRAIN} --out RUN {' '.join(flags)} ; tlearn evaluate RUN/model {VAL}",
-        "val_accuracy": metrics["accuracy"],
-        "val_macro_f1": metrics["macro_f1"],
-        "val_images": metrics["n"],
-        "train_wall_s": round(train_s, 1),
-        "train_images_per_s": round(run_json["finetune"]["images_per_second"], 1),
-        "best_epoch": run_json["finetune"]["best_epoch"],
-        "peak_gpu_memory_mb": run_json["finetune"].get("peak_gpu_memory_mb"),
-        "history": history,
-        "train_output": output.strip().splitlines(),
-    })
+    save(
+        args.name or f"finetune-{args.backbone}",
+        {
+            "command": f"tlearn train {TRAIN} --out RUN {' '.join(flags)} ; tlearn evaluate RUN/model {VAL}",
+            "val_accuracy": metrics["accuracy"],
+            "val_macro_f1": metrics["macro_f1"],
+            "val_images": metrics["n"],
+            "train_wall_s": round(train_s, 1),
+            "train_images_per_s": round(run_json["finetune"]["images_per_second"], 1),
+            "best_epoch": run_json["finetune"]["best_epoch"],
+            "peak_gpu_memory_mb": run_json["finetune"].get("peak_gpu_memory_mb"),
+            "history": history,
+            "train_output": output.strip().splitlines(),
+        },
+    )
 
 
 if __name__ == "__main__":

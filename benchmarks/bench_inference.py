@@ -43,18 +43,25 @@ def main() -> None:
     train_s, _ = run_tlearn("train", TRAIN, "--out", work / "run", "-q")
     exports = {}
     for name, options in {"onnx_fp32": [], "onnx_int8": ["--int8", "--calibration-data", TRAIN]}.items():
-        seconds, output = run_tlearn("export", work / "run", "--out", work / f"{name}.onnx", "--check-data", VAL,
-                                     *options, "-q")
-        exports[name] = {"seconds": round(seconds, 1), "output": output.strip().splitlines(),
-                         "megabytes": round((work / f"{name}.onnx").stat().st_size / 1e6, 2)}
+        seconds, output = run_tlearn(
+            "export", work / "run", "--out", work / f"{name}.onnx", "--check-data", VAL, *options, "-q"
+        )
+        exports[name] = {
+            "seconds": round(seconds, 1),
+            "output": output.strip().splitlines(),
+            "megabytes": round((work / f"{name}.onnx").stat().st_size / 1e6, 2),
+        }
 
     from tlearn.discovery import list_image_files
     from tlearn.inference import load_engine
     from tlearn.loader import BatchDecoder, default_workers
     from tlearn.progress import Progress
 
-    engines = {"torch_eager": load_engine(work / "run", device="cpu"),
-               "onnx_fp32": load_engine(work / "onnx_fp32.onnx"), "onnx_int8": load_engine(work / "onnx_int8.onnx")}
+    engines = {
+        "torch_eager": load_engine(work / "run", device="cpu"),
+        "onnx_fp32": load_engine(work / "onnx_fp32.onnx"),
+        "onnx_int8": load_engine(work / "onnx_int8.onnx"),
+    }
     files = list_image_files([VAL])
     labels = np.asarray([engines["torch_eager"].classes.index(path.parent.name) for path in files])
     quiet = Progress(quiet=True)
@@ -72,8 +79,9 @@ def main() -> None:
                 engine.probabilities(pixels[start : start + BATCH])
             results[name]["decoded"].append(len(pixels) / (time.perf_counter() - started))
             started = time.perf_counter()
-            probabilities, _ = engine.predict_files_probabilities(files, batch_size=BATCH, workers=workers,
-                                                                  progress=quiet)
+            probabilities, _ = engine.predict_files_probabilities(
+                files, batch_size=BATCH, workers=workers, progress=quiet
+            )
             results[name]["files"].append(len(files) / (time.perf_counter() - started))
             accuracy[name] = float((probabilities.argmax(1) == labels).mean())
     summary = {
@@ -89,20 +97,26 @@ def main() -> None:
     eager = summary["torch_eager"]
     for name in ("onnx_fp32", "onnx_int8"):
         summary[name]["speedup_predecoded_vs_torch_eager"] = round(
-            summary[name]["images_per_s_predecoded"] / eager["images_per_s_predecoded"], 2)
+            summary[name]["images_per_s_predecoded"] / eager["images_per_s_predecoded"], 2
+        )
         summary[name]["speedup_end_to_end_vs_torch_eager"] = round(
-            summary[name]["images_per_s_end_to_end"] / eager["images_per_s_end_to_end"], 2)
-        summary[name]["accuracy_points_vs_torch_eager"] = round(100 * (summary[name]["val_accuracy"]
-                                                                        - eager["val_accuracy"]), 2)
-    save("inference", {
-        "protocol": "train on hymenoptera/train, export, measure on hymenoptera/val (153 images), batch 32",
-        "val_images": len(files),
-        "decode_workers": workers,
-        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
-        "train_cli_s": round(train_s, 1),
-        "exports": exports,
-        "engines": summary,
-    })
+            summary[name]["images_per_s_end_to_end"] / eager["images_per_s_end_to_end"], 2
+        )
+        summary[name]["accuracy_points_vs_torch_eager"] = round(
+            100 * (summary[name]["val_accuracy"] - eager["val_accuracy"]), 2
+        )
+    save(
+        "inference",
+        {
+            "protocol": "train on hymenoptera/train, export, measure on hymenoptera/val (153 images), batch 32",
+            "val_images": len(files),
+            "decode_workers": workers,
+            "load_average_1min_at_end": round(os.getloadavg()[0], 2),
+            "train_cli_s": round(train_s, 1),
+            "exports": exports,
+            "engines": summary,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -54,11 +54,20 @@ def floor_script() -> None:
     with torch.inference_mode():
         for start in range(0, len(files), 32):
             batch = torch.stack([transform(Image.open(path).convert("RGB")) for path in files[start : start + 32]])
-            model.forward_head(model.forward_features(batch.contiguous(memory_format=torch.channels_last)),
-                               pre_logits=True)
+            model.forward_head(
+                model.forward_features(batch.contiguous(memory_format=torch.channels_last)), pre_logits=True
+            )
     done = time.perf_counter()
-    print(json.dumps({"import_s": imported - started, "model_s": compute_started - imported,
-                      "compute_s": done - compute_started, "images": len(files)}))
+    print(
+        json.dumps(
+            {
+                "import_s": imported - started,
+                "model_s": compute_started - imported,
+                "compute_s": done - compute_started,
+                "images": len(files),
+            }
+        )
+    )
 
 
 def measure_floor() -> dict[str, float]:
@@ -88,12 +97,33 @@ def tutorial_baseline() -> dict[str, float]:
     model.reset_classifier(2)  # the new head is the only trainable layer
     normalize = transforms.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
     loaders = {
-        "train": torch.utils.data.DataLoader(datasets.ImageFolder(TRAIN, transforms.Compose([
-            transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize])),
-            batch_size=4, shuffle=True, num_workers=1),
-        "val": torch.utils.data.DataLoader(datasets.ImageFolder(VAL, transforms.Compose([
-            transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(), normalize])),
-            batch_size=4, shuffle=False, num_workers=1),
+        "train": torch.utils.data.DataLoader(
+            datasets.ImageFolder(
+                TRAIN,
+                transforms.Compose(
+                    [
+                        transforms.RandomResizedCrop(224),
+                        transforms.RandomHorizontalFlip(),
+                        transforms.ToTensor(),
+                        normalize,
+                    ]
+                ),
+            ),
+            batch_size=4,
+            shuffle=True,
+            num_workers=1,
+        ),
+        "val": torch.utils.data.DataLoader(
+            datasets.ImageFolder(
+                VAL,
+                transforms.Compose(
+                    [transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(), normalize]
+                ),
+            ),
+            batch_size=4,
+            shuffle=False,
+            num_workers=1,
+        ),
     }
     optimizer = torch.optim.SGD(model.get_classifier().parameters(), lr=0.001, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.1)
@@ -116,8 +146,11 @@ def tutorial_baseline() -> dict[str, float]:
                 scheduler.step()
             else:
                 accuracies.append(correct / len(loaders["val"].dataset))
-    return {"seconds": time.perf_counter() - started, "final_val_accuracy": accuracies[-1],
-            "best_val_accuracy": max(accuracies)}
+    return {
+        "seconds": time.perf_counter() - started,
+        "final_val_accuracy": accuracies[-1],
+        "best_val_accuracy": max(accuracies),
+    }
 
 
 def main() -> None:
@@ -141,36 +174,42 @@ def main() -> None:
 
     os.environ["TLEARN_CACHE_DIR"] = str(work / "api-cache")
     import tlearn
-    import tlearn.backbones  # noqa: F401 - torch and timm imported before timing, as in floor_compute_s
+    import tlearn.backbones
 
     started = time.perf_counter()
     tlearn.train(TRAIN, out=work / "api", quiet=True)
     cold_api_s = time.perf_counter() - started
 
     baseline = None if args.skip_baseline else tutorial_baseline()
-    save("linear", {
-        "command": f"tlearn train {TRAIN} --out RUN ; tlearn evaluate RUN/model {VAL}",
-        "val_accuracy": accuracy,
-        "val_images": json.loads((work / "eval" / "metrics.json").read_text())["all"]["n"],
-        "floor_compute_s": round(floor["compute_s"], 2),
-        "floor_import_s": round(floor["import_s"], 2),
-        "floor_script_s": round(floor["script_s"], 2),
-        "cold_cli_s": round(cold_cli_s, 2),
-        "cold_api_s": round(cold_api_s, 2),
-        "warm_cli_s": round(warm_cli_s, 2),
-        "evaluate_cli_s": round(evaluate_s, 2),
-        "cold_cli_over_floor_script": round(cold_cli_s / floor["script_s"], 3),
-        "cold_api_over_floor_compute": round(cold_api_s / floor["compute_s"], 3),
-        "cold_cli_over_floor_compute": round(cold_cli_s / floor["compute_s"], 3),
-        "embedding_images_per_s_cold_cli": round(run_json["embedding"]["computed"] / run_json["embedding"]["seconds"], 1),
-        "train_output": cold_output.strip().splitlines(),
-        "baseline": baseline and {
-            "seconds": round(baseline["seconds"], 1),
-            "final_val_accuracy": baseline["final_val_accuracy"],
-            "best_val_accuracy": baseline["best_val_accuracy"],
-            "seconds_over_cold_cli": round(baseline["seconds"] / cold_cli_s, 1),
+    save(
+        "linear",
+        {
+            "command": f"tlearn train {TRAIN} --out RUN ; tlearn evaluate RUN/model {VAL}",
+            "val_accuracy": accuracy,
+            "val_images": json.loads((work / "eval" / "metrics.json").read_text())["all"]["n"],
+            "floor_compute_s": round(floor["compute_s"], 2),
+            "floor_import_s": round(floor["import_s"], 2),
+            "floor_script_s": round(floor["script_s"], 2),
+            "cold_cli_s": round(cold_cli_s, 2),
+            "cold_api_s": round(cold_api_s, 2),
+            "warm_cli_s": round(warm_cli_s, 2),
+            "evaluate_cli_s": round(evaluate_s, 2),
+            "cold_cli_over_floor_script": round(cold_cli_s / floor["script_s"], 3),
+            "cold_api_over_floor_compute": round(cold_api_s / floor["compute_s"], 3),
+            "cold_cli_over_floor_compute": round(cold_cli_s / floor["compute_s"], 3),
+            "embedding_images_per_s_cold_cli": round(
+                run_json["embedding"]["computed"] / run_json["embedding"]["seconds"], 1
+            ),
+            "train_output": cold_output.strip().splitlines(),
+            "baseline": baseline
+            and {
+                "seconds": round(baseline["seconds"], 1),
+                "final_val_accuracy": baseline["final_val_accuracy"],
+                "best_val_accuracy": baseline["best_val_accuracy"],
+                "seconds_over_cold_cli": round(baseline["seconds"] / cold_cli_s, 1),
+            },
         },
-    })
+    )
 
 
 if __name__ == "__main__":

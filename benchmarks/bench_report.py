@@ -57,21 +57,37 @@ def synthetic_run(base: Path, folder: Path, *, images: int, classes: int, seed: 
         (folder / name).symlink_to(base / name)
     atomic.write_json(folder / "metrics.json", {"test": classification_metrics(labels, probabilities, names)})
     test_counts = dict(zip(names, np.bincount(labels, minlength=classes).tolist(), strict=True))
-    atomic.write_json(folder / "data_report.json", {
-        "data": str(HYMENOPTERA), "counts": {"train": {name: 3 * n for name, n in test_counts.items()},
-                                             "test": test_counts},
-        "skipped": [], "ignored": [], "duplicates": [], "leakage": [], "label_conflicts": []})
-    rows = [{"path": paths[index % len(paths)], "split": "test", "label": names[label],
-             "predicted": names[int(row.argmax())], "confidence": round(float(row.max()), 6),
-             **{f"p_{name}": round(float(value), 6) for name, value in zip(names, row, strict=True)}}
-            for index, (label, row) in enumerate(zip(labels, probabilities, strict=True))]
+    atomic.write_json(
+        folder / "data_report.json",
+        {
+            "data": str(HYMENOPTERA),
+            "counts": {"train": {name: 3 * n for name, n in test_counts.items()}, "test": test_counts},
+            "skipped": [],
+            "ignored": [],
+            "duplicates": [],
+            "leakage": [],
+            "label_conflicts": [],
+        },
+    )
+    rows = [
+        {
+            "path": paths[index % len(paths)],
+            "split": "test",
+            "label": names[label],
+            "predicted": names[int(row.argmax())],
+            "confidence": round(float(row.max()), 6),
+            **{f"p_{name}": round(float(value), 6) for name, value in zip(names, row, strict=True)},
+        }
+        for index, (label, row) in enumerate(zip(labels, probabilities, strict=True))
+    ]
     atomic.write_csv(folder / "predictions.csv", rows, list(rows[0]))
     return folder
 
 
 def time_report(folder: Path) -> dict[str, float]:
-    completed = subprocess.run([sys.executable, "-c", TIMING_SCRIPT, str(folder)], capture_output=True, text=True,
-                               check=True, env=os.environ)
+    completed = subprocess.run(
+        [sys.executable, "-c", TIMING_SCRIPT, str(folder)], capture_output=True, text=True, check=True, env=os.environ
+    )
     return json.loads(completed.stdout)
 
 
@@ -85,9 +101,18 @@ def screenshot(report: Path, target: Path) -> str:
     if chromium is None:
         return "no screenshot: chromium is not installed"
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        browser = playwright.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(report.resolve().as_uri())
         page.screenshot(path=str(target), full_page=True)
@@ -104,24 +129,33 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="tlearn-bench-report-"))
     base = work / "hymenoptera"
     run_tlearn("train", HYMENOPTERA / "train", "--out", base, "-q")
-    timings = {"hymenoptera_run": {"test_images": json.loads((base / "metrics.json").read_text())["test"]["n"],
-                                   **time_report(base)}}
+    timings = {
+        "hymenoptera_run": {
+            "test_images": json.loads((base / "metrics.json").read_text())["test"]["n"],
+            **time_report(base),
+        }
+    }
     for classes in args.classes:
         folder = synthetic_run(base, work / f"synthetic-{classes}", images=args.images, classes=classes)
         timings[f"{args.images}_images_{classes}_classes"] = time_report(folder)
     load_average = os.getloadavg()[0]
     run_tlearn("evaluate", base / "model", HYMENOPTERA / "val", "--out", work / "val", "-q")
     RESULTS.mkdir(exist_ok=True)
-    shots = [screenshot(base / "report.html", RESULTS / "report-hymenoptera.png"),
-             screenshot(work / "val" / "report.html", RESULTS / "report-hymenoptera-val.png")]
-    save("report", {
-        "command": f"tlearn train {HYMENOPTERA / 'train'} --out RUN ; write_report(RUN) and synthetic runs",
-        "seconds": timings,
-        "report_html_bytes": (base / "report.html").stat().st_size,
-        "figures": sorted(path.name for path in (base / "figures").glob("*.png")),
-        "load_average_1min": round(load_average, 2),  # other work on the machine slows every figure
-        "screenshots": shots,
-    })
+    shots = [
+        screenshot(base / "report.html", RESULTS / "report-hymenoptera.png"),
+        screenshot(work / "val" / "report.html", RESULTS / "report-hymenoptera-val.png"),
+    ]
+    save(
+        "report",
+        {
+            "command": f"tlearn train {HYMENOPTERA / 'train'} --out RUN ; write_report(RUN) and synthetic runs",
+            "seconds": timings,
+            "report_html_bytes": (base / "report.html").stat().st_size,
+            "figures": sorted(path.name for path in (base / "figures").glob("*.png")),
+            "load_average_1min": round(load_average, 2),  # other work on the machine slows every figure
+            "screenshots": shots,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -89,8 +89,12 @@ def free_port() -> int:
 def start_server(model: Path, port: int) -> subprocess.Popen:
     import httpx
 
-    server = subprocess.Popen([sys.executable, "-m", "tlearn", "serve", str(model), "--port", str(port), "-q"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tlearn", "serve", str(model), "--port", str(port), "-q"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -131,22 +135,39 @@ def main() -> None:
     try:
         for concurrency, count in zip(CONCURRENCY, request_counts, strict=True):
             completed = subprocess.run(
-                [sys.executable, __file__, "--load", f"http://127.0.0.1:{port}", "--concurrency", str(concurrency),
-                 "--requests", str(count), "--max-seconds", str(args.max_seconds)],
-                capture_output=True, text=True, timeout=args.max_seconds + 120, check=True)
+                [
+                    sys.executable,
+                    __file__,
+                    "--load",
+                    f"http://127.0.0.1:{port}",
+                    "--concurrency",
+                    str(concurrency),
+                    "--requests",
+                    str(count),
+                    "--max-seconds",
+                    str(args.max_seconds),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=args.max_seconds + 120,
+                check=True,
+            )
             levels.append(json.loads(completed.stdout.strip().splitlines()[-1]))
             print(json.dumps(levels[-1]), flush=True)
     finally:
         server.terminate()
         server.wait(timeout=30)
-    save("serve", {
-        "protocol": "tlearn serve (defaults) on 127.0.0.1; separate load-generator process; one hymenoptera/val "
-                    "JPEG per request; C requests in flight",
-        "model": str(model),
-        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
-        "levels": levels,
-        "failed_requests": sum(level["failed"] for level in levels),
-    })
+    save(
+        "serve",
+        {
+            "protocol": "tlearn serve (defaults) on 127.0.0.1; separate load-generator process; one hymenoptera/val "
+            "JPEG per request; C requests in flight",
+            "model": str(model),
+            "load_average_1min_at_end": round(os.getloadavg()[0], 2),
+            "levels": levels,
+            "failed_requests": sum(level["failed"] for level in levels),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -48,7 +48,12 @@ def colour_image(rgb: tuple[int, int, int], *, size: int = 48, seed: int = 0, sh
 
 def make_class_folder(root: Path, classes: dict[str, int], *, start: int = 0, size: int = 48) -> Path:
     """root/<class>/img_<n>.png, `count` images per class: red squares, blue circles, green squares..."""
-    styles = [((220, 30, 30), "square"), ((30, 30, 220), "circle"), ((30, 200, 30), "square"), ((230, 200, 20), "circle")]
+    styles = [
+        ((220, 30, 30), "square"),
+        ((30, 30, 220), "circle"),
+        ((30, 200, 30), "square"),
+        ((230, 200, 20), "circle"),
+    ]
     for index, (name, count) in enumerate(classes.items()):
         colour, shape = styles[index % len(styles)]
         (root / name).mkdir(parents=True, exist_ok=True)
@@ -59,11 +64,17 @@ def make_class_folder(root: Path, classes: dict[str, int], *, start: int = 0, si
 
 def png_with_size(width: int, height: int) -> bytes:
     """A syntactically valid PNG header declaring huge dimensions (a decompression bomb, bytes only)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+        + chunk(b"IEND", b"")
+    )
 
 
 def jpeg_bytes(picture: Image.Image, **options) -> bytes:
@@ -80,8 +91,12 @@ def write_broken_files(folder: Path) -> dict[str, str]:
     (folder / "truncated.jpg").write_bytes(good[: len(good) // 2])
     (folder / "not_an_image.png").write_text("<html>this is a web page saved as png</html>")
     (folder / "bomb.png").write_bytes(png_with_size(100_000, 100_000))
-    return {"empty.jpg": "empty", "truncated.jpg": "truncated", "not_an_image.png": "not an image",
-            "bomb.png": "too many pixels"}
+    return {
+        "empty.jpg": "empty",
+        "truncated.jpg": "truncated",
+        "not_an_image.png": "not an image",
+        "bomb.png": "too many pixels",
+    }
 
 
 @pytest.fixture
@@ -90,8 +105,15 @@ def tiny_data(tmp_path: Path) -> Path:
     return make_class_folder(tmp_path / "data", {"red": 16, "blue": 16})
 
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture(scope="session")

@@ -24,19 +24,25 @@ def test_all_lists_every_export_and_each_has_an_example_and_a_reference_entry():
         assert re.search(rf"`tlearn\.{re.escape(name)}\b", reference), f"{name} is missing from {API_REFERENCE}"
         if name != "__version__":
             assert "Example:" in (inspect.getdoc(getattr(tlearn, name)) or ""), f"tlearn.{name} has no example"
-    for method in (tlearn.Run.report, tlearn.InferenceEngine.predict, tlearn.InferenceEngine.evaluate,
-                   tlearn.Classifier.export):
+    for method in (
+        tlearn.Run.report,
+        tlearn.InferenceEngine.predict,
+        tlearn.InferenceEngine.evaluate,
+        tlearn.Classifier.export,
+    ):
         assert "Example:" in inspect.getdoc(method), method.__qualname__
     for field in tlearn.TrainConfig.model_fields:
         assert f"`{field}`" in reference, f"TrainConfig.{field} is missing from {API_REFERENCE}"
 
 
 def test_the_torch_free_names_import_without_torch():
-    code = ("import sys, tlearn\n"
-            "for name in ('train', 'load', 'evaluate', 'TrainConfig', 'Run', 'RunReport', 'Evaluation', 'Prediction',\n"
-            "             'InferenceEngine', 'imagenet_predictions', 'write_report', 'draw_dataset', 'TlearnError'):\n"
-            "    getattr(tlearn, name)\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    code = (
+        "import sys, tlearn\n"
+        "for name in ('train', 'load', 'evaluate', 'TrainConfig', 'Run', 'RunReport', 'Evaluation', 'Prediction',\n"
+        "             'InferenceEngine', 'imagenet_predictions', 'write_report', 'draw_dataset', 'TlearnError'):\n"
+        "    getattr(tlearn, name)\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

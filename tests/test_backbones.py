@@ -28,8 +28,9 @@ ANT, BEE = 310, 309  # ImageNet class indices
 
 
 def _imagenet_top5_hits(arch: str, folder: Path, target: int, limit: int = 24) -> float:
-    backbone = load_backbone(resolve_backbone(arch), cache_root=cache_root(), device=resolve_device("cpu"),
-                             progress=Progress(quiet=True))
+    backbone = load_backbone(
+        resolve_backbone(arch), cache_root=cache_root(), device=resolve_device("cpu"), progress=Progress(quiet=True)
+    )
     files = sorted(folder.iterdir())[:limit]
     batch = decode_chunk(0, files, backbone.info.preprocessing, 10**9)
     embeddings = torch.from_numpy(backbone.embed(batch.pixels))
@@ -65,15 +66,17 @@ def test_aliases_and_listing():
 
 def test_unknown_name_suggests_close_matches(tmp_path):
     with pytest.raises(BackboneError, match="did you mean resnet50"):
-        load_backbone(resolve_backbone("resnt50"), cache_root=tmp_path, device=torch.device("cpu"),
-                      progress=Progress(quiet=True))
+        load_backbone(
+            resolve_backbone("resnt50"), cache_root=tmp_path, device=torch.device("cpu"), progress=Progress(quiet=True)
+        )
 
 
 def test_download_offline_fails_fast_with_advice(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(BackboneError, match="--weights"):
-        load_backbone(resolve_backbone("resnet18"), cache_root=tmp_path, device=torch.device("cpu"),
-                      progress=Progress(quiet=True))
+        load_backbone(
+            resolve_backbone("resnet18"), cache_root=tmp_path, device=torch.device("cpu"), progress=Progress(quiet=True)
+        )
 
 
 def test_local_weights_file_for_any_timm_model(tmp_path):
@@ -87,8 +90,12 @@ def test_local_weights_file_for_any_timm_model(tmp_path):
     stored = StoredBackbone(tmp_path, ref.key).weights()
     np.testing.assert_array_equal(stored["fc.weight"], model.state_dict()["fc.weight"].numpy())
     torch.save(model.state_dict(), tmp_path / "resnet18.pth")  # plain state dict: accepted
-    load_backbone(resolve_backbone("resnet18", tmp_path / "resnet18.pth"), cache_root=tmp_path,
-                  device=torch.device("cpu"), progress=Progress(quiet=True))
+    load_backbone(
+        resolve_backbone("resnet18", tmp_path / "resnet18.pth"),
+        cache_root=tmp_path,
+        device=torch.device("cpu"),
+        progress=Progress(quiet=True),
+    )
 
 
 class _Payload:
@@ -99,14 +106,22 @@ class _Payload:
 def test_pickled_objects_and_mismatched_weights_are_refused(tmp_path):
     evil = tmp_path / "evil.pth"
     evil.write_bytes(pickle.dumps({"conv1.weight": _Payload()}))
-    with pytest.raises(BackboneError, match="never unpickles|cannot read"):
-        load_backbone(resolve_backbone("resnet18", evil), cache_root=tmp_path, device=torch.device("cpu"),
-                      progress=Progress(quiet=True))
+    with pytest.raises(BackboneError, match=r"never unpickles|cannot read"):
+        load_backbone(
+            resolve_backbone("resnet18", evil),
+            cache_root=tmp_path,
+            device=torch.device("cpu"),
+            progress=Progress(quiet=True),
+        )
     wrong = tmp_path / "wrong.safetensors"
     save_file(timm.create_model("resnet34", pretrained=False).state_dict(), wrong)
     with pytest.raises(BackboneError, match="do not fit"):
-        load_backbone(resolve_backbone("resnet18", wrong), cache_root=tmp_path, device=torch.device("cpu"),
-                      progress=Progress(quiet=True))
+        load_backbone(
+            resolve_backbone("resnet18", wrong),
+            cache_root=tmp_path,
+            device=torch.device("cpu"),
+            progress=Progress(quiet=True),
+        )
     with pytest.raises(BackboneError, match="not found"):
         resolve_backbone("resnet18", tmp_path / "missing.safetensors")
 

@@ -22,8 +22,13 @@ ENV = {**os.environ, "PYTHONPATH": str(PROJECT / "src")}
 
 
 def _start(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tlearn", "train", *map(str, args)], env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tlearn", "train", *map(str, args)],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for_epoch(run: Path, epoch: int, process: subprocess.Popen, timeout: float = 240) -> None:
@@ -57,9 +62,25 @@ def test_sigterm_then_sigkill_mid_epoch_then_resume(tmp_path):
     second.send_signal(signal.SIGKILL)
     second.wait(timeout=60)
 
-    third = subprocess.run([sys.executable, "-m", "tlearn", "train", str(data), "--out", str(run), "--resume",
-                            "--epochs", "4", "-q"],  # a setting given again must agree, and does
-                           env=ENV, capture_output=True, text=True, timeout=600)
+    third = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tlearn",
+            "train",
+            str(data),
+            "--out",
+            str(run),
+            "--resume",
+            "--epochs",
+            "4",
+            "-q",
+        ],  # a setting given again must agree, and does
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert third.returncode == 0, third.stderr
     with open(run / "history.csv") as handle:
         epochs = [int(row["epoch"]) for row in csv.DictReader(handle)]

@@ -91,7 +91,7 @@ def test_evaluate_writes_metrics(capsys, trained, tmp_path):
     assert code == 0 and out.startswith("all: accuracy")
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["all"]["n"] == 28 and metrics["all"]["accuracy"] > 0.9
-    code, _, err = run_cli(capsys, "evaluate", run, data, "--split", "test", "-q")
+    code, _, _ = run_cli(capsys, "evaluate", run, data, "--split", "test", "-q")
     assert code == 0
 
 
@@ -118,7 +118,8 @@ def test_python_dash_m_is_the_same_cli_and_errors_have_no_traceback(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(PROJECT / "src")}
     version = subprocess.run([sys.executable, "-m", "tlearn", "--version"], capture_output=True, text=True, env=env)
     assert version.returncode == 0 and version.stdout.startswith("tlearn ")
-    failed = subprocess.run([sys.executable, "-m", "tlearn", "train", str(tmp_path / "nothing")],
-                            capture_output=True, text=True, env=env)
+    failed = subprocess.run(
+        [sys.executable, "-m", "tlearn", "train", str(tmp_path / "nothing")], capture_output=True, text=True, env=env
+    )
     assert failed.returncode == 2 and failed.stderr.strip().count("\n") == 0
     assert failed.stderr.startswith("error:") and "no such folder" in failed.stderr

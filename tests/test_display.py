@@ -26,7 +26,8 @@ def test_text_names_the_headline_metrics_and_the_full_report(exported_model):
     test = json.loads((exported_model.run / "metrics.json").read_text())["test"]
     assert repr(RunReport(exported_model.run)) == (
         f"test: accuracy {test['accuracy']:.3f}, macro F1 {test['macro_f1']:.3f} (n={test['n']}); "
-        f"full report: {exported_model.run / 'report.html'}")
+        f"full report: {exported_model.run / 'report.html'}"
+    )
 
 
 def test_run_report_is_the_run_folders(exported_model):

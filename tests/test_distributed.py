@@ -24,12 +24,20 @@ def test_two_processes_train_one_model_like_one_process(tmp_path):
     flags = ["--mode", "finetune", "--epochs", "2", "--batch-size", "8", "--workers", "0", "--seed", "7", "-q"]
     distributed = subprocess.run(
         [sys.executable, "-m", "tlearn", "train", str(data), "--out", str(tmp_path / "ddp"), "--nproc", "2", *flags],
-        env=ENV, capture_output=True, text=True, timeout=600)
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert distributed.returncode == 0, distributed.stderr
     assert distributed.stdout.count("model: ") == 1  # only rank 0 reports
     single = subprocess.run(
         [sys.executable, "-m", "tlearn", "train", str(data), "--out", str(tmp_path / "one"), *flags],
-        env=ENV, capture_output=True, text=True, timeout=600)
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert single.returncode == 0, single.stderr
     ddp_run = json.loads((tmp_path / "ddp" / "run.json").read_text())
     assert ddp_run["world_size"] == 2

@@ -48,8 +48,20 @@ def test_onnx_engine_matches_pytorch_on_any_batch_size(exported_model):
 def test_int8_static_export_agrees_with_fp32(capsys, exported_model, tmp_path):
     out = tmp_path / "int8.onnx"
     try:
-        main(["export", str(exported_model.run), "--int8", "--calibration-data", str(exported_model.data),
-              "--check-data", str(exported_model.data), "--out", str(out), "-q"])
+        main(
+            [
+                "export",
+                str(exported_model.run),
+                "--int8",
+                "--calibration-data",
+                str(exported_model.data),
+                "--check-data",
+                str(exported_model.data),
+                "--out",
+                str(out),
+                "-q",
+            ]
+        )
     except SystemExit as stop:
         assert stop.code == 0
     printed = capsys.readouterr().out
@@ -111,8 +123,10 @@ def test_a_failed_check_is_an_error_and_leaves_no_file(exported_model, tmp_path)
 )
 def test_conflicting_options_are_refused_before_any_work(exported_model, tmp_path, options, message):
     (tmp_path / "empty").mkdir()
-    options = {key: value.format(tmp=tmp_path) if isinstance(value, str) and "{" in value else value
-               for key, value in options.items()}
+    options = {
+        key: value.format(tmp=tmp_path) if isinstance(value, str) and "{" in value else value
+        for key, value in options.items()
+    }
     with pytest.raises(ExportError, match=message):
         export_model(exported_model.run, tmp_path / "out.onnx", **options)
     assert not (tmp_path / "out.onnx").exists()

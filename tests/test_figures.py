@@ -26,9 +26,17 @@ def test_confusion_matrix_grows_with_the_classes_within_bounds():
 
 
 def test_training_curves_and_reliability_diagram():
-    history = [{"epoch": epoch, "stage": "linear head" if epoch == 0 else f"unfreeze {epoch + 1}/4",
-                "train_loss": None if epoch == 0 else 1 / (epoch + 1), "train_accuracy": 0.8 + epoch / 50,
-                "val_loss": 0.5 - epoch / 50, "val_accuracy": 0.8 + epoch / 60} for epoch in range(5)]
+    history = [
+        {
+            "epoch": epoch,
+            "stage": "linear head" if epoch == 0 else f"unfreeze {epoch + 1}/4",
+            "train_loss": None if epoch == 0 else 1 / (epoch + 1),
+            "train_accuracy": 0.8 + epoch / 50,
+            "val_loss": 0.5 - epoch / 50,
+            "val_accuracy": 0.8 + epoch / 60,
+        }
+        for epoch in range(5)
+    ]
     assert png_size(training_curves(history, best_epoch=3))[0] >= 800
     probabilities = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
     bins = reliability_bins(probabilities, np.array([0, 1, 1]))

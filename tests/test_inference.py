@@ -30,8 +30,12 @@ def test_engine_is_chosen_by_file_type(exported_model):
     with pytest.raises(ModelFileError, match="not a readable ONNX model"):
         load_engine(fake)
     tensor = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
-    identity = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "other", [tensor],
-                                      [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    identity = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])],
+        "other",
+        [tensor],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
     onnx.save(onnx.helper.make_model(identity, opset_imports=[onnx.helper.make_opsetid("", 17)]), fake)
     with pytest.raises(ModelFileError, match="without tlearn metadata"):
         load_engine(fake)
@@ -40,8 +44,9 @@ def test_engine_is_chosen_by_file_type(exported_model):
 def test_both_engines_predict_the_same_for_files_pictures_and_flips(exported_model):
     files = sorted(exported_model.data.rglob("*.png"))[::5]
     engines = [load_engine(exported_model.run, device="cpu"), load_engine(exported_model.onnx)]
-    answers = [engine.predict([*files, np.zeros((30, 40, 3), dtype=np.uint8)], top_k=2, workers=0)
-               for engine in engines]
+    answers = [
+        engine.predict([*files, np.zeros((30, 40, 3), dtype=np.uint8)], top_k=2, workers=0) for engine in engines
+    ]
     for torch_answer, onnx_answer in zip(*answers, strict=True):
         assert torch_answer.labels == onnx_answer.labels and torch_answer.source == onnx_answer.source
         np.testing.assert_allclose(torch_answer.probabilities, onnx_answer.probabilities, atol=1e-4)
@@ -64,13 +69,23 @@ def test_predict_streams_in_input_order_with_errors_in_place(exported_model, tmp
 
 
 def test_cli_predict_and_evaluate_accept_an_onnx_file(capsys, exported_model, tmp_path):
-    code, out, _ = run_cli(capsys, "predict", exported_model.onnx, exported_model.data / "red", "--format", "json",
-                           "-k", "1", "-q")
+    code, out, _ = run_cli(
+        capsys, "predict", exported_model.onnx, exported_model.data / "red", "--format", "json", "-k", "1", "-q"
+    )
     answers = json.loads(out)
     assert code == 0 and len(answers) == 14 and {a["labels"][0] for a in answers} == {"red"}
     code, torch_out, _ = run_cli(capsys, "evaluate", exported_model.run, exported_model.data, "-q")
-    code_onnx, onnx_out, _ = run_cli(capsys, "evaluate", exported_model.onnx, exported_model.data, "--engine", "onnx",
-                                     "--out", tmp_path / "eval", "-q")
+    code_onnx, onnx_out, _ = run_cli(
+        capsys,
+        "evaluate",
+        exported_model.onnx,
+        exported_model.data,
+        "--engine",
+        "onnx",
+        "--out",
+        tmp_path / "eval",
+        "-q",
+    )
     assert code == code_onnx == 0 and torch_out.splitlines()[0] == onnx_out.splitlines()[0]
     evaluation = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert evaluation["model"] == str(exported_model.onnx.resolve())

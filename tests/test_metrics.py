@@ -17,7 +17,15 @@ def test_values_and_schema():
     assert metrics["per_class"]["c"]["f1"] == 0.0
     assert abs(metrics["balanced_accuracy"] - (2 / 3 + 1 + 0) / 3) < 1e-12
     assert metrics["classes"] == ["a", "b", "c"] and metrics["n"] == 6
-    assert set(metrics) >= {"accuracy", "balanced_accuracy", "macro_f1", "per_class", "confusion_matrix", "classes", "n"}
+    assert set(metrics) >= {
+        "accuracy",
+        "balanced_accuracy",
+        "macro_f1",
+        "per_class",
+        "confusion_matrix",
+        "classes",
+        "n",
+    }
 
 
 def test_class_absent_from_split():

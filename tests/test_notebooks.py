@@ -25,21 +25,32 @@ def execute(name: str, sockets: Path) -> nbformat.NotebookNode:
     notebook = nbformat.read(EXAMPLES / name, as_version=4)
     started = time.perf_counter()
     sockets_config = Config({"KernelManager": {"transport": "ipc", "ip": str(sockets)}})
-    NotebookClient(notebook, kernel_name="python3", config=sockets_config, timeout=CELL_TIMEOUT_S,
-                   resources={"metadata": {"path": str(EXAMPLES)}}).execute()
+    NotebookClient(
+        notebook,
+        kernel_name="python3",
+        config=sockets_config,
+        timeout=CELL_TIMEOUT_S,
+        resources={"metadata": {"path": str(EXAMPLES)}},
+    ).execute()
     print(f"{name}: {time.perf_counter() - started:.0f} s")
     return notebook
 
 
 def outputs(notebook: nbformat.NotebookNode, mime: str) -> list[str]:
-    return [output["data"][mime] for cell in notebook.cells if cell.cell_type == "code"
-            for output in cell.outputs if mime in output.get("data", {})]
+    return [
+        output["data"][mime]
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+        if mime in output.get("data", {})
+    ]
 
 
 def printed(notebook: nbformat.NotebookNode) -> str:
     """Everything the cells printed (stdout and stderr)."""
-    return "".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
-                   for output in cell.outputs)
+    return "".join(
+        output.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
+    )
 
 
 @pytest.fixture
@@ -67,7 +78,7 @@ def test_committed_without_outputs(name):
 def test_quickstart_runs(kernel_tmp):
     before = sorted(EXAMPLES.rglob("*"))
     notebook = execute("quickstart.ipynb", kernel_tmp / "kernel")
-    reports = [page for page in outputs(notebook, "text/html") if "alt=\"confusion counts\"" in page]
+    reports = [page for page in outputs(notebook, "text/html") if 'alt="confusion counts"' in page]
     assert len(reports) == 1 and "data:image/png;base64," in reports[0]
     assert printed(notebook).count(" → ") == 3  # three images predicted
     assert sorted(EXAMPLES.rglob("*")) == before  # nothing written into the repository
@@ -78,7 +89,7 @@ def test_quickstart_runs(kernel_tmp):
 def test_pools_walkthrough_runs(kernel_tmp):
     before = sorted(EXAMPLES.rglob("*"))
     notebook = execute("pools_walkthrough.ipynb", kernel_tmp / "kernel")
-    reports = [page for page in outputs(notebook, "text/html") if "alt=\"confusion counts\"" in page]
+    reports = [page for page in outputs(notebook, "text/html") if 'alt="confusion counts"' in page]
     assert len(reports) == 2  # linear and fine-tuned runs, each with curves and confusion matrix inline
     assert all(page.count("data:image/png;base64,") == 2 for page in reports)
     assert len(outputs(notebook, "image/png")) == 3  # samples, ImageNet's view, before/after

@@ -22,8 +22,12 @@ CONFIGS = [
 
 def _timm_transform(pre: Preprocessing):
     return create_transform(
-        input_size=(3, *pre.input_size), interpolation=pre.interpolation, mean=pre.mean, std=pre.std,
-        crop_pct=pre.crop_pct, crop_mode=pre.crop_mode,
+        input_size=(3, *pre.input_size),
+        interpolation=pre.interpolation,
+        mean=pre.mean,
+        std=pre.std,
+        crop_pct=pre.crop_pct,
+        crop_mode=pre.crop_mode,
     )
 
 

@@ -59,8 +59,9 @@ def test_calibration_is_stored_in_the_model_and_used_everywhere(calibrated_run, 
     # The saved model gives the probabilities the run reported (the temperature travels with the model).
     test_rows = prediction_rows(calibrated_run.path, "test")
     data = calibrated_run.config.data
-    answers = tlearn.load(calibrated_run.model_path, device="cpu").predict([data / row["path"] for row in test_rows],
-                                                                           top_k=1, workers=0)
+    answers = tlearn.load(calibrated_run.model_path, device="cpu").predict(
+        [data / row["path"] for row in test_rows], top_k=1, workers=0
+    )
     for answer, row in zip(answers, test_rows, strict=True):
         assert answer.probabilities[0] == pytest.approx(float(row[f"p_{answer.label}"]), abs=1e-4)
 
@@ -110,16 +111,19 @@ def test_report_numbers_match_the_run(calibrated_run):
 
 
 def test_report_of_a_cached_linear_run_never_imports_torch(calibrated_run):
-    script = (f"import sys; from tlearn.report import write_report; write_report({str(calibrated_run.path)!r}); "
-              "assert 'torch' not in sys.modules, 'torch was imported'")
+    script = (
+        f"import sys; from tlearn.report import write_report; write_report({str(calibrated_run.path)!r}); "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr
 
 
 def test_evaluate_with_tta_writes_a_report_and_averages_the_mirror_image(calibrated_run, tmp_path):
     out = tmp_path / "eval"
-    evaluation = tlearn.evaluate(calibrated_run.model_path, calibrated_run.config.data, out=out, split="test",
-                                 tta=True, quiet=True)
+    evaluation = tlearn.evaluate(
+        calibrated_run.model_path, calibrated_run.config.data, out=out, split="test", tta=True, quiet=True
+    )
     assert json.loads((out / "evaluation.json").read_text())["tta"] is True
     assert evaluation.metrics["test"]["n"] == calibrated_run.metrics["test"]["n"] and (out / "report.html").is_file()
     assert {path.stem for path in (out / "figures").glob("*.png")} == FIGURES - {"training_curves"}
@@ -132,10 +136,20 @@ def test_evaluate_with_tta_writes_a_report_and_averages_the_mirror_image(calibra
 
 
 def test_galleries_and_samples_pick_the_right_rows():
-    rows = [{"path": f"{label}/{n}.png", "label": label, "predicted": predicted, "confidence": str(confidence)}
-            for n, (label, predicted, confidence) in enumerate([
-                ("a", "b", 0.9), ("a", "b", 0.6), ("b", "a", 0.99), ("a", "a", 0.51), ("b", "b", 0.7),
-                ("b", "b", 0.95), ("c", "c", 0.8)])]
+    rows = [
+        {"path": f"{label}/{n}.png", "label": label, "predicted": predicted, "confidence": str(confidence)}
+        for n, (label, predicted, confidence) in enumerate(
+            [
+                ("a", "b", 0.9),
+                ("a", "b", 0.6),
+                ("b", "a", 0.99),
+                ("a", "a", 0.51),
+                ("b", "b", 0.7),
+                ("b", "b", 0.95),
+                ("c", "c", 0.8),
+            ]
+        )
+    ]
     assert [row["confidence"] for row in worst_errors(rows, 2)] == ["0.99", "0.9"]
     assert [row["confidence"] for row in least_confident_right(rows, 3)] == ["0.51", "0.7", "0.8"]
     assert [row["label"] for row in spread_over_classes(rows, 5)] == ["a", "b", "c", "a", "b"]

@@ -53,13 +53,19 @@ def test_predict_one_or_many_images_with_top_k(client):
     answer = client.post("/v1/predict", files=[("files", ("red.png", RED, "image/png"))])
     assert answer.status_code == 200
     body = answer.json()
-    assert body["predictions"] == [{"file": "red.png", "labels": ["red", "blue"],
-                                    "probabilities": pytest.approx(body["predictions"][0]["probabilities"])}]
+    assert body["predictions"] == [
+        {
+            "file": "red.png",
+            "labels": ["red", "blue"],
+            "probabilities": pytest.approx(body["predictions"][0]["probabilities"]),
+        }
+    ]
     assert body["predictions"][0]["probabilities"][0] > 0.5 and body["model"]["engine"] == "onnx"
     assert body["model"]["name"] == "model" and re.fullmatch(r"[0-9a-f]{12}", body["model"]["version"])
     assert {"decode_ms", "queue_ms", "inference_ms", "total_ms", "batch_images"} <= set(body["timing"])
-    answer = client.post("/v1/predict?top_k=1", files=[("files", ("a.png", BLUE, "image/png")),
-                                                        ("files", ("b.png", RED, "image/png"))])
+    answer = client.post(
+        "/v1/predict?top_k=1", files=[("files", ("a.png", BLUE, "image/png")), ("files", ("b.png", RED, "image/png"))]
+    )
     assert [(p["file"], p["labels"]) for p in answer.json()["predictions"]] == [("a.png", ["blue"]), ("b.png", ["red"])]
 
 
@@ -79,12 +85,19 @@ def test_model_health_and_page(client, exported_model):
 @pytest.mark.parametrize(
     "files, query, status, words",
     [
-        ([("files", ("junk.jpg", b"<html>not an image</html>", "image/jpeg"))], "", 415,
-         ["junk.jpg", "not an image"]),
-        ([("files", ("ok.png", RED, "image/png")), ("files", ("cut.png", RED[:200], "image/png"))], "", 415,
-         ["cut.png", "truncated"]),
-        ([("files", ("bomb.png", png_with_size(100_000, 100_000), "image/png"))], "", 413,
-         ["bomb.png", "too many pixels"]),
+        ([("files", ("junk.jpg", b"<html>not an image</html>", "image/jpeg"))], "", 415, ["junk.jpg", "not an image"]),
+        (
+            [("files", ("ok.png", RED, "image/png")), ("files", ("cut.png", RED[:200], "image/png"))],
+            "",
+            415,
+            ["cut.png", "truncated"],
+        ),
+        (
+            [("files", ("bomb.png", png_with_size(100_000, 100_000), "image/png"))],
+            "",
+            413,
+            ["bomb.png", "too many pixels"],
+        ),
         ([("files", ("empty.png", b"", "image/png"))], "", 415, ["empty.png", "empty file"]),
         ([("files", ("big.bin", b"x" * 300_000, "image/png"))], "", 413, ["request too large"]),
         ([("files", (f"{i}.png", RED, "image/png")) for i in range(5)], "", 413, ["too many files"]),
@@ -163,8 +176,12 @@ def free_port() -> int:
 def live_server(exported_model):
     """`tlearn serve MODEL.onnx` as a real process on a free loopback port; stopped after the module."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "tlearn", "serve", str(exported_model.onnx), "--port", str(port),
-                                "-q"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tlearn", "serve", str(exported_model.onnx), "--port", str(port), "-q"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     try:
@@ -192,8 +209,12 @@ def test_a_real_server_answers_over_http(live_server):
     answer = httpx.post(f"{live_server}/v1/predict?top_k=1", files=files, timeout=30)
     assert answer.status_code == 200
     assert [p["labels"] for p in answer.json()["predictions"]] == [["blue"], ["red"]]
-    assert httpx.post(f"{live_server}/v1/predict", files=[("files", ("x.jpg", b"nope", "image/jpeg"))],
-                      timeout=30).status_code == 415
+    assert (
+        httpx.post(
+            f"{live_server}/v1/predict", files=[("files", ("x.jpg", b"nope", "image/jpeg"))], timeout=30
+        ).status_code
+        == 415
+    )
     assert httpx.get(f"{live_server}/v1/model", timeout=30).json()["classes"] == ["blue", "red"]
 
 

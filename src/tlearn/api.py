@@ -76,8 +76,10 @@ def _saved_config_agreeing_with(run_dir: Path, given: dict[str, Any]) -> TrainCo
         if isinstance(before, Path) and isinstance(after, Path):
             before, after = before.expanduser().resolve(), after.expanduser().resolve()
         if before != after:
-            raise RunDirError(f"{key}={given[key]} disagrees with the run being resumed ({key}: {getattr(saved, key)} "
-                              f"in {saved_path}); drop it, or start a new run")
+            raise RunDirError(
+                f"{key}={given[key]} disagrees with the run being resumed ({key}: {getattr(saved, key)} "
+                f"in {saved_path}); drop it, or start a new run"
+            )
     return saved
 
 

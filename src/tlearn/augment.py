@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import torch
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 
 from tlearn.preprocess import Preprocessing
 
@@ -29,11 +28,15 @@ def train_transform(preprocessing: Preprocessing, *, augment: str = "trivial") -
     interpolation = _INTERPOLATION[preprocessing.interpolation]
     size = list(preprocessing.input_size)
     if augment == "none":
-        steps = [v2.Resize(min(preprocessing.scale_size), interpolation=interpolation, antialias=True),
-                 v2.RandomCrop(size)]
+        steps = [
+            v2.Resize(min(preprocessing.scale_size), interpolation=interpolation, antialias=True),
+            v2.RandomCrop(size),
+        ]
     else:
-        steps = [v2.RandomResizedCrop(size, scale=(0.25, 1.0), interpolation=interpolation, antialias=True),
-                 v2.RandomHorizontalFlip()]
+        steps = [
+            v2.RandomResizedCrop(size, scale=(0.25, 1.0), interpolation=interpolation, antialias=True),
+            v2.RandomHorizontalFlip(),
+        ]
         if augment == "trivial":
             steps.append(v2.TrivialAugmentWide(interpolation=interpolation))
         else:

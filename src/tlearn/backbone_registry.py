@@ -108,17 +108,25 @@ def resolve_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = 
         if not path.is_file():
             raise BackboneError(f"{path}: weights file not found (--weights expects a .safetensors or .pth file)")
         digest = file_sha256(path)
-        return BackboneRef(name, arch, "file", f"file {path.name} (sha256 {digest[:12]})", path.resolve(),
-                           _key(arch, digest))
+        return BackboneRef(
+            name, arch, "file", f"file {path.name} (sha256 {digest[:12]})", path.resolve(), _key(arch, digest)
+        )
     if arch in EMBEDDED:
         embedded = EMBEDDED[arch]
         path = _embedded_file(embedded)
         version = importlib.metadata.version(embedded.distribution)
         identity = f"{embedded.distribution}=={version}:{path.name}:{path.stat().st_size}"
-        return BackboneRef(name, arch, "embedded", f"embedded {embedded.distribution} {version} (ImageNet)", path,
-                           _key(arch, identity))
-    return BackboneRef(name, arch, "hub", f"timm pretrained {arch} (downloaded from the Hugging Face hub)", None,
-                       _key(arch, f"hub:{arch}"))
+        return BackboneRef(
+            name, arch, "embedded", f"embedded {embedded.distribution} {version} (ImageNet)", path, _key(arch, identity)
+        )
+    return BackboneRef(
+        name,
+        arch,
+        "hub",
+        f"timm pretrained {arch} (downloaded from the Hugging Face hub)",
+        None,
+        _key(arch, f"hub:{arch}"),
+    )
 
 
 def resolve_described(described: Mapping[str, str]) -> BackboneRef:
@@ -133,8 +141,10 @@ def resolve_described(described: Mapping[str, str]) -> BackboneRef:
     """
     ref = resolve_backbone(described["name"], described.get("weights_path"))
     if ref.key != described["key"]:
-        raise BackboneError(f"backbone {described['name']}: the weights here ({ref.weights}) are not the ones "
-                            f"the model was built from ({described['weights']})")
+        raise BackboneError(
+            f"backbone {described['name']}: the weights here ({ref.weights}) are not the ones "
+            f"the model was built from ({described['weights']})"
+        )
     return ref
 
 

@@ -74,7 +74,9 @@ def load_backbone(ref: BackboneRef, *, cache_root: Path, device: torch.device, p
         model.load_state_dict({name: torch.from_numpy(value) for name, value in state.items()})
         return Backbone(model, info, ref, device)
     model = _build_from_source(ref, progress)
-    info = stored.save(describe_model(model, ref.arch), {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()})
+    info = stored.save(
+        describe_model(model, ref.arch), {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    )
     return Backbone(model, info, ref, device)
 
 
@@ -151,8 +153,10 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     Raises:
         BackboneError: the file is unreadable, pickles objects, or holds no tensors.
     """
-    refusal = (f"{path}: cannot read weights; expected a .safetensors file or a plain state dict saved with "
-               "torch.save (tlearn never unpickles arbitrary objects)")
+    refusal = (
+        f"{path}: cannot read weights; expected a .safetensors file or a plain state dict saved with "
+        "torch.save (tlearn never unpickles arbitrary objects)"
+    )
     try:
         if path.suffix == ".safetensors":
             checkpoint = load_safetensors(path)

@@ -49,8 +49,9 @@ class MicroBatcher:
         >>> probabilities, timing = await batcher.submit(pixels)  # doctest: +SKIP
     """
 
-    def __init__(self, infer: Callable[[np.ndarray], np.ndarray], *, max_batch_size: int = 32,
-                 max_wait_s: float = 0.005) -> None:
+    def __init__(
+        self, infer: Callable[[np.ndarray], np.ndarray], *, max_batch_size: int = 32, max_wait_s: float = 0.005
+    ) -> None:
         self._infer = infer
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s

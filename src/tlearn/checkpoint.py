@@ -1,9 +1,10 @@
 """Fine-tuning checkpoints: everything needed to continue a run exactly where it stopped (imports torch).
 
 `RUN/checkpoints/last/` holds the model and best-so-far weights as safetensors, the optimizer, scheduler,
-grad-scaler and RNG states plus the history in `state.pt` (and the epoch in `progress.json`, for people), which is read back with `weights_only=True` (plain
-containers of tensors and numbers — nothing that could run code). The directory is replaced atomically, so a
-crash at any moment leaves the previous complete checkpoint or the new one.
+grad-scaler and RNG states plus the history in `state.pt`, which is read back with `weights_only=True` (plain
+containers of tensors and numbers — nothing that could run code), and the epoch in `progress.json` for people.
+The directory is replaced atomically, so a crash at any moment leaves the previous complete checkpoint or the
+new one.
 """
 
 from __future__ import annotations
@@ -107,12 +108,19 @@ def load_checkpoint(run_dir: Path) -> LoadedCheckpoint:
         payload = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
         model_state = load_file(folder / "model.safetensors")
         best_state = load_file(folder / "best.safetensors")
-    except Exception as error:  # noqa: BLE001 - torch/safetensors raise many types for damaged files
+    except Exception as error:
         raise RunDirError(f"{folder}: checkpoint unreadable ({type(error).__name__}); start the run again") from None
     values = dict(payload["state"])
     values["best_score"] = tuple(values["best_score"])
-    return LoadedCheckpoint(model_state, best_state, payload["optimizer"], payload["scheduler"], payload["scaler"],
-                            payload["rng"], TrainingState(**values))
+    return LoadedCheckpoint(
+        model_state,
+        best_state,
+        payload["optimizer"],
+        payload["scheduler"],
+        payload["scaler"],
+        payload["rng"],
+        TrainingState(**values),
+    )
 
 
 def _rng_state() -> dict[str, Any]:

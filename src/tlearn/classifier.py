@@ -107,10 +107,19 @@ class Classifier(InferenceEngine):
         from tlearn.export import export_model  # deferred: tlearn.export imports this module, onnx and onnxruntime
 
         if self.path is None:
-            raise ModelFileError("this classifier was not loaded from a model directory; export the directory "
-                                 "that tlearn.train wrote (RUN/model)")
-        return export_model(self.path, out, export_format=export_format, int8=int8,
-                            calibration_data=calibration_data, check_data=check_data, progress=Progress(quiet=quiet))
+            raise ModelFileError(
+                "this classifier was not loaded from a model directory; export the directory "
+                "that tlearn.train wrote (RUN/model)"
+            )
+        return export_model(
+            self.path,
+            out,
+            export_format=export_format,
+            int8=int8,
+            calibration_data=calibration_data,
+            check_data=check_data,
+            progress=Progress(quiet=quiet),
+        )
 
     @property
     def accelerated(self) -> bool:

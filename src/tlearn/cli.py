@@ -70,8 +70,9 @@ def _version(value: bool) -> None:
 @app.callback()
 def _main_options(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")] = False,
-    version: Annotated[bool | None, typer.Option("--version", callback=_version, is_eager=True,
-                                                 help="Show the version and exit.")] = None,
+    version: Annotated[
+        bool | None, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = None,
 ) -> None:
     """Global options (handled in `main`)."""
 
@@ -79,27 +80,47 @@ def _main_options(
 @app.command()
 def train(
     data: Annotated[Path | None, typer.Argument(help="DATA/<class>/* or DATA/{train,val[,test]}/<class>/*.")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/<data>-<mode>-<time>).")] = None,
-    mode: Annotated[Mode | None, typer.Option(help="linear: frozen backbone + cached embeddings; finetune: then unfreeze.")] = None,
-    backbone: Annotated[str | None, typer.Option(help="Embedded backbone or any timm model name (see `tlearn backbones`).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run directory (default runs/<data>-<mode>-<time>).")
+    ] = None,
+    mode: Annotated[
+        Mode | None, typer.Option(help="linear: frozen backbone + cached embeddings; finetune: then unfreeze.")
+    ] = None,
+    backbone: Annotated[
+        str | None, typer.Option(help="Embedded backbone or any timm model name (see `tlearn backbones`).")
+    ] = None,
     weights: Annotated[Path | None, typer.Option(help="Local backbone weights (.safetensors or state dict).")] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Fine-tuning epochs.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    split: Annotated[str | None, typer.Option(help="train,val,test fractions for DATA/<class>/* (default 60,20,20).")] = None,
+    split: Annotated[
+        str | None, typer.Option(help="train,val,test fractions for DATA/<class>/* (default 60,20,20).")
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per batch.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak fine-tuning learning rate (top layers).")] = None,
-    layer_decay: Annotated[float | None, typer.Option(help="Learning-rate factor from one layer group to the next lower one.")] = None,
+    layer_decay: Annotated[
+        float | None, typer.Option(help="Learning-rate factor from one layer group to the next lower one.")
+    ] = None,
     unfreeze_every: Annotated[int | None, typer.Option(min=1, help="Epochs between unfreezing layer groups.")] = None,
-    unfreeze_depth: Annotated[int | None, typer.Option(min=1, help="Layer groups (from the top) fine-tuning may unfreeze.")] = None,
+    unfreeze_depth: Annotated[
+        int | None, typer.Option(min=1, help="Layer groups (from the top) fine-tuning may unfreeze.")
+    ] = None,
     patience: Annotated[int | None, typer.Option(min=1, help="Early stopping: epochs without val improvement.")] = None,
     label_smoothing: Annotated[float | None, typer.Option(help="Label smoothing for fine-tuning.")] = None,
-    balance: Annotated[str | None, typer.Option(help="Class-weighted loss: auto (when imbalance > 3:1), on, off.")] = None,
+    balance: Annotated[
+        str | None, typer.Option(help="Class-weighted loss: auto (when imbalance > 3:1), on, off.")
+    ] = None,
     augment: Annotated[str | None, typer.Option(help="Fine-tuning augmentation: trivial, basic, none.")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = None,
     precision: Annotated[str | None, typer.Option(help="Fine-tuning precision: auto, fp32, bf16, fp16.")] = None,
-    compile_model: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile for fine-tuning.")] = None,
-    calibrate: Annotated[bool | None, typer.Option(
-        "--calibrate/--no-calibrate", help="Fit a temperature on val so probabilities mean what they say.")] = None,
+    compile_model: Annotated[
+        bool | None, typer.Option("--compile/--no-compile", help="torch.compile for fine-tuning.")
+    ] = None,
+    calibrate: Annotated[
+        bool | None,
+        typer.Option(
+            "--calibrate/--no-calibrate", help="Fit a temperature on val so probabilities mean what they say."
+        ),
+    ] = None,
     workers: WorkersOption = None,
     nproc: Annotated[int, typer.Option(min=1, help="Processes (e.g. GPUs) to train with; launches torchrun.")] = 1,
     mlflow: Annotated[str | None, typer.Option(help="Also log to this MLflow tracking URI (server or folder).")] = None,
@@ -115,18 +136,41 @@ def train(
     from tlearn.config import parse_split
 
     run = train_run(
-        data, out=out, config=config, overwrite=overwrite, resume=resume, quiet=quiet,
-        mode=mode.value if mode else None, backbone=backbone, weights=weights, epochs=epochs, seed=seed,
-        split=parse_split(split) if split else None, batch_size=batch_size, lr=lr, layer_decay=layer_decay,
-        unfreeze_every=unfreeze_every, unfreeze_depth=unfreeze_depth, patience=patience, label_smoothing=label_smoothing, balance=balance,
-        augment=augment, device=device, precision=precision, compile=compile_model, workers=workers, mlflow=mlflow,
+        data,
+        out=out,
+        config=config,
+        overwrite=overwrite,
+        resume=resume,
+        quiet=quiet,
+        mode=mode.value if mode else None,
+        backbone=backbone,
+        weights=weights,
+        epochs=epochs,
+        seed=seed,
+        split=parse_split(split) if split else None,
+        batch_size=batch_size,
+        lr=lr,
+        layer_decay=layer_decay,
+        unfreeze_every=unfreeze_every,
+        unfreeze_depth=unfreeze_depth,
+        patience=patience,
+        label_smoothing=label_smoothing,
+        balance=balance,
+        augment=augment,
+        device=device,
+        precision=precision,
+        compile=compile_model,
+        workers=workers,
+        mlflow=mlflow,
         calibrate=calibrate,
     )
     if run.rank != 0:  # under torchrun, rank 0 reports
         return
     for split_name, values in run.metrics.items():
-        print(f"{split_name}: accuracy {values['accuracy']:.4f}  balanced {values['balanced_accuracy']:.4f}  "
-              f"macro F1 {values['macro_f1']:.4f}  (n={values['n']})")
+        print(
+            f"{split_name}: accuracy {values['accuracy']:.4f}  balanced {values['balanced_accuracy']:.4f}  "
+            f"macro F1 {values['macro_f1']:.4f}  (n={values['n']})"
+        )
     print(f"model: {run.model_path}")
     print(f"metrics: {run.path / 'metrics.json'}  ({run.summary['seconds']:.1f} s)")
     print(f"report: {run.path / 'report.html'}")
@@ -153,10 +197,15 @@ def _relaunch_with_torchrun(nproc: int) -> None:
 def evaluate(
     model: ModelOption,
     data: Annotated[Path, typer.Argument(help="Labelled folder; its test (or val) split when pre-split.")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write metrics.json and predictions.csv here.")] = None,
-    split: Annotated[str | None, typer.Option(help="all, train, val or test (default: test/val when pre-split, else all).")] = None,
-    tta: Annotated[bool, typer.Option(
-        "--tta", help="Flip test-time augmentation: average each image with its mirror image.")] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write metrics.json and predictions.csv here.")
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="all, train, val or test (default: test/val when pre-split, else all).")
+    ] = None,
+    tta: Annotated[
+        bool, typer.Option("--tta", help="Flip test-time augmentation: average each image with its mirror image.")
+    ] = False,
     engine: EngineOption = None,
     device: DeviceOption = "auto",
     workers: WorkersOption = None,
@@ -168,14 +217,20 @@ def evaluate(
     from tlearn.progress import Progress
 
     classifier = load_engine(model, engine=engine.value if engine else None, device=device)
-    evaluation = evaluate_folder(classifier, data, split=split, out=out, workers=workers, tta=tta,
-                                 progress=Progress(quiet=quiet))
+    evaluation = evaluate_folder(
+        classifier, data, split=split, out=out, workers=workers, tta=tta, progress=Progress(quiet=quiet)
+    )
     values = evaluation.metrics[evaluation.split]
-    print(f"{evaluation.split}: accuracy {values['accuracy']:.4f}  balanced {values['balanced_accuracy']:.4f}  "
-          f"macro F1 {values['macro_f1']:.4f}  (n={values['n']})")
+    print(
+        f"{evaluation.split}: accuracy {values['accuracy']:.4f}  balanced {values['balanced_accuracy']:.4f}  "
+        f"macro F1 {values['macro_f1']:.4f}  (n={values['n']})"
+    )
     if evaluation.skipped:
-        print(f"skipped {len(evaluation.skipped)} unreadable file(s), e.g. {evaluation.skipped[0]['path']}: "
-              f"{evaluation.skipped[0]['reason']}", file=sys.stderr)
+        print(
+            f"skipped {len(evaluation.skipped)} unreadable file(s), e.g. {evaluation.skipped[0]['path']}: "
+            f"{evaluation.skipped[0]['reason']}",
+            file=sys.stderr,
+        )
     if out is not None:
         print(f"metrics: {out / 'metrics.json'}")
         print(f"report: {out / 'report.html'}")
@@ -183,9 +238,12 @@ def evaluate(
 
 @app.command()
 def compare(
-    runs: Annotated[list[Path], typer.Argument(
-        help="Run folders (tlearn train --out) or evaluations (tlearn evaluate --out).")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the table to a .md or .html file.")] = None,
+    runs: Annotated[
+        list[Path], typer.Argument(help="Run folders (tlearn train --out) or evaluations (tlearn evaluate --out).")
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Also write the table to a .md or .html file.")
+    ] = None,
 ) -> None:
     """Compare runs side by side: backbone, mode, epochs, time, accuracy, macro F1, ECE, model size."""
     from tlearn.compare import markdown_table, summarize_run, write_comparison
@@ -238,14 +296,17 @@ def _print_predictions(predictions: Iterable, output_format: OutputFormat) -> tu
         elif output_format is OutputFormat.csv:
             if prediction.error:
                 writer.writerow([prediction.source, "", "", "", prediction.error])
-            for rank, (label, probability) in enumerate(zip(prediction.labels, prediction.probabilities,
-                                                            strict=True), start=1):
+            for rank, (label, probability) in enumerate(
+                zip(prediction.labels, prediction.probabilities, strict=True), start=1
+            ):
                 writer.writerow([prediction.source, rank, label, f"{probability:.6f}", ""])
         elif prediction.error:
             print(f"{prediction.source}\tERROR: {prediction.error}")
         else:
-            answers = "  ".join(f"{label} {probability:.3f}"
-                                for label, probability in zip(prediction.labels, prediction.probabilities, strict=True))
+            answers = "  ".join(
+                f"{label} {probability:.3f}"
+                for label, probability in zip(prediction.labels, prediction.probabilities, strict=True)
+            )
             print(f"{prediction.source}\t{answers}")
         failed, total = failed + bool(prediction.error), total + 1
     if output_format is OutputFormat.json:
@@ -258,12 +319,20 @@ def export(
     model: Annotated[Path, typer.Argument(help="Model directory (or run directory holding model/).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="File to write (e.g. model.onnx, model.pt).")],
     export_format: Annotated[ExportFormat, typer.Option("--format", help="onnx or torchscript.")] = ExportFormat.onnx,
-    int8: Annotated[bool, typer.Option(
-        "--int8", help="Quantize (onnx): static with --calibration-data, else dynamic (MatMul/Gemm only).")] = False,
-    calibration_data: Annotated[Path | None, typer.Option(
-        "--calibration-data", help="Representative images (a folder) to calibrate static INT8 on.")] = None,
-    check_data: Annotated[Path | None, typer.Option(
-        "--check-data", help="Images to verify on (default: the run's validation split, if still there).")] = None,
+    int8: Annotated[
+        bool,
+        typer.Option(
+            "--int8", help="Quantize (onnx): static with --calibration-data, else dynamic (MatMul/Gemm only)."
+        ),
+    ] = False,
+    calibration_data: Annotated[
+        Path | None,
+        typer.Option("--calibration-data", help="Representative images (a folder) to calibrate static INT8 on."),
+    ] = None,
+    check_data: Annotated[
+        Path | None,
+        typer.Option("--check-data", help="Images to verify on (default: the run's validation split, if still there)."),
+    ] = None,
     opset: Annotated[int, typer.Option(min=13, help="ONNX opset.")] = 18,
     quiet: QuietOption = False,
 ) -> None:
@@ -271,20 +340,32 @@ def export(
     from tlearn.export import export_model
     from tlearn.progress import Progress
 
-    result = export_model(model, out, export_format=export_format.value, int8=int8, calibration_data=calibration_data,
-                          check_data=check_data, opset=opset, progress=Progress(quiet=quiet))
+    result = export_model(
+        model,
+        out,
+        export_format=export_format.value,
+        int8=int8,
+        calibration_data=calibration_data,
+        check_data=check_data,
+        opset=opset,
+        progress=Progress(quiet=quiet),
+    )
     for check in result.checks:
         print(check.summary())
     for note in result.notes:
         print(f"note: {note}")
-    print(f"exported: {result.path} ({result.export_format} {result.precision}, {result.size_bytes / 1e6:.1f} MB, "
-          f"{result.seconds:.1f} s)")
+    print(
+        f"exported: {result.path} ({result.export_format} {result.precision}, {result.size_bytes / 1e6:.1f} MB, "
+        f"{result.seconds:.1f} s)"
+    )
 
 
 @app.command()
 def serve(
     model: ModelOption,
-    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 makes it reachable from the network.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Address to bind; 0.0.0.0 makes it reachable from the network.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
     engine: EngineOption = None,
     device: DeviceOption = "auto",
@@ -299,15 +380,25 @@ def serve(
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"serving on {host}: reachable from other machines, without authentication", file=sys.stderr)
-    settings = ServeSettings(max_request_bytes=int(max_request_mb * 1024 * 1024), max_batch_size=max_batch_size,
-                             batch_wait_ms=batch_wait_ms)
-    run_service(model, host=host, port=port, engine=engine.value if engine else None, device=device,
-                settings=settings, log_level="warning" if quiet else "info")
+    settings = ServeSettings(
+        max_request_bytes=int(max_request_mb * 1024 * 1024), max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms
+    )
+    run_service(
+        model,
+        host=host,
+        port=port,
+        engine=engine.value if engine else None,
+        device=device,
+        settings=settings,
+        log_level="warning" if quiet else "info",
+    )
 
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the drawn images and the run.")] = Path("tlearn-demo"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the drawn images and the run.")] = Path(
+        "tlearn-demo"
+    ),
     device: DeviceOption = "auto",
     quiet: QuietOption = False,
 ) -> None:
@@ -340,8 +431,10 @@ def cache_info() -> None:
     print(f"cache: {summary.root}  ({summary.total_bytes / 1e6:.1f} MB; set TLEARN_CACHE_DIR to move it)")
     for namespace, details in summary.embeddings.items():
         backbone = details["description"].get("backbone", {})
-        print(f"  embeddings {namespace}: {details['entries']} images, {details['bytes'] / 1e6:.1f} MB "
-              f"({backbone.get('arch', '?')}, {backbone.get('weights', '?')})")
+        print(
+            f"  embeddings {namespace}: {details['entries']} images, {details['bytes'] / 1e6:.1f} MB "
+            f"({backbone.get('arch', '?')}, {backbone.get('weights', '?')})"
+        )
     print(f"  backbones: {len(summary.backbones)} stored; unreadable-file verdicts: {summary.rejects}")
 
 
@@ -377,6 +470,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as error:
         if debug:
             raise
-        print(f"error: internal error ({type(error).__name__}: {error}); rerun with --debug for the traceback",
-              file=sys.stderr)
+        print(
+            f"error: internal error ({type(error).__name__}: {error}); rerun with --debug for the traceback",
+            file=sys.stderr,
+        )
         sys.exit(1)

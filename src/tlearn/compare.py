@@ -15,8 +15,19 @@ from tlearn import atomic
 from tlearn.errors import TlearnError
 from tlearn.run_records import RunRecords, read_run
 
-COLUMNS = ("run", "backbone", "mode", "epochs", "train time", "split", "images", "accuracy", "macro F1", "ECE",
-           "model size")
+COLUMNS = (
+    "run",
+    "backbone",
+    "mode",
+    "epochs",
+    "train time",
+    "split",
+    "images",
+    "accuracy",
+    "macro F1",
+    "ECE",
+    "model size",
+)
 NUMERIC = {"epochs", "train time", "images", "accuracy", "macro F1", "ECE", "model size"}
 
 
@@ -39,8 +50,16 @@ class RunSummary:
     def cells(self) -> list[str]:
         """The row as text, in `COLUMNS` order."""
         return [
-            self.run, self.backbone, self.mode, _text(self.epochs, "{}"), _text(self.seconds, "{:.1f} s"), self.split,
-            str(self.images), f"{100 * self.accuracy:.1f}%", f"{self.macro_f1:.3f}", _text(self.ece, "{:.3f}"),
+            self.run,
+            self.backbone,
+            self.mode,
+            _text(self.epochs, "{}"),
+            _text(self.seconds, "{:.1f} s"),
+            self.split,
+            str(self.images),
+            f"{100 * self.accuracy:.1f}%",
+            f"{self.macro_f1:.3f}",
+            _text(self.ece, "{:.3f}"),
             _text(None if self.model_bytes is None else self.model_bytes / 1e6, "{:.1f} MB"),
         ]
 
@@ -90,12 +109,20 @@ def markdown_table(summaries: Sequence[RunSummary]) -> str:
     numeric = [name in NUMERIC for name in COLUMNS]
 
     def line(cells: Sequence[str]) -> str:
-        padded = [cell.rjust(width) if right else cell.ljust(width)
-                  for cell, width, right in zip(cells, widths, numeric, strict=True)]
+        padded = [
+            cell.rjust(width) if right else cell.ljust(width)
+            for cell, width, right in zip(cells, widths, numeric, strict=True)
+        ]
         return "| " + " | ".join(padded) + " |"
 
-    rule = "|" + "|".join("-" * (width + 1) + ":" if right else "-" * (width + 2)
-                          for width, right in zip(widths, numeric, strict=True)) + "|"
+    rule = (
+        "|"
+        + "|".join(
+            "-" * (width + 1) + ":" if right else "-" * (width + 2)
+            for width, right in zip(widths, numeric, strict=True)
+        )
+        + "|"
+    )
     return "\n".join([line(rows[0]), rule, *(line(row) for row in rows[1:])])
 
 
@@ -111,9 +138,16 @@ def write_comparison(summaries: Sequence[RunSummary], path: str | Path) -> Path:
     elif path.suffix.lower() in (".html", ".htm"):
         from tlearn.report import render_page  # deferred: jinja2 is only needed for pages
 
-        atomic.write_text(path, render_page("compare.html", columns=COLUMNS, numeric=NUMERIC,
-                                            rows=[summary.cells() for summary in summaries],
-                                            best=_best_cells(summaries)))
+        atomic.write_text(
+            path,
+            render_page(
+                "compare.html",
+                columns=COLUMNS,
+                numeric=NUMERIC,
+                rows=[summary.cells() for summary in summaries],
+                best=_best_cells(summaries),
+            ),
+        )
     else:
         raise TlearnError(f"{path}: write the comparison to a .md or .html file")
     return path
@@ -122,10 +156,16 @@ def write_comparison(summaries: Sequence[RunSummary], path: str | Path) -> Path:
 def _best_cells(summaries: Sequence[RunSummary]) -> set[tuple[int, str]]:
     """(row, column) of the best accuracy, macro F1 and ECE as shown (3 decimals), highlighted in the HTML table."""
     best: set[tuple[int, str]] = set()
-    for column, value, lower_is_better in (("accuracy", "accuracy", False), ("macro F1", "macro_f1", False),
-                                           ("ECE", "ece", True)):
-        scored = [(round(getattr(summary, value), 3), row) for row, summary in enumerate(summaries)
-                  if getattr(summary, value) is not None]
+    for column, value, lower_is_better in (
+        ("accuracy", "accuracy", False),
+        ("macro F1", "macro_f1", False),
+        ("ECE", "ece", True),
+    ):
+        scored = [
+            (round(getattr(summary, value), 3), row)
+            for row, summary in enumerate(summaries)
+            if getattr(summary, value) is not None
+        ]
         if len(scored) > 1:
             target = (min if lower_is_better else max)(score for score, _ in scored)
             best |= {(row, column) for score, row in scored if score == target}

@@ -54,21 +54,25 @@ def check_data(source: DataSource, content_hashes: list[str | None], failures: d
         if len(members) < 2:
             continue
         images = [source.images[p] for p in members]
-        duplicates.append({
-            "sha256": content_hash,
-            "paths": [image.relpath for image in images],
-            "splits": sorted({image.split for image in images}, key=SPLITS.index),
-            "labels": sorted({image.label for image in images}),
-        })
+        duplicates.append(
+            {
+                "sha256": content_hash,
+                "paths": [image.relpath for image in images],
+                "splits": sorted({image.split for image in images}, key=SPLITS.index),
+                "labels": sorted({image.label for image in images}),
+            }
+        )
         earliest = min(SPLITS.index(image.split) for image in images)
         leaking = [p for p in members if SPLITS.index(source.images[p].split) > earliest]
         if leaking:
             excluded.update(leaking)
-            leakage.append({
-                "sha256": content_hash,
-                "kept_in": SPLITS[earliest],
-                "excluded": [source.images[p].relpath for p in leaking],
-            })
+            leakage.append(
+                {
+                    "sha256": content_hash,
+                    "kept_in": SPLITS[earliest],
+                    "excluded": [source.images[p].relpath for p in leaking],
+                }
+            )
 
     positions = {split: [] for split in SPLITS}
     for position, image in enumerate(source.images):
@@ -114,13 +118,14 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     imbalance = report["imbalance"]
     if imbalance["imbalanced"]:
         lines.append(
-            f"class imbalance: {imbalance['majority']} vs {imbalance['minority']} is {imbalance['ratio']}:1 "
-            "in train"
+            f"class imbalance: {imbalance['majority']} vs {imbalance['minority']} is {imbalance['ratio']}:1 in train"
         )
     if report["leakage"]:
         excluded = sum(len(group["excluded"]) for group in report["leakage"])
-        lines.append(f"leakage: {excluded} val/test image(s) are byte-identical to earlier-split images; "
-                     "excluded from evaluation")
+        lines.append(
+            f"leakage: {excluded} val/test image(s) are byte-identical to earlier-split images; "
+            "excluded from evaluation"
+        )
     if report["label_conflicts"]:
         lines.append(f"warning: {len(report['label_conflicts'])} identical image(s) carry different labels")
     return lines

@@ -50,8 +50,13 @@ def _draw_one(shape: str, size: int, rng: np.random.Generator) -> Image.Image:
     else:
         corners = 4 if shape == "square" else 3
         start = rng.uniform(0, 2 * math.pi)
-        points = [(centre_x + radius * math.cos(start + 2 * math.pi * k / corners),
-                   centre_y + radius * math.sin(start + 2 * math.pi * k / corners)) for k in range(corners)]
+        points = [
+            (
+                centre_x + radius * math.cos(start + 2 * math.pi * k / corners),
+                centre_y + radius * math.sin(start + 2 * math.pi * k / corners),
+            )
+            for k in range(corners)
+        ]
         draw.polygon(points, fill=colour)
     return picture
 

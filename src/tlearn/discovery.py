@@ -87,9 +87,7 @@ def assign_split(relpath: str, fractions: tuple[float, float, float]) -> str:
     return "test"
 
 
-def discover(
-    root: str | Path, *, split_fractions: tuple[float, float, float] = DEFAULT_SPLIT_FRACTIONS
-) -> DataSource:
+def discover(root: str | Path, *, split_fractions: tuple[float, float, float] = DEFAULT_SPLIT_FRACTIONS) -> DataSource:
     """Find the labelled images under `root` and assign each to train / val / test.
 
     Raises:
@@ -240,15 +238,15 @@ def _check_classes(source: DataSource) -> None:
     where = source.root / "train" if source.layout == "pre_split" else source.root
     if len(source.classes) < 2:
         found = f"only {source.classes[0]!r}" if source.classes else "none"
-        raise DataError(
-            f"{where}: need at least two class folders, found {found}. Expected {where}/<class>/*.jpg"
-        )
+        raise DataError(f"{where}: need at least two class folders, found {found}. Expected {where}/<class>/*.jpg")
     per_class = Counter(image.label for image in source.images if image.split == "train")
     for name in source.classes:
         if per_class.get(name, 0) == 0:
             total = sum(1 for image in source.images if image.label == name)
             if total == 0:
-                raise DataError(f"{where / name}: class {name!r} has no images (supported: jpg, png, bmp, gif, webp, tif)")
+                raise DataError(
+                    f"{where / name}: class {name!r} has no images (supported: jpg, png, bmp, gif, webp, tif)"
+                )
             raise DataError(
                 f"{where / name}: class {name!r} has {total} image(s) but none landed in the training split; "
                 "add images or use pre-split train/val folders"

@@ -40,11 +40,14 @@ class RunReport:
             png = self.folder / FIGURES_FOLDER / f"{name}.png"
             if png.is_file():
                 figures[name] = data_uri(png.read_bytes(), "image/png")
-        return render_page("display.html", records=records, figures=figures, report=self.path,
-                           title=self.folder.resolve().name)
+        return render_page(
+            "display.html", records=records, figures=figures, report=self.path, title=self.folder.resolve().name
+        )
 
     def __repr__(self) -> str:
         records = read_run(self.folder)
         headline = records.metrics[records.split]
-        return (f"{records.split}: accuracy {headline['accuracy']:.3f}, macro F1 {headline['macro_f1']:.3f} "
-                f"(n={headline['n']}); full report: {self.path}")
+        return (
+            f"{records.split}: accuracy {headline['accuracy']:.3f}, macro F1 {headline['macro_f1']:.3f} "
+            f"(n={headline['n']}); full report: {self.path}"
+        )

@@ -89,5 +89,13 @@ def unshard(parts: list[list[Item]], total: int) -> list[Item]:
 
 def torchrun_command(nproc: int, cli_args: Sequence[str]) -> list[str]:
     """The torchrun command line that `tlearn train --nproc N` runs (standalone rendezvous, one machine)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "tlearn", *cli_args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "tlearn",
+        *cli_args,
+    ]

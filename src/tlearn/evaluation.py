@@ -62,8 +62,10 @@ def evaluate_folder(
     source, split_name = discover_for_evaluation(data, split=split)
     unknown = sorted({image.label for image in source.images} - set(classifier.classes))
     if unknown:
-        raise DataError(f"{source.root}: class folder(s) {', '.join(unknown)} are not among the model's classes "
-                        f"({', '.join(classifier.classes)})")
+        raise DataError(
+            f"{source.root}: class folder(s) {', '.join(unknown)} are not among the model's classes "
+            f"({', '.join(classifier.classes)})"
+        )
     index = {name: i for i, name in enumerate(classifier.classes)}
     paths = [image.path for image in source.images]
     probabilities, failures = classifier.predict_files_probabilities(
@@ -80,8 +82,10 @@ def evaluate_folder(
             "label": source.images[p].label,
             "predicted": classifier.classes[int(probabilities[p].argmax())],
             "confidence": round(float(probabilities[p].max()), 6),
-            **{f"p_{name}": round(float(value), 6) for name, value in zip(classifier.classes, probabilities[p],
-                                                                           strict=True)},
+            **{
+                f"p_{name}": round(float(value), 6)
+                for name, value in zip(classifier.classes, probabilities[p], strict=True)
+            },
         }
         for p in usable
     ]
@@ -92,13 +96,26 @@ def evaluate_folder(
         columns = ["path", "label", "predicted", "confidence", *[f"p_{name}" for name in classifier.classes]]
         atomic.write_csv(out / "predictions.csv", predictions, columns)
         counts = Counter(source.images[p].label for p in usable)
-        atomic.write_json(out / "data_report.json", {
-            "data": str(source.root), "split": split_name,
-            "counts": {split_name: {name: counts.get(name, 0) for name in classifier.classes}},
-            "skipped": skipped, "ignored": source.ignored})
-        atomic.write_json(out / EVALUATION_FILE, {
-            "model": str(classifier.path.resolve()) if classifier.path else None, "data": str(source.root),
-            "split": split_name, "tta": tta, "seconds": round(time.perf_counter() - started, 3),
-            "model_config": classifier.config.model_dump(mode="json")})
+        atomic.write_json(
+            out / "data_report.json",
+            {
+                "data": str(source.root),
+                "split": split_name,
+                "counts": {split_name: {name: counts.get(name, 0) for name in classifier.classes}},
+                "skipped": skipped,
+                "ignored": source.ignored,
+            },
+        )
+        atomic.write_json(
+            out / EVALUATION_FILE,
+            {
+                "model": str(classifier.path.resolve()) if classifier.path else None,
+                "data": str(source.root),
+                "split": split_name,
+                "tta": tta,
+                "seconds": round(time.perf_counter() - started, 3),
+                "model_config": classifier.config.model_dump(mode="json"),
+            },
+        )
         write_report(out, progress=progress)
     return Evaluation(split_name, metrics, predictions, skipped)

@@ -76,8 +76,10 @@ class ExportCheck:
 
     def summary(self) -> str:
         verdict = "ok" if self.passed else "FAILED"
-        return (f"check {self.name}: {self.images} images ({self.image_source}): max |Δprob| {self.max_abs_diff:.2e}, "
-                f"top-1 agreement {100 * self.top1_agreement:.2f}%  [{self.limit}] {verdict}")
+        return (
+            f"check {self.name}: {self.images} images ({self.image_source}): max |Δprob| {self.max_abs_diff:.2e}, "
+            f"top-1 agreement {100 * self.top1_agreement:.2f}%  [{self.limit}] {verdict}"
+        )
 
 
 @dataclass
@@ -204,29 +206,39 @@ def _onnx(
             final_path = Path(work) / "int8.onnx"
             precision, notes = _quantize(fp32_path, final_path, calibration_files, classifier.preprocessing, progress)
             int8_probabilities = check_set.run(OnnxClassifier.load(final_path).probabilities)
-            checks.append(check_set.compare(
-                f"onnx {precision} vs onnx fp32", int8_probabilities, reference=fp32_probabilities,
-                min_agreement=limits.min_int8_agreement if check_set.real else None,
-            ))
+            checks.append(
+                check_set.compare(
+                    f"onnx {precision} vs onnx fp32",
+                    int8_probabilities,
+                    reference=fp32_probabilities,
+                    min_agreement=limits.min_int8_agreement if check_set.real else None,
+                )
+            )
             _raise_if_failed(checks)
         proto = onnx.load(str(final_path))
-    _describe(proto, classifier, {"format": "onnx", "precision": precision, "opset": opset,
-                                  "checks": [asdict(check) for check in checks]})
+    _describe(
+        proto,
+        classifier,
+        {"format": "onnx", "precision": precision, "opset": opset, "checks": [asdict(check) for check in checks]},
+    )
     return proto.SerializeToString(), checks, precision, notes
 
 
 def _describe(proto: onnx.ModelProto, classifier: Classifier, export_info: dict[str, Any]) -> None:
     """Store the model's config, the export's facts and a plain description of input and output in `proto`."""
     export_info = {**export_info, "tlearn_version": __version__, "torch_version": torch.__version__}
-    onnx.helper.set_model_props(proto, {
-        CONFIG_KEY: classifier.config.model_dump_json(),
-        EXPORT_KEY: json.dumps(export_info),
-        "classes": json.dumps(classifier.classes),
-        "preprocessing": json.dumps(classifier.preprocessing.to_dict()),
-        "input": _input_description(classifier.preprocessing),
-        "output": f"{OUTPUT_NAME}: float32 (batch, {len(classifier.classes)}), softmax(logits / "
-                  f"{classifier.config.temperature:g}), columns in the order of 'classes'",
-    })
+    onnx.helper.set_model_props(
+        proto,
+        {
+            CONFIG_KEY: classifier.config.model_dump_json(),
+            EXPORT_KEY: json.dumps(export_info),
+            "classes": json.dumps(classifier.classes),
+            "preprocessing": json.dumps(classifier.preprocessing.to_dict()),
+            "input": _input_description(classifier.preprocessing),
+            "output": f"{OUTPUT_NAME}: float32 (batch, {len(classifier.classes)}), softmax(logits / "
+            f"{classifier.config.temperature:g}), columns in the order of 'classes'",
+        },
+    )
     proto.producer_name, proto.producer_version = "tlearn", __version__
 
 
@@ -236,13 +248,20 @@ def _onnx_proto(graph: nn.Module, preprocessing: Preprocessing, opset: int) -> o
     example = torch.zeros(2, 3, height, width)
     try:
         program = torch.onnx.export(
-            graph, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME], dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), verbose=False,
+            graph,
+            (example,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+            verbose=False,
         )
     except Exception as error:  # the exporter raises many types; the user needs the first line
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ExportError(f"this model cannot be exported to ONNX ({type(error).__name__}: {first}); "
-                          "try --format torchscript") from None
+        raise ExportError(
+            f"this model cannot be exported to ONNX ({type(error).__name__}: {first}); try --format torchscript"
+        ) from None
     return program.model_proto
 
 
@@ -254,19 +273,33 @@ def _quantize(
     quant_pre_process(str(fp32_path), str(prepared))
     if not calibration_files:
         progress.info("quantizing to INT8 (dynamic: MatMul/Gemm weights; no --calibration-data)...")
-        quantize_dynamic(str(prepared), str(out_path), op_types_to_quantize=["MatMul", "Gemm"],
-                         weight_type=QuantType.QInt8, per_channel=True)
-        return "int8-dynamic", ["dynamic quantization covers MatMul/Gemm weights only: convolutions stay fp32 "
-                                "(pass --calibration-data DIR for static INT8 convolutions)"]
+        quantize_dynamic(
+            str(prepared),
+            str(out_path),
+            op_types_to_quantize=["MatMul", "Gemm"],
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+        )
+        return "int8-dynamic", [
+            "dynamic quantization covers MatMul/Gemm weights only: convolutions stay fp32 "
+            "(pass --calibration-data DIR for static INT8 convolutions)"
+        ]
     progress.info(f"quantizing to INT8 (static, calibrated on {len(calibration_files)} images)...")
     sensitive = _sensitive_nodes(onnx.load(str(prepared)).graph)
     quantize_static(
-        str(prepared), str(out_path), _CalibrationReader(calibration_files, preprocessing),
-        quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=sensitive,
+        str(prepared),
+        str(out_path),
+        _CalibrationReader(calibration_files, preprocessing),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        reduce_range=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=sensitive,
     )
-    return "int8-static", [f"kept in fp32: the stem convolution, the classifier and the softmax ({len(sensitive)} "
-                           "nodes)"]
+    return "int8-static", [
+        f"kept in fp32: the stem convolution, the classifier and the softmax ({len(sensitive)} nodes)"
+    ]
 
 
 def _sensitive_nodes(graph: Any) -> list[str]:
@@ -289,8 +322,9 @@ class _CalibrationReader(CalibrationDataReader):
         pixels = _decode(files, preprocessing)
         if len(pixels) == 0:
             raise ExportError(f"none of the {len(files)} calibration image(s) could be decoded")
-        self._batches: Iterator[np.ndarray] = (normalize(pixels[start : start + 16], preprocessing)
-                                               for start in range(0, len(pixels), 16))
+        self._batches: Iterator[np.ndarray] = (
+            normalize(pixels[start : start + 16], preprocessing) for start in range(0, len(pixels), 16)
+        )
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._batches, None)
@@ -304,15 +338,20 @@ def _torchscript(
     classifier = check_set.classifier
     progress.info("tracing to TorchScript...")
     height, width = classifier.preprocessing.input_size
-    export_info = {"format": "torchscript", "precision": "fp32", "tlearn_version": __version__,
-                   "torch_version": torch.__version__}
+    export_info = {
+        "format": "torchscript",
+        "precision": "fp32",
+        "tlearn_version": __version__,
+        "torch_version": torch.__version__,
+    }
     extra = {"config.json": classifier.config.model_dump_json(), "tlearn_export.json": json.dumps(export_info)}
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         # TorchScript is deprecated upstream and says so on every call; it is still the format asked for here.
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
-        torch.jit.save(torch.jit.trace(graph, torch.zeros(2, 3, height, width), check_trace=False), buffer,
-                       _extra_files=extra)
+        torch.jit.save(
+            torch.jit.trace(graph, torch.zeros(2, 3, height, width), check_trace=False), buffer, _extra_files=extra
+        )
         payload = buffer.getvalue()
         reloaded = torch.jit.load(io.BytesIO(payload), map_location="cpu")
 
@@ -365,8 +404,15 @@ class _CheckSet:
         if min_agreement is not None:
             passed &= agreement >= min_agreement
             limits.append(f"agreement ≥ {100 * min_agreement:g}%")
-        return ExportCheck(name, len(reference), self.source, difference, agreement,
-                           ", ".join(limits) or "reported only (no real images)", bool(passed))
+        return ExportCheck(
+            name,
+            len(reference),
+            self.source,
+            difference,
+            agreement,
+            ", ".join(limits) or "reported only (no real images)",
+            bool(passed),
+        )
 
 
 def _check_set(
@@ -429,6 +475,8 @@ def _decode(files: list[Path], preprocessing: Preprocessing) -> np.ndarray:
 
 def _input_description(preprocessing: Preprocessing) -> str:
     height, width = preprocessing.input_size
-    return (f"{INPUT_NAME}: float32 (batch, 3, {height}, {width}) RGB; resize ({preprocessing.interpolation}, "
-            f"crop_pct {preprocessing.crop_pct}, {preprocessing.crop_mode} crop), scale to [0, 1], then "
-            f"(x - mean) / std with mean {list(preprocessing.mean)} and std {list(preprocessing.std)}")
+    return (
+        f"{INPUT_NAME}: float32 (batch, 3, {height}, {width}) RGB; resize ({preprocessing.interpolation}, "
+        f"crop_pct {preprocessing.crop_pct}, {preprocessing.crop_mode} crop), scale to [0, 1], then "
+        f"(x - mean) / std with mean {list(preprocessing.mean)} and std {list(preprocessing.std)}"
+    )

@@ -99,7 +99,9 @@ class FeatureExtractor:
         """Embeddings for `paths` (cache first), with per-file failure reasons for unusable files."""
         started = time.perf_counter()
         preprocessing = self.ref.known_preprocessing(self.cache_root) or self.backbone(progress).info.preprocessing
-        embeddings_cache = EmbeddingCache(self.cache_root, self._namespace(preprocessing), self._description(preprocessing))
+        embeddings_cache = EmbeddingCache(
+            self.cache_root, self._namespace(preprocessing), self._description(preprocessing)
+        )
         rejects = RejectCache(self.cache_root, f"v{DECODER_VERSION}-max{self.max_pixels}")
 
         hashes, failures = _hash_files(paths)

@@ -46,13 +46,22 @@ def training_curves(history: Sequence[dict[str, Any]], *, best_epoch: int | None
     for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
         _shade_stages(axes, history)
         for split, colour, style in (("train", TRAIN_COLOUR, "--"), ("val", VAL_COLOUR, "-")):
-            values = np.array([np.nan if row[f"{split}_{metric}"] is None else row[f"{split}_{metric}"]
-                               for row in history], dtype=float)
+            values = np.array(
+                [np.nan if row[f"{split}_{metric}"] is None else row[f"{split}_{metric}"] for row in history],
+                dtype=float,
+            )
             axes.plot(epochs, values, style, marker="o", markersize=4, color=colour, label=split)
             if split == "val" and best_epoch is not None and best_epoch in epochs:
                 best = values[list(epochs).index(best_epoch)]
-                axes.plot([best_epoch], [best], marker="*", markersize=14, color=colour, linestyle="none",
-                          label=f"kept (epoch {best_epoch})")
+                axes.plot(
+                    [best_epoch],
+                    [best],
+                    marker="*",
+                    markersize=14,
+                    color=colour,
+                    linestyle="none",
+                    label=f"kept (epoch {best_epoch})",
+                )
         axes.margins(y=0.15)  # room for the stage labels above the curves
         axes.set_xlabel("epoch (0 = linear head; at the top: layer groups unfrozen)")
         axes.set_title(metric)
@@ -78,8 +87,15 @@ def head_search_curves(candidates: Sequence[dict[str, float]], chosen_c: float) 
     figure.subplots_adjust(**_TWO_PANEL_MARGINS)
     for axes, metric in zip(figure.subplots(1, 2), ("loss", "accuracy"), strict=True):
         for split, colour, style in (("train", TRAIN_COLOUR, "--"), ("val", VAL_COLOUR, "-")):
-            axes.plot(strengths, [row[f"{split}_{metric}"] for row in candidates], style, marker="o",
-                      markersize=4, color=colour, label=split)
+            axes.plot(
+                strengths,
+                [row[f"{split}_{metric}"] for row in candidates],
+                style,
+                marker="o",
+                markersize=4,
+                color=colour,
+                label=split,
+            )
         axes.axvline(chosen_c, color="#555555", linestyle=":", label=f"chosen C = {chosen_c:g}")
         axes.set_xscale("log")
         # Plain tick labels: matplotlib's default 10^k labels go through mathtext, the slowest part of a figure.
@@ -131,8 +147,15 @@ def confusion_matrix_figure(matrix: np.ndarray, classes: Sequence[str], *, norma
     if count <= _ANNOTATED_CLASSES:
         for (row, column), value in np.ndenumerate(values):
             text = f"{value:.0%}" if normalise else f"{int(value)}"
-            axes.text(column, row, text, ha="center", va="center", fontsize=font,
-                      color="white" if value > 0.55 * top else "#222222")
+            axes.text(
+                column,
+                row,
+                text,
+                ha="center",
+                va="center",
+                fontsize=font,
+                color="white" if value > 0.55 * top else "#222222",
+            )
     return _png(figure)
 
 
@@ -160,16 +183,36 @@ def reliability_diagram(
     figure.subplots_adjust(left=0.13, right=0.97, bottom=0.09, top=0.94, hspace=0.08)
     accuracy_axes, count_axes = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
     accuracy_axes.plot([0, 1], [0, 1], ":", color="#555555", label="perfect calibration")
-    accuracy_axes.bar(centres[filled], bins.accuracy[filled], width=width, color=VAL_COLOUR, edgecolor="white",
-                      label="accuracy in bin")
+    accuracy_axes.bar(
+        centres[filled],
+        bins.accuracy[filled],
+        width=width,
+        color=VAL_COLOUR,
+        edgecolor="white",
+        label="accuracy in bin",
+    )
     gap = bins.confidence[filled] - bins.accuracy[filled]
-    accuracy_axes.bar(centres[filled], gap, bottom=bins.accuracy[filled], width=width, color=ERROR_COLOUR,
-                      alpha=0.3, edgecolor=ERROR_COLOUR, hatch="//", label="gap to confidence")
+    accuracy_axes.bar(
+        centres[filled],
+        gap,
+        bottom=bins.accuracy[filled],
+        width=width,
+        color=ERROR_COLOUR,
+        alpha=0.3,
+        edgecolor=ERROR_COLOUR,
+        hatch="//",
+        label="gap to confidence",
+    )
     if uncalibrated is not None:
         shown = uncalibrated.counts > 0
-        accuracy_axes.plot(uncalibrated.confidence[shown], uncalibrated.accuracy[shown], marker="o",
-                           markersize=4, color=TRAIN_COLOUR,
-                           label=f"before temperature scaling (ECE {uncalibrated.ece:.3f})")
+        accuracy_axes.plot(
+            uncalibrated.confidence[shown],
+            uncalibrated.accuracy[shown],
+            marker="o",
+            markersize=4,
+            color=TRAIN_COLOUR,
+            label=f"before temperature scaling (ECE {uncalibrated.ece:.3f})",
+        )
     label = f"ECE {bins.ece:.3f}" + (f", temperature {temperature:.2f}" if temperature != 1.0 else "")
     accuracy_axes.set_title(f"reliability ({label})")
     accuracy_axes.set_ylabel("accuracy")
@@ -194,8 +237,16 @@ def _shade_stages(axes: Any, history: Sequence[dict[str, Any]]) -> None:
     for index, (stage, first, last) in enumerate(runs):
         axes.axvspan(first - 0.5, last + 0.5, color="#000000", alpha=0.06 if index % 2 else 0.0, linewidth=0)
         label = "head" if stage == "linear head" else stage.removeprefix("unfreeze ")
-        axes.text((first + last) / 2, 0.98, label, transform=axes.get_xaxis_transform(), ha="center", va="top",
-                  fontsize=7, color="#555555")
+        axes.text(
+            (first + last) / 2,
+            0.98,
+            label,
+            transform=axes.get_xaxis_transform(),
+            ha="center",
+            va="top",
+            fontsize=7,
+            color="#555555",
+        )
 
 
 def _png(figure: Figure) -> bytes:

@@ -152,32 +152,46 @@ def finetune(
         progress.info(f"resuming after epoch {state.epoch} of {config.epochs} (best so far: epoch {state.best_epoch})")
     else:
         val_loss, val_accuracy, _ = _evaluate(setup.evaluator, splits["val"], config, dist, progress)
-        state = TrainingState(epoch=0, history=[history_row(0, "linear head", None, None, val_loss, val_accuracy,
-                                                            None, 0.0)],
-                              best_score=(val_accuracy, -val_loss), best_epoch=0, stale_epochs=0, images_seen=0,
-                              train_seconds=0.0)
+        state = TrainingState(
+            epoch=0,
+            history=[history_row(0, "linear head", None, None, val_loss, val_accuracy, None, 0.0)],
+            best_score=(val_accuracy, -val_loss),
+            best_epoch=0,
+            stale_epochs=0,
+            images_seen=0,
+            train_seconds=0.0,
+        )
         best_state = copy.deepcopy(setup.model.state_dict())
         _checkpoint(run_dir, setup, best_state, state, dist)
-        progress.info(f"fine-tuning {len(setup.groups)} layer groups for up to {config.epochs} epochs "
-                      f"(start: val accuracy {val_accuracy:.3f}, loss {val_loss:.3f})")
+        progress.info(
+            f"fine-tuning {len(setup.groups)} layer groups for up to {config.epochs} epochs "
+            f"(start: val accuracy {val_accuracy:.3f}, loss {val_loss:.3f})"
+        )
 
     with _stop_on_sigterm():
         try:
             best_state = _epochs(setup, config, splits, state, best_state, run_dir, dist, tracker, progress)
         except KeyboardInterrupt:
-            raise Interrupted(f"interrupted after epoch {state.epoch}; continue with the same command plus --resume "
-                              f"(checkpoint: {run_dir / 'checkpoints' / 'last'})") from None
+            raise Interrupted(
+                f"interrupted after epoch {state.epoch}; continue with the same command plus --resume "
+                f"(checkpoint: {run_dir / 'checkpoints' / 'last'})"
+            ) from None
 
     setup.model.load_state_dict(best_state)
-    probabilities = {split: _evaluate(setup.evaluator, files, config, dist, progress)[2]
-                     for split, files in splits.items() if split != "train"}
+    probabilities = {
+        split: _evaluate(setup.evaluator, files, config, dist, progress)[2]
+        for split, files in splits.items()
+        if split != "train"
+    }
     return FinetuneOutcome(
         state={name: value.detach().cpu().numpy() for name, value in setup.model.state_dict().items()},
         history=state.history,
         best_epoch=state.best_epoch,
         probabilities=probabilities,
         images_per_second=state.images_seen / state.train_seconds if state.train_seconds else 0.0,
-        peak_gpu_memory_mb=torch.cuda.max_memory_allocated(setup.device) / 2**20 if setup.device.type == "cuda" else None,
+        peak_gpu_memory_mb=torch.cuda.max_memory_allocated(setup.device) / 2**20
+        if setup.device.type == "cuda"
+        else None,
     )
 
 
@@ -200,27 +214,50 @@ def _epochs(
         unfrozen = min(len(groups), config.unfreeze_depth or len(groups), 1 + math.ceil(epoch / config.unfreeze_every))
         _set_trainable(setup.model, groups, unfrozen)
         if unfrozen != trainer_unfrozen:  # DDP registers the trainable parameters when it wraps
-            trainer, trainer_unfrozen = _wrap_for_training(setup.model, setup.device, dist,
-                                                           compile_model=config.compile), unfrozen
+            trainer, trainer_unfrozen = (
+                _wrap_for_training(setup.model, setup.device, dist, compile_model=config.compile),
+                unfrozen,
+            )
         _reseed_epoch(setup.loader, config.seed, epoch)
         started = time.perf_counter()
         loss_sum, correct, seen = train_one_epoch(trainer, setup, progress, epoch)
-        loss_sum, correct, seen = (sum(values) for values in zip(*dist.gather((loss_sum, correct, seen)),
-                                                                  strict=True))
+        loss_sum, correct, seen = (sum(values) for values in zip(*dist.gather((loss_sum, correct, seen)), strict=True))
         seconds = time.perf_counter() - started
         val_loss, val_accuracy, _ = _evaluate(setup.evaluator, splits["val"], config, dist, progress)
         images_per_second = seen / seconds if seconds else 0.0
-        row = history_row(epoch, f"unfreeze {unfrozen}/{len(groups)}", loss_sum / max(seen, 1), correct / max(seen, 1),
-                          val_loss, val_accuracy, setup.optimizer.param_groups[-1]["lr"],
-                          time.perf_counter() - started, images_per_second)
+        row = history_row(
+            epoch,
+            f"unfreeze {unfrozen}/{len(groups)}",
+            loss_sum / max(seen, 1),
+            correct / max(seen, 1),
+            val_loss,
+            val_accuracy,
+            setup.optimizer.param_groups[-1]["lr"],
+            time.perf_counter() - started,
+            images_per_second,
+        )
         state.history.append(row)
-        state.epoch, state.images_seen, state.train_seconds = epoch, state.images_seen + seen, state.train_seconds + seconds
-        tracker.log_metrics({"train/loss": row["train_loss"], "train/accuracy": row["train_accuracy"],
-                             "val/loss": val_loss, "val/accuracy": val_accuracy, "lr": row["lr"],
-                             "train/images_per_second": images_per_second}, step=epoch)
-        progress.info(f"epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.3f} acc "
-                      f"{row['train_accuracy']:.3f} | val loss {val_loss:.3f} acc {val_accuracy:.3f} | "
-                      f"{images_per_second:.1f} img/s")
+        state.epoch, state.images_seen, state.train_seconds = (
+            epoch,
+            state.images_seen + seen,
+            state.train_seconds + seconds,
+        )
+        tracker.log_metrics(
+            {
+                "train/loss": row["train_loss"],
+                "train/accuracy": row["train_accuracy"],
+                "val/loss": val_loss,
+                "val/accuracy": val_accuracy,
+                "lr": row["lr"],
+                "train/images_per_second": images_per_second,
+            },
+            step=epoch,
+        )
+        progress.info(
+            f"epoch {epoch}/{config.epochs}: train loss {row['train_loss']:.3f} acc "
+            f"{row['train_accuracy']:.3f} | val loss {val_loss:.3f} acc {val_accuracy:.3f} | "
+            f"{images_per_second:.1f} img/s"
+        )
         if (val_accuracy, -val_loss) > state.best_score:
             state.best_score, state.best_epoch, state.stale_epochs = (val_accuracy, -val_loss), epoch, 0
             best_state = copy.deepcopy(setup.model.state_dict())
@@ -277,9 +314,18 @@ def _setup(
     )
     precision = _precision(config.precision, device)
     weights = torch.tensor(class_weights, dtype=torch.float32, device=device) if class_weights is not None else None
-    return _Setup(model, evaluator, groups, optimizer, scheduler,
-                  torch.amp.GradScaler(device.type, enabled=precision == torch.float16), loader,
-                  nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing), device, precision)
+    return _Setup(
+        model,
+        evaluator,
+        groups,
+        optimizer,
+        scheduler,
+        torch.amp.GradScaler(device.type, enabled=precision == torch.float16),
+        loader,
+        nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing),
+        device,
+        precision,
+    )
 
 
 def _precision(choice: str, device: torch.device) -> torch.dtype | None:
@@ -307,8 +353,15 @@ def _checkpoint(
     run_dir: Path, setup: _Setup, best_state: dict[str, torch.Tensor], state: TrainingState, dist: DistributedContext
 ) -> None:
     if dist.is_main:
-        save_checkpoint(run_dir, model_state=setup.model.state_dict(), best_state=best_state,
-                        optimizer=setup.optimizer, scheduler=setup.scheduler, scaler=setup.scaler, state=state)
+        save_checkpoint(
+            run_dir,
+            model_state=setup.model.state_dict(),
+            best_state=best_state,
+            optimizer=setup.optimizer,
+            scheduler=setup.scheduler,
+            scaler=setup.scaler,
+            state=state,
+        )
     dist.barrier()
 
 
@@ -345,8 +398,9 @@ def _optimizer(groups: list[list[tuple[str, nn.Parameter]]], config: TrainConfig
         for decay in (True, False):
             params = [param for _, param in group if (param.ndim > 1) == decay]
             if params:
-                param_groups.append({"params": params, "lr": config.lr * scale,
-                                     "weight_decay": config.weight_decay if decay else 0.0})
+                param_groups.append(
+                    {"params": params, "lr": config.lr * scale, "weight_decay": config.weight_decay if decay else 0.0}
+                )
     return torch.optim.AdamW(param_groups, lr=config.lr)
 
 
@@ -372,16 +426,23 @@ def _warmup_cosine(total_steps: int, *, warmup_steps: int):
 
 
 def _train_loader(
-    files: LabelledFiles, model_config: ModelConfig, config: TrainConfig, device: torch.device,
+    files: LabelledFiles,
+    model_config: ModelConfig,
+    config: TrainConfig,
+    device: torch.device,
     dist: DistributedContext,
 ) -> DataLoader:
     workers = config.workers if config.workers is not None else default_workers(accelerator=device.type == "cuda")
-    dataset = _TrainImages(files, train_transform(model_config.preprocessing_spec(), augment=config.augment),
-                           config.max_image_pixels)
+    dataset = _TrainImages(
+        files, train_transform(model_config.preprocessing_spec(), augment=config.augment), config.max_image_pixels
+    )
     per_rank = math.ceil(len(dataset) / dist.world_size)
     batch_size = min(config.batch_size, per_rank)
-    sampler = DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
-                                 seed=config.seed) if dist.enabled else None
+    sampler = (
+        DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=config.seed)
+        if dist.enabled
+        else None
+    )
     return DataLoader(
         dataset,
         batch_size=batch_size,

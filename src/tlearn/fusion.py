@@ -8,10 +8,9 @@ Pairs are found by tracing the model with torch.fx; a model that cannot be trace
 
 from __future__ import annotations
 
+from timm.layers import BatchNormAct2d
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
-
-from timm.layers import BatchNormAct2d
 
 
 class _ConvBnTracer(fx.Tracer):
@@ -30,7 +29,7 @@ def fold_batchnorm(model: nn.Module) -> int:
     """
     try:
         graph = _ConvBnTracer().trace(model)
-    except Exception:  # noqa: BLE001 - fx raises many types on dynamic control flow; folding is optional
+    except Exception:
         return 0
     modules = dict(model.named_modules())
     folded = 0
@@ -50,6 +49,8 @@ def fold_batchnorm(model: nn.Module) -> int:
         parent_name, _, attribute = node.target.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         # BatchNormAct2d is norm → dropout → activation; only the norm disappears.
-        setattr(parent, attribute, nn.Sequential(norm.drop, norm.act) if isinstance(norm, BatchNormAct2d) else nn.Identity())
+        setattr(
+            parent, attribute, nn.Sequential(norm.drop, norm.act) if isinstance(norm, BatchNormAct2d) else nn.Identity()
+        )
         folded += 1
     return folded

@@ -123,8 +123,9 @@ class _StandardizedLogisticRegression:
         self.scale = x.std(axis=0)
         self.scale[self.scale < 1e-6] = 1.0  # constant features: weights stay ~0 under L2, keep them finite
         self.z, self.y, self.num_classes = (x - self.mean) / self.scale, y, num_classes
-        self.model = LogisticRegression(max_iter=2000, class_weight="balanced" if balanced else None,
-                                        warm_start=True, random_state=seed)
+        self.model = LogisticRegression(
+            max_iter=2000, class_weight="balanced" if balanced else None, warm_start=True, random_state=seed
+        )
 
     def fit(self, c: float) -> LinearHead:
         from sklearn.exceptions import ConvergenceWarning

@@ -116,8 +116,10 @@ def _predictions(ref: BackboneRef, paths: list[Path], k: int, progress: Progress
     extractor = FeatureExtractor(ref, cache_root(), device="cpu", workers=0)
     info = extractor.info(progress)
     if info.pretrained_classes != IMAGENET_CLASSES:
-        raise BackboneError(f"backbone {ref.arch}: its original classifier has {info.pretrained_classes} classes, "
-                            f"not ImageNet-1k's {IMAGENET_CLASSES}")
+        raise BackboneError(
+            f"backbone {ref.arch}: its original classifier has {info.pretrained_classes} classes, "
+            f"not ImageNet-1k's {IMAGENET_CLASSES}"
+        )
     embedded = extractor.embed_files(paths, progress=progress)
     weights = extractor.stored_weights(progress)
     weight_key, bias_key = info.classifier_keys

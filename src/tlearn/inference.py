@@ -126,8 +126,9 @@ class InferenceEngine(ABC):
         results: list[Prediction | None] = [None] * len(images)
         files = [(i, Path(item)) for i, item in enumerate(images) if isinstance(item, str | Path)]
         in_memory = [(i, item) for i, item in enumerate(images) if not isinstance(item, str | Path)]
-        answers = self.iter_file_predictions([path for _, path in files], top_k=top_k, batch_size=batch_size,
-                                             workers=workers, progress=progress)
+        answers = self.iter_file_predictions(
+            [path for _, path in files], top_k=top_k, batch_size=batch_size, workers=workers, progress=progress
+        )
         for (index, _), prediction in zip(files, answers, strict=True):
             results[index] = prediction
         prep = EvalPreprocess(self.preprocessing)
@@ -185,7 +186,12 @@ class InferenceEngine(ABC):
             yield from (answers[position] for position in sorted(answers))
 
     def predict_files_probabilities(
-        self, paths: Sequence[Path], *, batch_size: int = 32, workers: int | None = None, flip: bool = False,
+        self,
+        paths: Sequence[Path],
+        *,
+        batch_size: int = 32,
+        workers: int | None = None,
+        flip: bool = False,
         progress: Progress,
     ) -> tuple[np.ndarray, dict[int, str]]:
         """Probabilities for every file ((N, C), zero rows for failures) and the failure reasons.
@@ -194,23 +200,34 @@ class InferenceEngine(ABC):
         """
         matrix = np.zeros((len(paths), len(self.classes)), dtype=np.float32)
         failures: dict[int, str] = {}
-        for positions, probabilities, batch_failures in self._stream_files(paths, batch_size, workers, progress,
-                                                                           flip=flip):
+        for positions, probabilities, batch_failures in self._stream_files(
+            paths, batch_size, workers, progress, flip=flip
+        ):
             failures.update(batch_failures)
             if positions:
                 matrix[positions] = probabilities
         return matrix, failures
 
     def _stream_files(
-        self, paths: Sequence[Path], batch_size: int, workers: int | None, progress: Progress | None, *,
+        self,
+        paths: Sequence[Path],
+        batch_size: int,
+        workers: int | None,
+        progress: Progress | None,
+        *,
         flip: bool = False,
     ) -> Iterator[tuple[list[int], np.ndarray, list[tuple[int, str]]]]:
         """(positions, probabilities, failures) per batch; worker processes decode ahead of the model."""
         progress = progress or Progress(quiet=True)
         workers = workers if workers is not None else default_workers(accelerator=self.accelerated)
         with (
-            BatchDecoder(list(paths), self.preprocessing, batch_size=batch_size, workers=workers,
-                         max_pixels=DEFAULT_MAX_IMAGE_PIXELS) as batches,
+            BatchDecoder(
+                list(paths),
+                self.preprocessing,
+                batch_size=batch_size,
+                workers=workers,
+                max_pixels=DEFAULT_MAX_IMAGE_PIXELS,
+            ) as batches,
             progress.bar(total=len(paths), desc="predicting") as bar,
         ):
             for batch in batches:
@@ -261,13 +278,16 @@ def check_engine(path: str | Path, *, engine: str | None = None, device: str = "
     if engine not in ENGINES:
         raise ModelFileError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
     if engine == "onnx" and not is_onnx:
-        raise ModelFileError(f"{path}: the onnx engine needs an .onnx file; make one with "
-                             f"`tlearn export {path} --format onnx --out model.onnx`")
+        raise ModelFileError(
+            f"{path}: the onnx engine needs an .onnx file; make one with "
+            f"`tlearn export {path} --format onnx --out model.onnx`"
+        )
     if engine == "onnx" and device.startswith("cuda"):
         raise ModelFileError(f"--device {device}: the onnx engine runs on the CPU; use --engine torch for a GPU")
     if engine == "torch" and is_onnx:
-        raise ModelFileError(f"{path}: an ONNX file runs on the onnx engine (drop --engine torch, or give the "
-                             "model directory)")
+        raise ModelFileError(
+            f"{path}: an ONNX file runs on the onnx engine (drop --engine torch, or give the model directory)"
+        )
     if is_onnx and not path.is_file():
         raise ModelFileError(f"{path}: no such ONNX file")
     if not is_onnx:

@@ -57,7 +57,9 @@ class BatchDecoder:
         workers: int = 1,
         max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
-        self._chunks = [(start, list(sources[start : start + batch_size])) for start in range(0, len(sources), batch_size)]
+        self._chunks = [
+            (start, list(sources[start : start + batch_size])) for start in range(0, len(sources), batch_size)
+        ]
         self._preprocessing = preprocessing
         self._max_pixels = max_pixels
         self._pool = ProcessPoolExecutor(max_workers=workers) if workers > 0 and len(self._chunks) > 0 else None

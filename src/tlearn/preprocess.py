@@ -46,7 +46,9 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if self.interpolation not in _PIL_FILTERS:
-            raise ValueError(f"unsupported interpolation {self.interpolation!r}; expected one of {sorted(_PIL_FILTERS)}")
+            raise ValueError(
+                f"unsupported interpolation {self.interpolation!r}; expected one of {sorted(_PIL_FILTERS)}"
+            )
         if self.crop_mode not in CROP_MODES:
             raise ValueError(f"unsupported crop mode {self.crop_mode!r}; expected one of {CROP_MODES}")
 
@@ -164,6 +166,6 @@ def _center_crop_or_pad(pixels: np.ndarray, height: int, width: int, fill: tuple
         top, left = pad_h // 2, pad_w // 2
         padded[top : top + in_h, left : left + in_w] = pixels
         pixels, in_h, in_w = padded, in_h + pad_h, in_w + pad_w
-    top = int(round((in_h - height) / 2.0))
-    left = int(round((in_w - width) / 2.0))
+    top = round((in_h - height) / 2.0)
+    left = round((in_w - width) / 2.0)
     return np.ascontiguousarray(pixels[top : top + height, left : left + width])

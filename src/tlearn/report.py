@@ -107,9 +107,14 @@ def majority_baseline(records: RunRecords) -> dict[str, Any]:
     labels = np.repeat(np.arange(len(classes)), support)
     constant = np.eye(len(classes))[np.full(len(labels), majority)]
     metrics = classification_metrics(labels, constant, classes)
-    return {"class": classes[majority], "source": source, "accuracy": metrics["accuracy"],
-            "balanced_accuracy": metrics["balanced_accuracy"], "macro_f1": metrics["macro_f1"],
-            "chance": 1 / len(classes)}
+    return {
+        "class": classes[majority],
+        "source": source,
+        "accuracy": metrics["accuracy"],
+        "balanced_accuracy": metrics["balanced_accuracy"],
+        "macro_f1": metrics["macro_f1"],
+        "chance": 1 / len(classes),
+    }
 
 
 def split_description(split: str) -> str:
@@ -142,8 +147,9 @@ def spread_over_classes(rows: list[dict[str, str]], count: int) -> list[dict[str
     return chosen[:count]
 
 
-def _figures(records: RunRecords, labels: np.ndarray, probabilities: np.ndarray,
-             temperature: float) -> dict[str, bytes]:
+def _figures(
+    records: RunRecords, labels: np.ndarray, probabilities: np.ndarray, temperature: float
+) -> dict[str, bytes]:
     from tlearn import figures  # deferred: matplotlib takes a while to import and only reports need it
 
     matrix = np.asarray(records.metrics[records.split]["confusion_matrix"])
@@ -156,10 +162,12 @@ def _figures(records: RunRecords, labels: np.ndarray, probabilities: np.ndarray,
         drawn["training_curves"] = figures.head_search_curves(head["candidates"], head["c"])
     drawn["confusion_counts"] = figures.confusion_matrix_figure(matrix, records.classes, normalise=False)
     drawn["confusion_normalised"] = figures.confusion_matrix_figure(matrix, records.classes, normalise=True)
-    uncalibrated = (reliability_bins(apply_temperature(probabilities, 1 / temperature), labels)
-                    if temperature != 1.0 else None)
-    drawn["reliability"] = figures.reliability_diagram(reliability_bins(probabilities, labels),
-                                                       uncalibrated=uncalibrated, temperature=temperature)
+    uncalibrated = (
+        reliability_bins(apply_temperature(probabilities, 1 / temperature), labels) if temperature != 1.0 else None
+    )
+    drawn["reliability"] = figures.reliability_diagram(
+        reliability_bins(probabilities, labels), uncalibrated=uncalibrated, temperature=temperature
+    )
     return drawn
 
 
@@ -179,15 +187,28 @@ def _per_class_rows(metrics: dict[str, Any]) -> dict[str, Any]:
     averages = []
     for name, weights in (("macro average", np.ones_like(support)), ("weighted average", support)):
         total = weights.sum() or 1.0
-        averages.append({"name": name, "support": int(support.sum()), **{
-            key: float(np.dot([row[key] for row in rows], weights) / total) for key in ("precision", "recall", "f1")}})
+        averages.append(
+            {
+                "name": name,
+                "support": int(support.sum()),
+                **{
+                    key: float(np.dot([row[key] for row in rows], weights) / total)
+                    for key in ("precision", "recall", "f1")
+                },
+            }
+        )
     return {"rows": rows, "averages": averages}
 
 
 def _gallery_item(records: RunRecords, row: dict[str, str]) -> dict[str, Any]:
-    return {"path": row["path"], "label": row["label"], "predicted": row["predicted"],
-            "confidence": float(row["confidence"]), "p_true": float(row[f"p_{row['label']}"]),
-            "thumbnail": thumbnail(records.data_root / row["path"])}
+    return {
+        "path": row["path"],
+        "label": row["label"],
+        "predicted": row["predicted"],
+        "confidence": float(row["confidence"]),
+        "p_true": float(row[f"p_{row['label']}"]),
+        "thumbnail": thumbnail(records.data_root / row["path"]),
+    }
 
 
 def _before_after(records: RunRecords, rows: list[dict[str, str]], progress: Progress) -> dict[str, Any]:
@@ -198,15 +219,24 @@ def _before_after(records: RunRecords, rows: list[dict[str, str]], progress: Pro
     if records.model_config is None:
         return {"samples": [], "reason": "the run's model/config.json is missing"}
     try:
-        before = imagenet_top_k(records.model_config.backbone, [records.data_root / row["path"] for row in samples],
-                                k=TOP_ANSWERS, progress=progress)
+        before = imagenet_top_k(
+            records.model_config.backbone,
+            [records.data_root / row["path"] for row in samples],
+            k=TOP_ANSWERS,
+            progress=progress,
+        )
     except TlearnError as error:
         return {"samples": [], "reason": str(error)}
     items = []
     for row, imagenet_answer in zip(samples, before, strict=True):
         ranked = sorted(records.classes, key=lambda name: -float(row[f"p_{name}"]))[:TOP_ANSWERS]
-        items.append({**_gallery_item(records, row), "imagenet": imagenet_answer,
-                      "after": [(name, float(row[f"p_{name}"])) for name in ranked]})
+        items.append(
+            {
+                **_gallery_item(records, row),
+                "imagenet": imagenet_answer,
+                "after": [(name, float(row[f"p_{name}"])) for name in ranked],
+            }
+        )
     return {"samples": items, "reason": None}
 
 
@@ -214,8 +244,14 @@ def _dataset_panel(records: RunRecords) -> dict[str, Any]:
     report = records.data_report
     counts = report.get("counts", {})
     splits = list(counts)
-    table = [{"name": name, "counts": [counts[split].get(name, 0) for split in splits],
-              "total": sum(counts[split].get(name, 0) for split in splits)} for name in records.classes]
+    table = [
+        {
+            "name": name,
+            "counts": [counts[split].get(name, 0) for split in splits],
+            "total": sum(counts[split].get(name, 0) for split in splits),
+        }
+        for name in records.classes
+    ]
     leaked = sum(len(group["excluded"]) for group in report.get("leakage", []))
     return {
         "data": report.get("data", ""),
@@ -262,9 +298,13 @@ def data_uri(payload: bytes, media_type: str) -> str:
 def _environment():  # -> jinja2.Environment
     import jinja2  # deferred: only reports need templates
 
-    environment = jinja2.Environment(loader=jinja2.PackageLoader("tlearn", "templates"),
-                                     autoescape=jinja2.select_autoescape(["html"]), trim_blocks=True,
-                                     lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("tlearn", "templates"),
+        autoescape=jinja2.select_autoescape(["html"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+    )
     environment.filters["pct"] = lambda value, digits=1: "–" if value is None else f"{100 * value:.{digits}f}%"
     environment.filters["num"] = lambda value, digits=3: "–" if value is None else f"{value:.{digits}f}"
     environment.filters["megabytes"] = lambda value: "–" if value is None else f"{value / 1e6:.1f} MB"

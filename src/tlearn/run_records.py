@@ -95,8 +95,9 @@ def read_run(folder: str | Path) -> RunRecords:
     folder = Path(folder).expanduser()
     metrics_path = folder / "metrics.json"
     if not metrics_path.is_file():
-        raise TlearnError(f"{folder}: no metrics.json; expected the folder of `tlearn train --out` or "
-                          "`tlearn evaluate --out`")
+        raise TlearnError(
+            f"{folder}: no metrics.json; expected the folder of `tlearn train --out` or `tlearn evaluate --out`"
+        )
     evaluation = _json(folder / EVALUATION_FILE)
     summary = evaluation or _json(folder / "run.json")
     if evaluation:  # the model may be a directory or an exported file; its config travels with the evaluation

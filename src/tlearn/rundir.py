@@ -23,8 +23,17 @@ RUN_OUTPUTS = (
     "tb",
 )
 
-HISTORY_COLUMNS = ["epoch", "stage", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds",
-                   "images_per_second"]
+HISTORY_COLUMNS = [
+    "epoch",
+    "stage",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "lr",
+    "seconds",
+    "images_per_second",
+]
 
 
 def history_row(
@@ -39,9 +48,17 @@ def history_row(
     images_per_second: float | None = None,
 ) -> dict:
     """One row of `history.csv` (None leaves a cell empty, e.g. no learning rate for the closed-form head)."""
-    return {"epoch": epoch, "stage": stage, "train_loss": train_loss, "train_accuracy": train_accuracy,
-            "val_loss": val_loss, "val_accuracy": val_accuracy, "lr": lr, "seconds": round(seconds, 3),
-            "images_per_second": None if images_per_second is None else round(images_per_second, 2)}
+    return {
+        "epoch": epoch,
+        "stage": stage,
+        "train_loss": train_loss,
+        "train_accuracy": train_accuracy,
+        "val_loss": val_loss,
+        "val_accuracy": val_accuracy,
+        "lr": lr,
+        "seconds": round(seconds, 3),
+        "images_per_second": None if images_per_second is None else round(images_per_second, 2),
+    }
 
 
 def prepare_run_dir(path: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:

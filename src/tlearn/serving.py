@@ -82,8 +82,9 @@ class _Service:
             logger.error("model failed to load: %s", self.failure)
             return
         self.identity = model_identity(engine)
-        self.batcher = MicroBatcher(engine.probabilities, max_batch_size=settings.max_batch_size,
-                                    max_wait_s=settings.batch_wait_ms / 1000)
+        self.batcher = MicroBatcher(
+            engine.probabilities, max_batch_size=settings.max_batch_size, max_wait_s=settings.batch_wait_ms / 1000
+        )
         await self.batcher.start()
         self.engine = engine
         logger.info("model %s (%s engine) ready", self.identity["name"], engine.engine)
@@ -157,10 +158,14 @@ def create_app(loader: Callable[[], InferenceEngine], settings: ServeSettings = 
         return {
             "model": {**service.identity, "engine": engine.engine},
             "predictions": predictions,
-            "timing": {"decode_ms": round(1000 * (decoded - started), 2), "queue_ms": round(timing.queue_ms, 2),
-                       "inference_ms": round(timing.inference_ms, 2), "batch_images": timing.batch_images,
-                       "batch_requests": timing.batch_requests,
-                       "total_ms": round(1000 * (time.perf_counter() - started), 2)},
+            "timing": {
+                "decode_ms": round(1000 * (decoded - started), 2),
+                "queue_ms": round(timing.queue_ms, 2),
+                "inference_ms": round(timing.inference_ms, 2),
+                "batch_images": timing.batch_images,
+                "batch_requests": timing.batch_requests,
+                "total_ms": round(1000 * (time.perf_counter() - started), 2),
+            },
         }
 
     @app.get("/", response_class=HTMLResponse)

@@ -106,7 +106,9 @@ def run_training(
     progress = (progress or Progress()) if dist.is_main else Progress(quiet=True)
     run_dir = Path(out).expanduser()
     if resume and (run_dir / "model").is_dir() and not (run_dir / "checkpoints").is_dir():
-        raise RunDirError(f"{run_dir}: the run is already complete (nothing to resume); its model is {run_dir / 'model'}")
+        raise RunDirError(
+            f"{run_dir}: the run is already complete (nothing to resume); its model is {run_dir / 'model'}"
+        )
     # Data folder and backbone are checked before --out is created, so a mistyped command leaves nothing behind.
     source = discover(config.data, split_fractions=config.split)
     ref = resolve_backbone(config.backbone, config.weights)
@@ -114,8 +116,11 @@ def run_training(
         prepare_run_dir(run_dir, overwrite=overwrite, resume=resume)
         atomic.write_text(run_dir / "config.yaml", config.to_yaml())  # first, so a crashed run can resume
     dist.barrier()
-    tracker = Tracker(run_dir / "tb" if dist.is_main else None, mlflow_uri=config.mlflow if dist.is_main else None,
-                      run_name=run_dir.name)
+    tracker = Tracker(
+        run_dir / "tb" if dist.is_main else None,
+        mlflow_uri=config.mlflow if dist.is_main else None,
+        run_name=run_dir.name,
+    )
     with tracker:
         prepared = _embed_and_check(config, source, ref, dist, progress)
         linear = _fit_linear(config, prepared)
@@ -125,11 +130,14 @@ def run_training(
         temperature = 1.0
         if config.calibrate:  # temperature scaling: fitted on val, stored in the model, applied to every split
             temperature = fit_temperature(result.probabilities["val"], prepared.labels["val"])
-            result.probabilities = {split: apply_temperature(values, temperature)
-                                    for split, values in result.probabilities.items()}
+            result.probabilities = {
+                split: apply_temperature(values, temperature) for split, values in result.probabilities.items()
+            }
             progress.info(f"calibration: temperature {temperature:.3f} fitted on val (1 when val has no errors)")
-        metrics = {split: classification_metrics(prepared.labels[split], result.probabilities[split],
-                                                 prepared.classes) for split in prepared.evaluated}
+        metrics = {
+            split: classification_metrics(prepared.labels[split], result.probabilities[split], prepared.classes)
+            for split in prepared.evaluated
+        }
         summary = {
             "tlearn_version": __version__,
             "mode": config.mode,
@@ -142,12 +150,22 @@ def run_training(
             "finetune": result.finetune_summary,
         }
         if dist.is_main:
-            _write_run(run_dir, config, prepared, linear.model_config.model_copy(update={"temperature": temperature}),
-                       result, metrics, summary, tracker)
+            _write_run(
+                run_dir,
+                config,
+                prepared,
+                linear.model_config.model_copy(update={"temperature": temperature}),
+                result,
+                metrics,
+                summary,
+                tracker,
+            )
             write_report(run_dir, progress=progress)
             for split in prepared.evaluated:
-                progress.info(f"{split}: accuracy {metrics[split]['accuracy']:.3f}, macro F1 "
-                              f"{metrics[split]['macro_f1']:.3f} (n={metrics[split]['n']})")
+                progress.info(
+                    f"{split}: accuracy {metrics[split]['accuracy']:.3f}, macro F1 "
+                    f"{metrics[split]['macro_f1']:.3f} (n={metrics[split]['n']})"
+                )
     dist.barrier()
     dist.close()
     return Run(run_dir, config, metrics, result.history, prepared.checked.report, summary, rank=dist.rank)
@@ -186,16 +204,23 @@ def _embed_and_check(
 ) -> _Prepared:
     """Embed the images through the cache (sharded over ranks), check what is usable."""
     extractor = FeatureExtractor(
-        ref, cache_root(), device=config.device, batch_size=config.batch_size, workers=config.workers,
-        max_pixels=config.max_image_pixels, import_while_computing=SKLEARN_MODULES,
+        ref,
+        cache_root(),
+        device=config.device,
+        batch_size=config.batch_size,
+        workers=config.workers,
+        max_pixels=config.max_image_pixels,
+        import_while_computing=SKLEARN_MODULES,
     )
     paths = [image.path for image in source.images]
     if dist.enabled:
         extractor.embed_files(dist.shard(paths), progress=progress)  # each rank fills the cache with its share
         dist.barrier()
     embedded = extractor.embed_files(paths, progress=progress)
-    progress.info(f"embeddings: {embedded.cache_hits} cached, {embedded.computed} computed "
-                  f"({embedded.seconds:.1f} s, backbone {ref.arch})")
+    progress.info(
+        f"embeddings: {embedded.cache_hits} cached, {embedded.computed} computed "
+        f"({embedded.seconds:.1f} s, backbone {ref.arch})"
+    )
     checked = check_data(source, embedded.content_hashes, embedded.failures)
     for line in summary_lines(checked.report):
         progress.info(line)
@@ -203,12 +228,20 @@ def _embed_and_check(
     splits = ("train", "val", "test")
     labels = {split: np.asarray(checked.labels(split), dtype=np.int64) for split in splits}
     return _Prepared(
-        ref=ref, extractor=extractor, info=embedded.info, checked=checked, classes=source.classes,
-        features={split: embedded.embeddings[checked.positions[split]] for split in splits}, labels=labels,
+        ref=ref,
+        extractor=extractor,
+        info=embedded.info,
+        checked=checked,
+        classes=source.classes,
+        features={split: embedded.embeddings[checked.positions[split]] for split in splits},
+        labels=labels,
         evaluated=[split for split in EVALUATED_SPLITS if len(labels[split])],
-        embedding_summary={"cache_hits": embedded.cache_hits, "computed": embedded.computed,
-                           "seconds": round(embedded.seconds, 3),
-                           "corrupt_cache_entries": embedded.corrupt_cache_entries},
+        embedding_summary={
+            "cache_hits": embedded.cache_hits,
+            "computed": embedded.computed,
+            "seconds": round(embedded.seconds, 3),
+            "corrupt_cache_entries": embedded.corrupt_cache_entries,
+        },
     )
 
 
@@ -219,31 +252,70 @@ def _fit_linear(config: TrainConfig, prepared: _Prepared) -> _Trained:
     """
     features, labels, classes = prepared.features, prepared.labels, prepared.classes
     balanced = config.balance == "on" or (
-        config.balance == "auto" and prepared.checked.report["imbalance"]["imbalanced"])
+        config.balance == "auto" and prepared.checked.report["imbalance"]["imbalanced"]
+    )
     started = time.perf_counter()
-    fit = fit_linear_head(features["train"], labels["train"], features["val"], labels["val"], len(classes),
-                          balanced=balanced, seed=config.seed)
+    fit = fit_linear_head(
+        features["train"],
+        labels["train"],
+        features["val"],
+        labels["val"],
+        len(classes),
+        balanced=balanced,
+        seed=config.seed,
+    )
     probabilities = {split: fit.head.probabilities(features[split]) for split in prepared.evaluated}
     head = fit.head
     refit = config.mode == "linear" and config.refit and "test" in prepared.evaluated
     if refit:
-        head = refit_linear_head(np.concatenate([features["train"], features["val"]]),
-                                 np.concatenate([labels["train"], labels["val"]]), len(classes), fit.c,
-                                 balanced=balanced, seed=config.seed)
+        head = refit_linear_head(
+            np.concatenate([features["train"], features["val"]]),
+            np.concatenate([labels["train"], labels["val"]]),
+            len(classes),
+            fit.c,
+            balanced=balanced,
+            seed=config.seed,
+        )
         probabilities["test"] = head.probabilities(features["test"])
     chosen = next(row for row in fit.candidates if row["c"] == fit.c)
-    history = [history_row(0, "linear head", chosen["train_loss"], chosen["train_accuracy"], chosen["val_loss"],
-                           chosen["val_accuracy"], None, time.perf_counter() - started)]
+    history = [
+        history_row(
+            0,
+            "linear head",
+            chosen["train_loss"],
+            chosen["train_accuracy"],
+            chosen["val_loss"],
+            chosen["val_accuracy"],
+            None,
+            time.perf_counter() - started,
+        )
+    ]
     info = prepared.info
     model_config = ModelConfig(
-        arch=info.arch, backbone=prepared.ref.describe(), classes=classes,
-        preprocessing=info.preprocessing.to_dict(), embedding_dim=info.num_features,
-        classifier_keys=info.classifier_keys, mode=config.mode,
+        arch=info.arch,
+        backbone=prepared.ref.describe(),
+        classes=classes,
+        preprocessing=info.preprocessing.to_dict(),
+        embedding_dim=info.num_features,
+        classifier_keys=info.classifier_keys,
+        mode=config.mode,
     )
-    state = linear_model_state(prepared.extractor.stored_weights(Progress(quiet=True)), info.classifier_keys,
-                               head.weight, head.bias)
-    return _Trained(model_config, state, probabilities, history, balanced=balanced, head_summary={
-        "c": fit.c, "balanced_loss": balanced, "refit_on_train_and_val": refit, "candidates": fit.candidates})
+    state = linear_model_state(
+        prepared.extractor.stored_weights(Progress(quiet=True)), info.classifier_keys, head.weight, head.bias
+    )
+    return _Trained(
+        model_config,
+        state,
+        probabilities,
+        history,
+        balanced=balanced,
+        head_summary={
+            "c": fit.c,
+            "balanced_loss": balanced,
+            "refit_on_train_and_val": refit,
+            "candidates": fit.candidates,
+        },
+    )
 
 
 def _finetune(
@@ -260,17 +332,35 @@ def _finetune(
     from tlearn.finetune import LabelledFiles, finetune  # deferred: imports torch
 
     images = prepared.checked.source.images
-    splits = {split: LabelledFiles([images[p].path for p in prepared.checked.positions[split]],
-                                   prepared.labels[split]) for split in ("train", *prepared.evaluated)}
+    splits = {
+        split: LabelledFiles([images[p].path for p in prepared.checked.positions[split]], prepared.labels[split])
+        for split in ("train", *prepared.evaluated)
+    }
     class_weights = _class_weights(prepared.labels["train"], len(prepared.classes)) if linear.balanced else None
-    outcome = finetune(config=config, model_config=linear.model_config, initial_state=linear.state, splits=splits,
-                       class_weights=class_weights, run_dir=run_dir, resume=resume and has_checkpoint(run_dir),
-                       dist=dist, tracker=tracker, progress=progress)
+    outcome = finetune(
+        config=config,
+        model_config=linear.model_config,
+        initial_state=linear.state,
+        splits=splits,
+        class_weights=class_weights,
+        run_dir=run_dir,
+        resume=resume and has_checkpoint(run_dir),
+        dist=dist,
+        tracker=tracker,
+        progress=progress,
+    )
     # Epoch 0 stays the linear head's row (with its training figures); fine-tuning epochs follow.
-    return _Trained(linear.model_config, outcome.state, outcome.probabilities, linear.history + outcome.history[1:],
-                    finetune_summary={"best_epoch": outcome.best_epoch,
-                                      "images_per_second": round(outcome.images_per_second, 2),
-                                      "peak_gpu_memory_mb": outcome.peak_gpu_memory_mb})
+    return _Trained(
+        linear.model_config,
+        outcome.state,
+        outcome.probabilities,
+        linear.history + outcome.history[1:],
+        finetune_summary={
+            "best_epoch": outcome.best_epoch,
+            "images_per_second": round(outcome.images_per_second, 2),
+            "peak_gpu_memory_mb": outcome.peak_gpu_memory_mb,
+        },
+    )
 
 
 def _write_run(
@@ -289,8 +379,14 @@ def _write_run(
     _write_outputs(run_dir, config, prepared.checked, metrics, result.history, result.probabilities, summary)
     final_step = result.history[-1]["epoch"]
     tracker.log_params(config.model_dump(mode="json"))
-    tracker.log_metrics({f"{split}/{key}": values[key] for split, values in metrics.items()
-                         for key in ("accuracy", "balanced_accuracy", "macro_f1", "loss")}, step=final_step)
+    tracker.log_metrics(
+        {
+            f"{split}/{key}": values[key]
+            for split, values in metrics.items()
+            for key in ("accuracy", "balanced_accuracy", "macro_f1", "loss")
+        },
+        step=final_step,
+    )
     tracker.log_model(run_dir / "model")
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the run is complete; the model is the artefact
 
@@ -301,8 +397,10 @@ def _require_trainable(checked: CheckedData) -> None:
     where = checked.source.root
     for name, count in train_counts.items():
         if count == 0:
-            raise DataError(f"{where}: class {name!r} has no usable training images left after skipping bad files "
-                            "(see data_report.json)")
+            raise DataError(
+                f"{where}: class {name!r} has no usable training images left after skipping bad files "
+                "(see data_report.json)"
+            )
     if not checked.positions["val"]:
         raise DataError(f"{where}: the validation split is empty; add images or give a larger val share (--split)")
 
@@ -314,8 +412,10 @@ def _class_weights(train_labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def _headline(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
-    return {split: {key: values[key] for key in ("accuracy", "balanced_accuracy", "macro_f1", "n")}
-            for split, values in metrics.items()}
+    return {
+        split: {key: values[key] for key in ("accuracy", "balanced_accuracy", "macro_f1", "n")}
+        for split, values in metrics.items()
+    }
 
 
 def _write_outputs(
@@ -337,8 +437,18 @@ def _write_outputs(
     rows = []
     for split, matrix in probabilities.items():
         for relpath, label, row in zip(checked.relpaths(split), checked.labels(split), matrix, strict=True):
-            rows.append({"path": relpath, "split": split, "label": classes[label],
-                         "predicted": classes[int(row.argmax())], "confidence": round(float(row.max()), 6),
-                         **{f"p_{name}": round(float(value), 6) for name, value in zip(classes, row, strict=True)}})
-    atomic.write_csv(run_dir / "predictions.csv", rows,
-                     ["path", "split", "label", "predicted", "confidence", *[f"p_{name}" for name in classes]])
+            rows.append(
+                {
+                    "path": relpath,
+                    "split": split,
+                    "label": classes[label],
+                    "predicted": classes[int(row.argmax())],
+                    "confidence": round(float(row.max()), 6),
+                    **{f"p_{name}": round(float(value), 6) for name, value in zip(classes, row, strict=True)},
+                }
+            )
+    atomic.write_csv(
+        run_dir / "predictions.csv",
+        rows,
+        ["path", "split", "label", "predicted", "confidence", *[f"p_{name}" for name in classes]],
+    )
