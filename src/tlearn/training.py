@@ -36,6 +36,8 @@ from tlearn.rundir import HISTORY_COLUMNS, history_row, prepare_run_dir
 from tlearn.tracking import Tracker
 
 EVALUATED_SPLITS = ("val", "test")
+# Needed for the report at the end of a run; imported in the background while the backbone computes.
+REPORT_MODULES = ("tlearn.figures", "jinja2")
 
 
 @dataclass
@@ -210,7 +212,7 @@ def _embed_and_check(
         batch_size=config.batch_size,
         workers=config.workers,
         max_pixels=config.max_image_pixels,
-        import_while_computing=SKLEARN_MODULES,
+        import_while_computing=(*SKLEARN_MODULES, *REPORT_MODULES),
     )
     paths = [image.path for image in source.images]
     if dist.enabled:
