@@ -12,8 +12,9 @@ Protocol: `tlearn train` on hymenoptera/train (linear mode, Lite0); `tlearn expo
 * accuracy on hymenoptera/val (never seen in training or calibration).
 
 Engines run in turns, `--rounds` times, and the median round is reported (the machine may be shared).
-torch eager is `tlearn.Classifier` as `tlearn predict` loads it (eval mode, channels-last, batch norm not
-folded); torch and onnxruntime both use all cores.
+torch eager is the plain timm model loaded from the model directory (eval mode, channels-last), the way a
+hand-written script runs it; torch tlearn is `tlearn.Classifier` as `tlearn predict` loads it (batch norm folded
+into the convolutions). torch and onnxruntime both use all cores.
 """
 
 from __future__ import annotations
@@ -32,6 +33,21 @@ from _common import SHARED, require_shared, run_tlearn, save
 TRAIN = SHARED / "hymenoptera" / "train"
 VAL = SHARED / "hymenoptera" / "val"
 BATCH = 32
+
+
+def _plain_timm_engine(run: Path):
+    """The model directory's weights in a plain timm model (no batch-norm folding), behind tlearn's interface."""
+    import timm
+    import torch
+    from safetensors.torch import load_file
+
+    from tlearn.classifier import Classifier
+    from tlearn.model_files import read_config
+
+    config = read_config(run / "model")
+    model = timm.create_model(config.arch, pretrained=False, num_classes=len(config.classes))
+    model.load_state_dict(load_file(run / "model" / "model.safetensors"))
+    return Classifier(model, config, torch.device("cpu"), run / "model")
 
 
 def main() -> None:
@@ -58,7 +74,8 @@ def main() -> None:
     from tlearn.progress import Progress
 
     engines = {
-        "torch_eager": load_engine(work / "run", device="cpu"),
+        "torch_eager": _plain_timm_engine(work / "run"),
+        "torch_tlearn": load_engine(work / "run", device="cpu"),
         "onnx_fp32": load_engine(work / "onnx_fp32.onnx"),
         "onnx_int8": load_engine(work / "onnx_int8.onnx"),
     }
@@ -95,7 +112,7 @@ def main() -> None:
         for name, values in results.items()
     }
     eager = summary["torch_eager"]
-    for name in ("onnx_fp32", "onnx_int8"):
+    for name in ("torch_tlearn", "onnx_fp32", "onnx_int8"):
         summary[name]["speedup_predecoded_vs_torch_eager"] = round(
             summary[name]["images_per_s_predecoded"] / eager["images_per_s_predecoded"], 2
         )
