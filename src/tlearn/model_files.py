@@ -74,14 +74,6 @@ def save_model(folder: str | Path, state: Mapping[str, np.ndarray], config: Mode
     return folder
 
 
-def update_config(folder: str | Path, **changes: Any) -> ModelConfig:
-    """Change fields of a saved model's config.json (atomically); returns the new config."""
-    folder = model_folder(folder)
-    updated = read_config(folder).model_copy(update=changes)
-    atomic.write_text(folder / CONFIG_FILE, updated.model_dump_json(indent=2) + "\n")
-    return updated
-
-
 def model_folder(path: str | Path) -> Path:
     """The model directory for `path`: the directory itself, a run directory holding `model/`, or a file in it.
 
