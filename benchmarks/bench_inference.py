@@ -41,8 +41,8 @@ def _plain_timm_engine(run: Path):
     import torch
     from safetensors.torch import load_file
 
-    from tlearn.classifier import Classifier
-    from tlearn.model_files import read_config
+    from tlearn.engines.torch_engine import Classifier
+    from tlearn.runs.model_dir import read_config
 
     config = read_config(run / "model")
     model = timm.create_model(config.arch, pretrained=False, num_classes=len(config.classes))
@@ -68,10 +68,10 @@ def main() -> None:
             "megabytes": round((work / f"{name}.onnx").stat().st_size / 1e6, 2),
         }
 
-    from tlearn.discovery import list_image_files
-    from tlearn.inference import load_engine
-    from tlearn.loader import BatchDecoder, default_workers
-    from tlearn.progress import Progress
+    from tlearn.data.decoding import BatchDecoder, default_workers
+    from tlearn.data.discovery import list_image_files
+    from tlearn.engines.loading import load_engine
+    from tlearn.util.progress import Progress
 
     engines = {
         "torch_eager": _plain_timm_engine(work / "run"),

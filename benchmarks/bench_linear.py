@@ -41,7 +41,7 @@ def floor_script() -> None:
     from PIL import Image
     from timm.data import create_transform, resolve_data_config
 
-    from tlearn.backbone_registry import resolve_backbone
+    from tlearn.backbones.registry import resolve_backbone
 
     imported = time.perf_counter()
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
@@ -85,7 +85,7 @@ def tutorial_baseline() -> dict[str, float]:
     from torch import nn
     from torchvision import datasets, transforms
 
-    from tlearn.backbone_registry import resolve_backbone
+    from tlearn.backbones.registry import resolve_backbone
 
     torch.manual_seed(0)
     started = time.perf_counter()
@@ -174,7 +174,7 @@ def main() -> None:
 
     os.environ["TLEARN_CACHE_DIR"] = str(work / "api-cache")
     import tlearn
-    import tlearn.backbones
+    import tlearn.backbones.timm_models
 
     started = time.perf_counter()
     tlearn.train(TRAIN, out=work / "api", quiet=True)

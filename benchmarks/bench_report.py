@@ -26,16 +26,16 @@ from pathlib import Path
 import numpy as np
 
 from _common import RESULTS, SHARED, require_shared, run_tlearn, save
-from tlearn import atomic
-from tlearn.head import softmax
-from tlearn.metrics import classification_metrics
+from tlearn.evaluation.metrics import classification_metrics
+from tlearn.util import atomic
+from tlearn.util.numeric import softmax
 
 HYMENOPTERA = SHARED / "hymenoptera"
 TIMING_SCRIPT = """
 import json, sys, time
 import sklearn.metrics  # imported by every run before its report
 started = time.perf_counter()
-from tlearn.report import write_report
+from tlearn.report.page import write_report
 write_report(sys.argv[1])
 first = time.perf_counter() - started
 started = time.perf_counter()

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 import tlearn
-from conftest import PROJECT
+from helpers import PROJECT
 from tlearn.errors import ModelFileError
 
 API_REFERENCE = PROJECT / "docs" / "api.md"
@@ -27,8 +27,9 @@ def test_all_lists_every_export_and_each_has_an_example_and_a_reference_entry():
     for method in (
         tlearn.Run.report,
         tlearn.InferenceEngine.predict,
-        tlearn.InferenceEngine.evaluate,
-        tlearn.Classifier.export,
+        tlearn.Model.predict,
+        tlearn.Model.evaluate,
+        tlearn.Model.export,
     ):
         assert "Example:" in inspect.getdoc(method), method.__qualname__
     for field in tlearn.TrainConfig.model_fields:
@@ -38,8 +39,9 @@ def test_all_lists_every_export_and_each_has_an_example_and_a_reference_entry():
 def test_the_torch_free_names_import_without_torch():
     code = (
         "import sys, tlearn\n"
-        "for name in ('train', 'load', 'evaluate', 'TrainConfig', 'Run', 'RunReport', 'Evaluation', 'Prediction',\n"
-        "             'InferenceEngine', 'imagenet_predictions', 'write_report', 'draw_dataset', 'TlearnError'):\n"
+        "for name in ('train', 'load', 'evaluate', 'predict', 'export', 'serve', 'demo', 'Model', 'TrainConfig',\n"
+        "             'Run', 'RunReport', 'Evaluation', 'Prediction', 'InferenceEngine', 'imagenet_predictions',\n"
+        "             'write_report', 'draw_dataset', 'TlearnError'):\n"
         "    getattr(tlearn, name)\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
@@ -68,8 +70,16 @@ def test_classifier_export_writes_a_checked_file_that_answers_the_same(exported_
 
 
 def test_export_needs_the_model_directory(exported_model, tmp_path):
-    loaded = tlearn.load(exported_model.run)
+    loaded = tlearn.load(exported_model.run).backend
     in_memory = tlearn.Classifier(loaded.model, loaded.config, loaded.device)
-    with pytest.raises(ModelFileError, match="not loaded from a model directory"):
-        in_memory.export(tmp_path / "model.onnx")
+    with pytest.raises(ModelFileError, match="needs a model directory"):
+        tlearn.export(in_memory, tmp_path / "model.onnx")
+    with pytest.raises(ModelFileError, match="needs a model directory"):
+        tlearn.load(exported_model.onnx).export(tmp_path / "model.onnx")
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_export_model_still_works_with_a_deprecation_warning(exported_model, tmp_path):
+    with pytest.warns(DeprecationWarning, match="tlearn.export"):
+        result = tlearn.export_model(exported_model.run, tmp_path / "model.pt", export_format="torchscript")
+    assert result.path.is_file() and result.export_format == "torchscript"

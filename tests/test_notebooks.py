@@ -11,7 +11,7 @@ from ipykernel.kernelspec import write_kernel_spec
 from nbclient import NotebookClient
 from traitlets.config import Config
 
-from conftest import POOLS, PROJECT
+from helpers import POOLS, PROJECT
 
 EXAMPLES = PROJECT / "examples"
 CELL_TIMEOUT_S = 600

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import tlearn
-from conftest import HYMENOPTERA, POOLS, needs_shared
+from helpers import HYMENOPTERA, POOLS, needs_shared
 from tlearn.cli import main
 
 

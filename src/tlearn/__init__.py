@@ -20,65 +20,78 @@ __version__ = "0.1.0"
 
 # Where each public name lives; `__getattr__` imports the module on first use.
 _EXPORTS = {
-    # Train, load, evaluate
+    # The front door
     "train": "tlearn.api",
     "load": "tlearn.api",
     "evaluate": "tlearn.api",
+    "predict": "tlearn.api",
+    "export": "tlearn.api",
+    "serve": "tlearn.api",
+    "demo": "tlearn.api",
+    "Model": "tlearn.api",
     "TrainConfig": "tlearn.config",
-    "Run": "tlearn.training",
-    "RunReport": "tlearn.display",
-    "Evaluation": "tlearn.evaluation",
-    # Predict
-    "InferenceEngine": "tlearn.inference",
-    "Classifier": "tlearn.classifier",
-    "OnnxClassifier": "tlearn.onnx_classifier",
-    "Prediction": "tlearn.inference",
-    "imagenet_predictions": "tlearn.imagenet",
+    "Run": "tlearn.pipeline",
+    "RunReport": "tlearn.report.display",
+    "Evaluation": "tlearn.evaluation.folder",
+    # Engines and their answers
+    "InferenceEngine": "tlearn.engines.base",
+    "Classifier": "tlearn.engines.torch_engine",
+    "OnnxClassifier": "tlearn.engines.onnx_engine",
+    "Prediction": "tlearn.engines.base",
+    "imagenet_predictions": "tlearn.engines.imagenet",
     # Deploy
-    "export_model": "tlearn.export",
-    "ExportResult": "tlearn.export",
+    "ExportOptions": "tlearn.deploy.export",
+    "ExportResult": "tlearn.deploy.export",
+    "ServeSettings": "tlearn.deploy.serving",
+    "export_model": "tlearn.api",  # deprecated: tlearn.export
     # Reports, demo data, errors
-    "write_report": "tlearn.report",
-    "demo": "tlearn.demo_data",
-    "draw_dataset": "tlearn.demo_data",
+    "write_report": "tlearn.report.page",
+    "draw_dataset": "tlearn.data.demo",
     "TlearnError": "tlearn.errors",
 }
 __all__ = [
     "Classifier",
     "Evaluation",
+    "ExportOptions",
     "ExportResult",
     "InferenceEngine",
+    "Model",
     "OnnxClassifier",
     "Prediction",
     "Run",
     "RunReport",
+    "ServeSettings",
     "TlearnError",
     "TrainConfig",
     "__version__",
     "demo",
     "draw_dataset",
     "evaluate",
+    "export",
     "export_model",
     "imagenet_predictions",
     "load",
+    "predict",
+    "serve",
     "train",
     "write_report",
 ]
 
 if TYPE_CHECKING:
-    from tlearn.api import evaluate, load, train
-    from tlearn.classifier import Classifier
+    from tlearn.api import Model, demo, evaluate, export, export_model, load, predict, serve, train
     from tlearn.config import TrainConfig
-    from tlearn.demo_data import demo, draw_dataset
-    from tlearn.display import RunReport
+    from tlearn.data.demo import draw_dataset
+    from tlearn.deploy.export import ExportOptions, ExportResult
+    from tlearn.deploy.serving import ServeSettings
+    from tlearn.engines.base import InferenceEngine, Prediction
+    from tlearn.engines.imagenet import imagenet_predictions
+    from tlearn.engines.onnx_engine import OnnxClassifier
+    from tlearn.engines.torch_engine import Classifier
     from tlearn.errors import TlearnError
-    from tlearn.evaluation import Evaluation
-    from tlearn.export import ExportResult, export_model
-    from tlearn.imagenet import imagenet_predictions
-    from tlearn.inference import InferenceEngine, Prediction
-    from tlearn.onnx_classifier import OnnxClassifier
-    from tlearn.report import write_report
-    from tlearn.training import Run
+    from tlearn.evaluation.folder import Evaluation
+    from tlearn.pipeline import Run
+    from tlearn.report.display import RunReport
+    from tlearn.report.page import write_report
 
 
 def __getattr__(name: str) -> Any:

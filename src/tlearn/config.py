@@ -13,10 +13,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from tlearn.backbone_registry import DEFAULT_BACKBONE
-from tlearn.discovery import DEFAULT_SPLIT_FRACTIONS
+from tlearn.backbones.registry import DEFAULT_BACKBONE
+from tlearn.data.discovery import DEFAULT_SPLIT_FRACTIONS
+from tlearn.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from tlearn.errors import TlearnError
-from tlearn.images import DEFAULT_MAX_IMAGE_PIXELS
 
 
 class TrainConfig(BaseModel):
@@ -31,38 +31,57 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # What to learn from
-    data: Path
-    split: tuple[float, float, float] = DEFAULT_SPLIT_FRACTIONS  # train / val / test for DATA/<class>/*
-    max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, gt=0)
+    data: Path = Field(description="DATA/<class>/* or DATA/{train,val[,test]}/<class>/*.")
+    split: tuple[float, float, float] = Field(
+        DEFAULT_SPLIT_FRACTIONS, description="train,val,test fractions for DATA/<class>/* (e.g. 60,20,20)."
+    )
+    max_image_pixels: int = Field(
+        DEFAULT_MAX_IMAGE_PIXELS, gt=0, description="Images with more pixels are skipped (decompression bombs)."
+    )
     # Backbone
-    backbone: str = DEFAULT_BACKBONE
-    weights: Path | None = None  # local checkpoint instead of embedded / downloaded weights
+    backbone: str = Field(
+        DEFAULT_BACKBONE, description="Embedded backbone or any timm model name (see `tlearn backbones`)."
+    )
+    weights: Path | None = Field(None, description="Local backbone weights (.safetensors or state dict).")
     # Training
-    mode: Literal["linear", "finetune"] = "linear"
-    refit: bool = True  # linear: refit the head on train + val with the chosen C (only when a test split exists)
-    epochs: int = Field(8, ge=1)  # fine-tuning epochs (the linear head is fitted in closed form)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-4, gt=0)  # peak learning rate of the top layer; lower layers get less
-    layer_decay: float = Field(0.6, gt=0, le=1)  # learning-rate factor from one layer group to the one below
-    unfreeze_every: int = Field(1, ge=1)  # epochs between unfreezing the next layer group (from the top)
-    # Layer groups (from the top; the classifier is one) fine-tuning may unfreeze; None: all. Small data sets
-    # close to ImageNet gain from the top stages and lose accuracy when the whole network moves.
-    unfreeze_depth: int | None = Field(3, ge=1)
-    weight_decay: float = Field(0.05, ge=0)
-    label_smoothing: float = Field(0.1, ge=0, lt=1)
-    warmup_epochs: float = Field(1.0, ge=0)
-    patience: int = Field(4, ge=1)  # early stopping: epochs without validation improvement
-    augment: Literal["trivial", "basic", "none"] = "basic"
-    balance: Literal["auto", "on", "off"] = "auto"  # class-weighted loss; auto: when imbalance > 3:1
-    seed: int = 0
-    calibrate: bool = False  # fit a temperature on val (temperature scaling) and store it in the model
+    mode: Literal["linear", "finetune"] = Field(
+        "linear", description="linear: frozen backbone + cached embeddings; finetune: then unfreeze."
+    )
+    refit: bool = Field(
+        True, description="Linear: refit the head on train + val with the chosen C (when a test split exists)."
+    )
+    epochs: int = Field(8, ge=1, description="Fine-tuning epochs (the linear head is fitted in closed form).")
+    batch_size: int = Field(32, ge=1, description="Images per batch.")
+    lr: float = Field(1e-4, gt=0, description="Peak fine-tuning learning rate of the top layer group.")
+    layer_decay: float = Field(
+        0.6, gt=0, le=1, description="Learning-rate factor from one layer group to the next lower one."
+    )
+    unfreeze_every: int = Field(1, ge=1, description="Epochs between unfreezing the next layer group (from the top).")
+    # Small data sets close to ImageNet gain from the top stages and lose accuracy when the whole network moves.
+    unfreeze_depth: int | None = Field(
+        3, ge=1, description="Layer groups (from the top; the classifier is one) fine-tuning may unfreeze."
+    )
+    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay (not on biases and norms).")
+    label_smoothing: float = Field(0.1, ge=0, lt=1, description="Label smoothing of the fine-tuning loss.")
+    warmup_epochs: float = Field(1.0, ge=0, description="Linear learning-rate warm-up before the cosine decay.")
+    patience: int = Field(4, ge=1, description="Early stopping: epochs without validation improvement.")
+    augment: Literal["trivial", "basic", "none"] = Field("basic", description="Fine-tuning augmentation.")
+    balance: Literal["auto", "on", "off"] = Field(
+        "auto", description="Class-weighted loss; auto: when the training split is imbalanced beyond 3:1."
+    )
+    seed: int = Field(0, description="Random seed (shuffling, augmentation, solver).")
+    calibrate: bool = Field(
+        False, description="Fit a temperature on val (temperature scaling) and store it in the model."
+    )
     # Where and how to compute
-    device: str = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # fine-tuning autocast; auto: bf16/fp16 on GPU
-    compile: bool = False  # torch.compile the model for fine-tuning
-    workers: int | None = Field(None, ge=0)  # decoding processes; None: chosen from the core count
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Fine-tuning autocast; auto: bf16 (else fp16) on GPU, fp32 on CPU."
+    )
+    compile: bool = Field(False, description="torch.compile the model for fine-tuning.")
+    workers: int | None = Field(None, ge=0, description="Image decoding processes (default: from the core count).")
     # Tracking
-    mlflow: str | None = None  # MLflow tracking URI (server URL or local folder) to log the run to
+    mlflow: str | None = Field(None, description="Also log to this MLflow tracking URI (server URL or folder).")
 
     @field_validator("data", "weights")
     @classmethod

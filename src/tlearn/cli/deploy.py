@@ -1,0 +1,96 @@
+"""`tlearn export` and `tlearn serve`: a verified deployable file, and the model behind an HTTP API."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tlearn.cli.app import DeviceOption, EngineOption, ModelArgument, QuietOption, app
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+
+
+@app.command()
+def export(
+    model: Annotated[Path, typer.Argument(help="Model directory (or run directory holding model/).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="File to write (e.g. model.onnx, model.pt).")],
+    export_format: Annotated[ExportFormat, typer.Option("--format", help="onnx or torchscript.")] = ExportFormat.onnx,
+    int8: Annotated[
+        bool,
+        typer.Option(
+            "--int8", help="Quantize (onnx): static with --calibration-data, else dynamic (MatMul/Gemm only)."
+        ),
+    ] = False,
+    calibration_data: Annotated[
+        Path | None,
+        typer.Option("--calibration-data", help="Representative images (a folder) to calibrate static INT8 on."),
+    ] = None,
+    check_data: Annotated[
+        Path | None,
+        typer.Option("--check-data", help="Images to verify on (default: the run's validation split, if still there)."),
+    ] = None,
+    opset: Annotated[int, typer.Option(min=13, help="ONNX opset.")] = 18,
+    quiet: QuietOption = False,
+) -> None:
+    """Export to ONNX (fp32/INT8) or TorchScript, verified against PyTorch; a failed check writes nothing."""
+    from tlearn.api import export as export_model
+
+    result = export_model(
+        model,
+        out,
+        export_format=export_format.value,
+        int8=int8,
+        calibration_data=calibration_data,
+        check_data=check_data,
+        opset=opset,
+        quiet=quiet,
+    )
+    for check in result.checks:
+        print(check.summary())
+    for note in result.notes:
+        print(f"note: {note}")
+    print(
+        f"exported: {result.path} ({result.export_format} {result.precision}, {result.size_bytes / 1e6:.1f} MB, "
+        f"{result.seconds:.1f} s)"
+    )
+
+
+@app.command()
+def serve(
+    model: ModelArgument,
+    host: Annotated[
+        str, typer.Option(help="Address to bind; 0.0.0.0 makes it reachable from the network.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
+    engine: EngineOption = None,
+    device: DeviceOption = "auto",
+    max_request_mb: Annotated[float, typer.Option(min=0.001, help="Larger request bodies get 413.")] = 10.0,
+    max_batch_size: Annotated[int, typer.Option(min=1, help="Images per model call across concurrent requests.")] = 32,
+    batch_wait_ms: Annotated[float, typer.Option(min=0, help="How long a request waits to share a model call.")] = 5.0,
+    quiet: QuietOption = False,
+) -> None:
+    """Serve the model over HTTP: POST /v1/predict, GET /v1/model, /healthz, /readyz, and a web page at /."""
+    from tlearn.api import serve as serve_model
+    from tlearn.deploy.serving import ServeSettings
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"serving on {host}: reachable from other machines, without authentication", file=sys.stderr)
+    settings = ServeSettings(
+        max_request_bytes=int(max_request_mb * 1024 * 1024), max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms
+    )
+    serve_model(
+        model,
+        host=host,
+        port=port,
+        engine=engine.value if engine else None,
+        device=device,
+        settings=settings,
+        log_level="warning" if quiet else "info",
+    )

@@ -1,0 +1,71 @@
+"""`tlearn evaluate` and `tlearn compare`: measuring saved models and setting runs side by side."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tlearn.cli.app import DeviceOption, EngineOption, ModelArgument, QuietOption, WorkersOption, app
+
+
+@app.command()
+def evaluate(
+    model: ModelArgument,
+    data: Annotated[Path, typer.Argument(help="Labelled folder; its test (or val) split when pre-split.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write metrics, predictions and report.html here.")
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="all, train, val or test (default: test/val when pre-split, else all).")
+    ] = None,
+    tta: Annotated[
+        bool, typer.Option("--tta", help="Flip test-time augmentation: average each image with its mirror image.")
+    ] = False,
+    engine: EngineOption = None,
+    device: DeviceOption = "auto",
+    workers: WorkersOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Measure a saved model on a labelled folder (with --out: metrics, predictions and report.html)."""
+    from tlearn.api import evaluate as evaluate_model
+    from tlearn.api import load
+
+    loaded = load(model, engine=engine.value if engine else None, device=device)
+    evaluation = evaluate_model(loaded, data, out=out, split=split, tta=tta, workers=workers, quiet=quiet)
+    values = evaluation.metrics[evaluation.split]
+    print(
+        f"{evaluation.split}: accuracy {values['accuracy']:.4f}  balanced {values['balanced_accuracy']:.4f}  "
+        f"macro F1 {values['macro_f1']:.4f}  (n={values['n']})"
+    )
+    if evaluation.skipped:
+        first = evaluation.skipped[0]
+        print(
+            f"skipped {len(evaluation.skipped)} unreadable file(s), e.g. {first['path']}: {first['reason']}",
+            file=sys.stderr,
+        )
+    if out is not None:
+        from tlearn.runs.layout import RunFolder
+
+        print(f"metrics: {RunFolder(out).metrics}")
+        print(f"report: {RunFolder(out).report}")
+
+
+@app.command()
+def compare(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Run folders (tlearn train --out) or evaluations (tlearn evaluate --out).")
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Also write the table to a .md or .html file.")
+    ] = None,
+) -> None:
+    """Compare runs side by side: backbone, mode, epochs, time, accuracy, macro F1, ECE, model size."""
+    from tlearn.report.compare import markdown_table, summarize_run, write_comparison
+
+    summaries = [summarize_run(run) for run in runs]
+    print(markdown_table(summaries))
+    if out is not None:
+        print(f"written: {write_comparison(summaries, out)}")

@@ -1,0 +1,66 @@
+"""`tlearn demo`, `tlearn backbones` and `tlearn cache`: trying tlearn out and looking after it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tlearn.cli.app import DeviceOption, QuietOption, app
+
+cache_app = typer.Typer(help="Inspect or clear the embedding cache.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the drawn images and the run.")] = Path(
+        "tlearn-demo"
+    ),
+    device: DeviceOption = "auto",
+    quiet: QuietOption = False,
+) -> None:
+    """Draw a small labelled image set, train on it and evaluate — no data or internet needed."""
+    from tlearn.api import demo as run_demo
+
+    run = run_demo(out, quiet=quiet, device=device)
+    for split_name, values in run.metrics.items():
+        print(f"{split_name}: accuracy {values['accuracy']:.4f}  macro F1 {values['macro_f1']:.4f}  (n={values['n']})")
+    print(f"data: {out / 'data'}")
+    print(f"model: {run.model_path}")
+    print(f"metrics: {run.path / 'metrics.json'}")
+    print(f"try: tlearn predict {run.model_path} {out / 'data' / 'circle'}")
+
+
+@app.command()
+def backbones() -> None:
+    """List the embedded backbones and explain how to use any timm model."""
+    from tlearn.backbones.registry import backbone_listing
+
+    print(backbone_listing())
+
+
+@cache_app.command("info")
+def cache_info() -> None:
+    """Where the cache is and what it holds."""
+    from tlearn.backbones.cache import cache_root, summarize
+
+    summary = summarize(cache_root())
+    print(f"cache: {summary.root}  ({summary.total_bytes / 1e6:.1f} MB; set TLEARN_CACHE_DIR to move it)")
+    for namespace, details in summary.embeddings.items():
+        backbone = details["description"].get("backbone", {})
+        print(
+            f"  embeddings {namespace}: {details['entries']} images, {details['bytes'] / 1e6:.1f} MB "
+            f"({backbone.get('arch', '?')}, {backbone.get('weights', '?')})"
+        )
+    print(f"  backbones: {len(summary.backbones)} stored; unreadable-file verdicts: {summary.rejects}")
+
+
+@cache_app.command("clear")
+def cache_clear() -> None:
+    """Delete everything in the cache (it is rebuilt on demand)."""
+    from tlearn.backbones.cache import cache_root, clear
+
+    freed = clear(cache_root())
+    print(f"cleared {cache_root()} ({freed / 1e6:.1f} MB freed)")

@@ -1,0 +1,143 @@
+"""`tlearn train`: its options are generated from `TrainConfig`'s fields, so help text, defaults and choices
+live in one place (the config) and every field can be set from the command line."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+import types
+import typing
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic.fields import FieldInfo
+
+from tlearn.cli.app import app
+from tlearn.config import TrainConfig, parse_split
+from tlearn.runs.layout import RunFolder
+
+# Options of the command itself, not of the configuration.
+COMMAND_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "out": (
+        Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/<data>-<mode>-<time>).")],
+        None,
+    ),
+    "config": (
+        Annotated[Path | None, typer.Option("--config", help="YAML/JSON settings; flags override them.")],
+        None,
+    ),
+    "overwrite": (
+        Annotated[bool, typer.Option(help="Replace a previous run in --out (once the new run has succeeded).")],
+        False,
+    ),
+    "resume": (Annotated[bool, typer.Option(help="Continue the interrupted run in --out (same settings).")], False),
+    "nproc": (
+        Annotated[int, typer.Option(min=1, help="Processes (e.g. GPUs) to train with; launches torchrun.")],
+        1,
+    ),
+    "quiet": (Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or status lines.")], False),
+}
+
+
+def config_option(name: str, field: FieldInfo) -> Any:
+    """The Typer annotation of one TrainConfig field: `--name`, its type or choices, its help and default."""
+    flag = "--" + name.replace("_", "-")
+    help_text = f"{field.description or ''} [default: {_shown_default(field.default)}]".strip()
+    annotation = field.annotation
+    inner = _without_none(annotation)
+    if name == "data":
+        return Annotated[Path | None, typer.Argument(help=field.description, show_default=False)]
+    if typing.get_origin(inner) is typing.Literal:
+        choices = Enum(f"{name}_choices", {str(choice): str(choice) for choice in typing.get_args(inner)}, type=str)
+        return Annotated[choices | None, typer.Option(flag, help=help_text)]
+    if inner is bool:
+        return Annotated[bool | None, typer.Option(f"{flag}/--no-{flag[2:]}", help=help_text)]
+    if inner in (int, float, str, Path):
+        return Annotated[inner | None, typer.Option(flag, help=help_text)]
+    # Tuples (the split) and anything else are given as text and parsed by the config.
+    return Annotated[str | None, typer.Option(flag, help=help_text)]
+
+
+def _without_none(annotation: Any) -> Any:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = [member for member in typing.get_args(annotation) if member is not type(None)]
+        if len(members) == 1:
+            return members[0]
+    return annotation
+
+
+def _shown_default(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(f"{part:g}" for part in value)
+    return "none" if value is None else str(value)
+
+
+def _train(**values: Any) -> None:
+    """Train a classifier on a folder of labelled images, evaluate it, and save it under --out."""
+    command = {name: values.pop(name) for name in COMMAND_OPTIONS}
+    if command["nproc"] > 1:
+        _relaunch_with_torchrun(command["nproc"])
+    from tlearn.api import train as train_run
+
+    values = {name: value.value if isinstance(value, Enum) else value for name, value in values.items()}
+    if values.get("split") is not None:
+        values["split"] = parse_split(values["split"])
+    run = train_run(
+        values.pop("data"),
+        out=command["out"],
+        config=command["config"],
+        overwrite=command["overwrite"],
+        resume=command["resume"],
+        quiet=command["quiet"],
+        **values,
+    )
+    if run.rank != 0:  # under torchrun, rank 0 reports
+        return
+    for split_name, metrics in run.metrics.items():
+        print(
+            f"{split_name}: accuracy {metrics['accuracy']:.4f}  balanced {metrics['balanced_accuracy']:.4f}  "
+            f"macro F1 {metrics['macro_f1']:.4f}  (n={metrics['n']})"
+        )
+    print(f"model: {run.model_path}")
+    files = RunFolder(run.path)
+    print(f"metrics: {files.metrics}  ({run.summary['seconds']:.1f} s)")
+    print(f"report: {files.report}")
+
+
+def _signature() -> inspect.Signature:
+    """`_train`'s parameters: the data argument, every other TrainConfig field, then the command's options."""
+    fields = TrainConfig.model_fields
+    parameters = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=config_option(name, field), default=None)
+        for name, field in sorted(fields.items(), key=lambda item: item[0] != "data")
+    ]
+    parameters += [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+        for name, (annotation, default) in COMMAND_OPTIONS.items()
+    ]
+    return inspect.Signature(parameters)
+
+
+_train.__signature__ = _signature()
+_train.__annotations__ = {
+    parameter.name: parameter.annotation for parameter in _train.__signature__.parameters.values()
+}
+app.command("train")(_train)
+
+
+def _relaunch_with_torchrun(nproc: int) -> None:
+    """`tlearn train --nproc N ...` is `torchrun --standalone --nproc_per_node N -m tlearn train ...`."""
+    from tlearn.training.distributed import torchrun_command
+
+    args = sys.argv[1:]
+    for position, arg in enumerate(args):
+        if arg == "--nproc":
+            del args[position : position + 2]
+            break
+        if arg.startswith("--nproc="):
+            del args[position]
+            break
+    raise typer.Exit(subprocess.run(torchrun_command(nproc, args)).returncode)

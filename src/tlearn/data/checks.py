@@ -1,0 +1,131 @@
+"""What the data check found: class counts, imbalance, skipped files, duplicates and leakage.
+
+Leakage policy: an image in val or test whose bytes are identical to a training image (or a test image
+identical to a validation image) says nothing about generalisation, so it is excluded from that evaluation
+split and listed in the report. Files never move between splits, so the split stays stable.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from tlearn.data.discovery import SPLITS, DataSource
+
+# Above this majority:minority ratio in the training split, the loss is class-weighted (balance="auto").
+IMBALANCE_RATIO = 3.0
+
+
+@dataclass
+class CheckedData:
+    """The images that survive the check, by position in `source.images`, and the report describing them."""
+
+    source: DataSource
+    positions: dict[str, list[int]]  # split → positions of usable, non-leaking images
+    report: dict[str, Any]
+
+    def labels(self, split: str) -> list[int]:
+        """Class indices of a split's images."""
+        index = {name: i for i, name in enumerate(self.source.classes)}
+        return [index[self.source.images[p].label] for p in self.positions[split]]
+
+    def relpaths(self, split: str) -> list[str]:
+        """Paths (relative to the data folder) of a split's images."""
+        return [self.source.images[p].relpath for p in self.positions[split]]
+
+    def counts(self, split: str) -> dict[str, int]:
+        """{class: images} of a split, every class listed."""
+        per_class = Counter(self.source.images[p].label for p in self.positions[split])
+        return {name: per_class.get(name, 0) for name in self.source.classes}
+
+
+def check_data(source: DataSource, content_hashes: list[str | None], failures: dict[int, str]) -> CheckedData:
+    """Combine discovery with decoding outcomes into usable positions per split and the data report."""
+    skipped = [{"path": source.images[p].relpath, "reason": reason} for p, reason in sorted(failures.items())]
+    groups: dict[str, list[int]] = defaultdict(list)
+    for position, content_hash in enumerate(content_hashes):
+        if content_hash is not None and position not in failures:
+            groups[content_hash].append(position)
+
+    excluded: set[int] = set()
+    duplicates, leakage = [], []
+    for content_hash, members in groups.items():
+        if len(members) < 2:
+            continue
+        images = [source.images[p] for p in members]
+        duplicates.append(
+            {
+                "sha256": content_hash,
+                "paths": [image.relpath for image in images],
+                "splits": sorted({image.split for image in images}, key=SPLITS.index),
+                "labels": sorted({image.label for image in images}),
+            }
+        )
+        earliest = min(SPLITS.index(image.split) for image in images)
+        leaking = [p for p in members if SPLITS.index(source.images[p].split) > earliest]
+        if leaking:
+            excluded.update(leaking)
+            leakage.append(
+                {
+                    "sha256": content_hash,
+                    "kept_in": SPLITS[earliest],
+                    "excluded": [source.images[p].relpath for p in leaking],
+                }
+            )
+
+    positions = {split: [] for split in SPLITS}
+    for position, image in enumerate(source.images):
+        if position not in failures and position not in excluded and content_hashes[position] is not None:
+            positions[image.split].append(position)
+    checked = CheckedData(source, positions, {})
+    train_counts = checked.counts("train")
+    largest, smallest = max(train_counts.values()), min(train_counts.values())
+    checked.report = {
+        "data": str(source.root),
+        "layout": source.layout,
+        "classes": source.classes,
+        "counts": {split: checked.counts(split) for split in SPLITS if positions[split]},
+        "imbalance": {
+            "ratio": round(largest / smallest, 3) if smallest else None,
+            "majority": max(train_counts, key=train_counts.get),
+            "minority": min(train_counts, key=train_counts.get),
+            "imbalanced": smallest == 0 or largest / smallest > IMBALANCE_RATIO,
+        },
+        "skipped": skipped,
+        "ignored": source.ignored,
+        "duplicates": duplicates,
+        "leakage": leakage,
+        "label_conflicts": [group for group in duplicates if len(group["labels"]) > 1],
+    }
+    return checked
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """Human-readable one-liners for the console."""
+    counts = report["counts"]
+    per_split = ", ".join(f"{split} {sum(table.values())}" for split, table in counts.items())
+    lines = [f"data: {len(report['classes'])} classes ({', '.join(report['classes'])}); {per_split} images"]
+    if report["skipped"]:
+        first = report["skipped"][0]
+        more = f" and {len(report['skipped']) - 1} more" if len(report["skipped"]) > 1 else ""
+        lines.append(
+            f"skipped {len(report['skipped'])} unusable file(s): {first['path']} ({first['reason']}){more}; "
+            "see data_report.json"
+        )
+    if report["ignored"]:
+        lines.append(f"ignored {len(report['ignored'])} non-image file(s), e.g. {report['ignored'][0]}")
+    imbalance = report["imbalance"]
+    if imbalance["imbalanced"]:
+        lines.append(
+            f"class imbalance: {imbalance['majority']} vs {imbalance['minority']} is {imbalance['ratio']}:1 in train"
+        )
+    if report["leakage"]:
+        excluded = sum(len(group["excluded"]) for group in report["leakage"])
+        lines.append(
+            f"leakage: {excluded} val/test image(s) are byte-identical to earlier-split images; "
+            "excluded from evaluation"
+        )
+    if report["label_conflicts"]:
+        lines.append(f"warning: {len(report['label_conflicts'])} identical image(s) carry different labels")
+    return lines

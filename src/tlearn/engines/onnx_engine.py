@@ -1,0 +1,88 @@
+"""A model exported by `tlearn export --format onnx`, run on onnxruntime (never imports torch).
+
+The ONNX file is self-describing: its metadata holds the model's `config.json` (classes, preprocessing,
+backbone, headline metrics) and how it was exported and verified, so the file alone is enough to serve it.
+The graph takes normalised float32 (B, 3, H, W) and returns calibrated probabilities (B, num_classes).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from tlearn.data.preprocess import normalize
+from tlearn.engines.base import InferenceEngine
+from tlearn.errors import ModelFileError
+from tlearn.runs.model_dir import ModelConfig
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "probabilities"
+CONFIG_KEY = "tlearn_config"  # the model directory's config.json
+EXPORT_KEY = "tlearn_export"  # precision, opset, and the checks the export passed
+
+
+class OnnxClassifier(InferenceEngine):
+    """A tlearn model in an ONNX file on onnxruntime's CPU provider; same interface as `Classifier`.
+
+    Example:
+        >>> clf = OnnxClassifier.load("ants.onnx")  # doctest: +SKIP
+        >>> clf.predict(["bee.jpg"], top_k=1)[0].label  # doctest: +SKIP
+        'bees'
+    """
+
+    engine = "onnx"
+
+    def __init__(
+        self, session: Any, config: ModelConfig, export_info: dict[str, Any], path: Path | None = None
+    ) -> None:
+        super().__init__(config, path)
+        self.session = session
+        self.export_info = export_info
+
+    @classmethod
+    def load(cls, path: str | Path, *, threads: int | None = None) -> OnnxClassifier:
+        """Open an ONNX file written by `tlearn export`.
+
+        Args:
+            path: the `.onnx` file.
+            threads: onnxruntime intra-op threads (default: one per physical core).
+
+        Raises:
+            ModelFileError: missing file, not an ONNX model, or an ONNX model without tlearn's metadata.
+        """
+        import onnxruntime
+
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise ModelFileError(f"{path}: no such ONNX file")
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own untyped errors for bad files
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ModelFileError(f"{path}: not a readable ONNX model ({first})") from None
+        metadata = session.get_modelmeta().custom_metadata_map
+        if CONFIG_KEY not in metadata:
+            raise ModelFileError(f"{path}: an ONNX model without tlearn metadata; export it with `tlearn export`")
+        try:
+            config = ModelConfig.model_validate(json.loads(metadata[CONFIG_KEY]))
+            export_info = json.loads(metadata.get(EXPORT_KEY, "{}"))
+        except (ValueError, ValidationError) as error:
+            first = str(error).strip().splitlines()[0]
+            raise ModelFileError(f"{path}: invalid tlearn metadata ({first})") from None
+        return cls(session, config, export_info, path)
+
+    @property
+    def precision(self) -> str:
+        """fp32, int8-static or int8-dynamic."""
+        return str(self.export_info.get("precision", "fp32"))
+
+    def _forward(self, pixels: np.ndarray) -> np.ndarray:
+        batch = normalize(pixels, self.preprocessing)  # (B, 3, H, W) float32
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]

@@ -1,0 +1,76 @@
+"""A trained model, loaded for inference on PyTorch: `tlearn.load(path).predict([...])` (imports torch).
+
+The loader never unpickles: weights come from safetensors, everything else from JSON. Predictions for files,
+pictures and folders come from `tlearn.engines.base.InferenceEngine`, shared with the ONNX engine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file as load_torch_safetensors
+from torch import nn
+
+from tlearn.backbones.devices import resolve_device
+from tlearn.backbones.fusion import fold_batchnorm
+from tlearn.backbones.timm_models import normalize_on_device
+from tlearn.engines.base import InferenceEngine
+from tlearn.errors import ModelFileError
+from tlearn.runs.model_dir import WEIGHTS_FILE, ModelConfig, model_folder, read_config
+from tlearn.util.numeric import softmax
+
+
+class Classifier(InferenceEngine):
+    """A trained tlearn model on a device.
+
+    Example:
+        >>> clf = Classifier.load("runs/ants/model")  # doctest: +SKIP
+        >>> clf.predict(["bee.jpg"], top_k=1)[0].label  # doctest: +SKIP
+        'bees'
+    """
+
+    engine = "torch"
+
+    def __init__(self, model: nn.Module, config: ModelConfig, device: torch.device, folder: Path | None = None) -> None:
+        super().__init__(config, folder)
+        self.device = device
+        self.model = model.eval().to(device=device, memory_format=torch.channels_last)
+        self._mean = torch.tensor(self.preprocessing.mean, device=device).view(1, 3, 1, 1)
+        self._std = torch.tensor(self.preprocessing.std, device=device).view(1, 3, 1, 1)
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str = "auto") -> Classifier:
+        """Load a model directory (or a run directory holding `model/`).
+
+        Raises:
+            ModelFileError: the directory is not a complete tlearn model or its weights do not fit.
+        """
+        folder = model_folder(path)
+        config = read_config(folder)
+        try:
+            state = load_torch_safetensors(folder / WEIGHTS_FILE)
+        except (SafetensorError, OSError) as error:
+            raise ModelFileError(f"{folder / WEIGHTS_FILE}: unreadable weights ({error})") from None
+        model = timm.create_model(config.arch, pretrained=False, num_classes=len(config.classes))
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as error:
+            first = str(error).strip().splitlines()[0]
+            raise ModelFileError(f"{folder / WEIGHTS_FILE}: weights do not fit {config.arch}: {first}") from None
+        model.eval()
+        fold_batchnorm(model)  # a loaded model only predicts: about 30% faster on CPU, same outputs
+        return cls(model, config, resolve_device(device), folder)
+
+    @property
+    def accelerated(self) -> bool:
+        return self.device.type == "cuda"
+
+    @torch.inference_mode()
+    def _forward(self, pixels: np.ndarray) -> np.ndarray:
+        batch = normalize_on_device(pixels, self._mean, self._std, self.device)
+        logits = self.model(batch).float().cpu().numpy()
+        return softmax(logits / self.config.temperature)

@@ -1,0 +1,121 @@
+"""Evaluating a saved model on a labelled folder, and writing the outcome in the run-folder format.
+
+`evaluate_folder` computes (any engine: it only needs `predict_files_probabilities`); `write_evaluation`
+writes metrics.json, predictions.csv, data_report.json and evaluation.json, the files the report and
+`compare` read. `tlearn.evaluate` composes the two with the report.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tlearn.data.discovery import DataSource, discover_for_evaluation
+from tlearn.errors import DataError
+from tlearn.evaluation.metrics import classification_metrics
+from tlearn.runs.layout import RunFolder, prediction_columns, prediction_rows
+from tlearn.util import atomic
+from tlearn.util.progress import Progress
+
+if TYPE_CHECKING:
+    from tlearn.engines.base import InferenceEngine
+
+
+@dataclass
+class Evaluation:
+    """Metrics of one split and the per-image outcome.
+
+    Example:
+        >>> evaluation = tlearn.evaluate("runs/ants", "holdout/")  # doctest: +SKIP
+        >>> evaluation.metrics[evaluation.split]["accuracy"], len(evaluation.predictions)  # doctest: +SKIP
+        (0.95, 153)
+    """
+
+    split: str
+    metrics: dict[str, dict[str, Any]]  # {split: metrics}
+    predictions: list[dict[str, Any]]  # path, label, predicted, confidence, probabilities
+    skipped: list[dict[str, str]]
+    source: DataSource | None = field(default=None, repr=False)
+    tta: bool = False
+    seconds: float = 0.0
+
+
+def evaluate_folder(
+    engine: InferenceEngine,
+    data: str | Path,
+    *,
+    split: str | None = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+    tta: bool = False,
+    progress: Progress | None = None,
+) -> Evaluation:
+    """Evaluate `engine` on a labelled folder.
+
+    A pre-split folder is evaluated on its test split (val when there is no test); a folder of class
+    sub-folders as a whole, unless `split` names one of its hash splits. Unreadable files are skipped and
+    listed, not fatal. `tta` averages the probabilities of each image and its mirror image.
+
+    Raises:
+        DataError: the folder holds a class the model does not know, or no usable image.
+    """
+    progress = progress or Progress()
+    started = time.perf_counter()
+    source, split_name = discover_for_evaluation(data, split=split)
+    unknown = sorted({image.label for image in source.images} - set(engine.classes))
+    if unknown:
+        raise DataError(
+            f"{source.root}: class folder(s) {', '.join(unknown)} are not among the model's classes "
+            f"({', '.join(engine.classes)})"
+        )
+    index = {name: i for i, name in enumerate(engine.classes)}
+    paths = [image.path for image in source.images]
+    probabilities, failures = engine.predict_files_probabilities(
+        paths, batch_size=batch_size, workers=workers, flip=tta, progress=progress
+    )
+    usable = [position for position in range(len(paths)) if position not in failures]
+    if not usable:
+        raise DataError(f"{source.root}: none of the {len(paths)} image(s) could be decoded")
+    labels = np.asarray([index[source.images[p].label] for p in usable], dtype=np.int64)
+    metrics = {split_name: classification_metrics(labels, probabilities[usable], engine.classes)}
+    predictions = prediction_rows(
+        [source.images[p].relpath for p in usable], labels, probabilities[usable], engine.classes
+    )
+    skipped = [{"path": source.images[p].relpath, "reason": reason} for p, reason in sorted(failures.items())]
+    return Evaluation(split_name, metrics, predictions, skipped, source, tta=tta, seconds=time.perf_counter() - started)
+
+
+def write_evaluation(evaluation: Evaluation, out: Path, engine: InferenceEngine) -> None:
+    """Write an evaluation's files into `out` (metrics, predictions, data report, evaluation.json)."""
+    files = RunFolder(out)
+    classes = engine.classes
+    atomic.write_json(files.metrics, evaluation.metrics)
+    atomic.write_csv(files.predictions, evaluation.predictions, prediction_columns(classes, with_split=False))
+    counts = Counter(row["label"] for row in evaluation.predictions)
+    root = evaluation.source.root if evaluation.source else None
+    atomic.write_json(
+        files.data_report,
+        {
+            "data": str(root),
+            "split": evaluation.split,
+            "counts": {evaluation.split: {name: counts.get(name, 0) for name in classes}},
+            "skipped": evaluation.skipped,
+            "ignored": evaluation.source.ignored if evaluation.source else [],
+        },
+    )
+    atomic.write_json(
+        files.evaluation,
+        {
+            "model": str(engine.path.resolve()) if engine.path else None,
+            "data": str(root),
+            "split": evaluation.split,
+            "tta": evaluation.tta,
+            "seconds": round(evaluation.seconds, 3),
+            "model_config": engine.config.model_dump(mode="json"),
+        },
+    )

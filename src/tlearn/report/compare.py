@@ -1,0 +1,185 @@
+"""`tlearn compare`: runs side by side, so "linear vs finetune" or "lite0 vs resnet50" is one command.
+
+Each folder is read back from its files (`tlearn.runs.records`): a training run, or a `tlearn evaluate`
+folder, whose time and epochs come from the training run that holds its model. The table prints as
+Markdown (aligned, so it also reads well in a terminal) and can be written as Markdown or HTML.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tlearn.errors import TlearnError
+from tlearn.runs.layout import RunFolder
+from tlearn.runs.records import RunRecords, read_run
+from tlearn.util import atomic
+
+COLUMNS = (
+    "run",
+    "backbone",
+    "mode",
+    "epochs",
+    "train time",
+    "split",
+    "images",
+    "accuracy",
+    "macro F1",
+    "ECE",
+    "model size",
+)
+NUMERIC = {"epochs", "train time", "images", "accuracy", "macro F1", "ECE", "model size"}
+
+
+@dataclass
+class RunSummary:
+    """One row of the comparison."""
+
+    run: str  # the folder as given
+    backbone: str
+    mode: str  # linear or finetune, with "+ calibrated" / "+ TTA" when they apply
+    epochs: int | None  # fine-tuning epochs run (0 for a linear head)
+    seconds: float | None  # training wall time
+    split: str  # the split judged on
+    images: int
+    accuracy: float
+    macro_f1: float
+    ece: float | None
+    model_bytes: int | None
+
+    def cells(self) -> list[str]:
+        """The row as text, in `COLUMNS` order."""
+        return [
+            self.run,
+            self.backbone,
+            self.mode,
+            _text(self.epochs, "{}"),
+            _text(self.seconds, "{:.1f} s"),
+            self.split,
+            str(self.images),
+            f"{100 * self.accuracy:.1f}%",
+            f"{self.macro_f1:.3f}",
+            _text(self.ece, "{:.3f}"),
+            _text(None if self.model_bytes is None else self.model_bytes / 1e6, "{:.1f} MB"),
+        ]
+
+
+def summarize_run(folder: str | Path) -> RunSummary:
+    """The comparison row of a training run or evaluation folder.
+
+    Raises:
+        TlearnError: the folder holds no finished run or evaluation.
+
+    Example:
+        >>> summarize_run("runs/ants-linear").accuracy  # doctest: +SKIP
+        0.954
+    """
+    records = read_run(folder)
+    training = _training_run(records)
+    metrics = records.metrics[records.split]
+    config = records.model_config
+    mode = config.mode if config else records.summary.get("mode", "?")
+    if config and config.temperature != 1.0:
+        mode += " + calibrated"
+    if records.summary.get("tta"):
+        mode += " + TTA"
+    return RunSummary(
+        run=str(folder),
+        backbone=config.backbone["name"] if config else "?",
+        mode=mode,
+        epochs=max(row["epoch"] for row in training.history) if training and training.history else None,
+        seconds=training.summary.get("seconds") if training else None,
+        split=records.split,
+        images=metrics["n"],
+        accuracy=metrics["accuracy"],
+        macro_f1=metrics["macro_f1"],
+        ece=metrics.get("ece"),
+        model_bytes=records.model_bytes,
+    )
+
+
+def markdown_table(summaries: Sequence[RunSummary]) -> str:
+    """A Markdown table with padded columns (numbers right-aligned).
+
+    Example:
+        >>> print(markdown_table([summarize_run("runs/a"), summarize_run("runs/b")]))  # doctest: +SKIP
+    """
+    rows = [list(COLUMNS), *(summary.cells() for summary in summaries)]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(COLUMNS))]
+    numeric = [name in NUMERIC for name in COLUMNS]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [
+            cell.rjust(width) if right else cell.ljust(width)
+            for cell, width, right in zip(cells, widths, numeric, strict=True)
+        ]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = (
+        "|"
+        + "|".join(
+            "-" * (width + 1) + ":" if right else "-" * (width + 2)
+            for width, right in zip(widths, numeric, strict=True)
+        )
+        + "|"
+    )
+    return "\n".join([line(rows[0]), rule, *(line(row) for row in rows[1:])])
+
+
+def write_comparison(summaries: Sequence[RunSummary], path: str | Path) -> Path:
+    """Write the table as Markdown (`.md`) or as a self-contained HTML page (`.html`).
+
+    Raises:
+        TlearnError: the file name ends in neither.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".md":
+        atomic.write_text(path, markdown_table(summaries) + "\n")
+    elif path.suffix.lower() in (".html", ".htm"):
+        from tlearn.report.page import render_page  # deferred: jinja2 is only needed for pages
+
+        atomic.write_text(
+            path,
+            render_page(
+                "compare.html",
+                columns=COLUMNS,
+                numeric=NUMERIC,
+                rows=[summary.cells() for summary in summaries],
+                best=_best_cells(summaries),
+            ),
+        )
+    else:
+        raise TlearnError(f"{path}: write the comparison to a .md or .html file")
+    return path
+
+
+def _best_cells(summaries: Sequence[RunSummary]) -> set[tuple[int, str]]:
+    """(row, column) of the best accuracy, macro F1 and ECE as shown (3 decimals), highlighted in the HTML table."""
+    best: set[tuple[int, str]] = set()
+    for column, value, lower_is_better in (
+        ("accuracy", "accuracy", False),
+        ("macro F1", "macro_f1", False),
+        ("ECE", "ece", True),
+    ):
+        scored = [
+            (round(getattr(summary, value), 3), row)
+            for row, summary in enumerate(summaries)
+            if getattr(summary, value) is not None
+        ]
+        if len(scored) > 1:
+            target = (min if lower_is_better else max)(score for score, _ in scored)
+            best |= {(row, column) for score, row in scored if score == target}
+    return best
+
+
+def _training_run(records: RunRecords) -> RunRecords | None:
+    """The training run behind a folder: itself, or for an evaluation the run that holds its model."""
+    if not records.is_evaluation:
+        return records
+    run_folder = records.model_path.parent if records.model_path else None
+    return read_run(run_folder) if run_folder and RunFolder(run_folder).summary.is_file() else None
+
+
+def _text(value: float | None, pattern: str) -> str:
+    return "–" if value is None else pattern.format(value)

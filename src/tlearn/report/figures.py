@@ -1,0 +1,255 @@
+"""The report's figures as PNG bytes: training curves, confusion matrices, reliability diagram.
+
+matplotlib's object API (`Figure`, no pyplot): no display, no global state, the Agg renderer. Each function
+takes plain data and returns the PNG, so the report decides where it goes (a file and the HTML page).
+matplotlib is imported here only, and this module only when a report is written, so the CLI starts fast.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from tlearn.evaluation.calibration import ReliabilityBins
+
+TRAIN_COLOUR = "#4c72b0"
+VAL_COLOUR = "#dd8452"
+ERROR_COLOUR = "#c44e52"
+DPI = 110
+_ANNOTATED_CLASSES = 20  # confusion matrices with more classes show colours only, no numbers in the cells
+# Fixed margins for the fixed-size figures: a layout engine would draw each figure twice.
+_TWO_PANEL_MARGINS = {"left": 0.06, "right": 0.99, "bottom": 0.13, "top": 0.92, "wspace": 0.18}
+
+
+def training_curves(history: Sequence[dict[str, Any]], *, best_epoch: int | None = None) -> bytes:
+    """Loss and accuracy per epoch, train and val, with the stages (linear head, unfreezing) shaded.
+
+    Args:
+        history: rows of `history.csv` (epoch, stage, train_loss, train_accuracy, val_loss, val_accuracy);
+            missing values are None.
+        best_epoch: the epoch whose weights were kept, marked on the validation curves.
+
+    Example:
+        >>> png = training_curves([{"epoch": 0, "stage": "linear head", "train_loss": 0.2, "train_accuracy": 0.9,
+        ...                         "val_loss": 0.3, "val_accuracy": 0.88}])
+        >>> png[:4] == b"\\x89PNG"
+        True
+    """
+    epochs = np.array([row["epoch"] for row in history], dtype=float)
+    figure = Figure(figsize=(10, 4), dpi=DPI)
+    figure.subplots_adjust(**_TWO_PANEL_MARGINS)
+    loss_axes, accuracy_axes = figure.subplots(1, 2)
+    for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+        _shade_stages(axes, history)
+        for split, colour, style in (("train", TRAIN_COLOUR, "--"), ("val", VAL_COLOUR, "-")):
+            values = np.array(
+                [np.nan if row[f"{split}_{metric}"] is None else row[f"{split}_{metric}"] for row in history],
+                dtype=float,
+            )
+            axes.plot(epochs, values, style, marker="o", markersize=4, color=colour, label=split)
+            if split == "val" and best_epoch is not None and best_epoch in epochs:
+                best = values[list(epochs).index(best_epoch)]
+                axes.plot(
+                    [best_epoch],
+                    [best],
+                    marker="*",
+                    markersize=14,
+                    color=colour,
+                    linestyle="none",
+                    label=f"kept (epoch {best_epoch})",
+                )
+        axes.margins(y=0.15)  # room for the stage labels above the curves
+        axes.set_xlabel("epoch (0 = linear head; at the top: layer groups unfrozen)")
+        axes.set_title(metric)
+        axes.set_xticks(epochs)
+        axes.grid(alpha=0.3)
+    accuracy_axes.legend(loc="best", fontsize=8)  # few points: "best" is cheap here
+    return _png(figure)
+
+
+def head_search_curves(candidates: Sequence[dict[str, float]], chosen_c: float) -> bytes:
+    """The linear head's "training curve": loss and accuracy against the regularisation strength tried.
+
+    A closed-form head has no epochs; what was learnt is which L2 strength (C, inverse) fits best on val.
+
+    Example:
+        >>> png = head_search_curves([{"c": 0.1, "train_loss": 0.3, "train_accuracy": 0.9, "val_loss": 0.35,
+        ...                            "val_accuracy": 0.88}], 0.1)
+        >>> png[:4] == b"\\x89PNG"
+        True
+    """
+    strengths = np.array([row["c"] for row in candidates], dtype=float)
+    figure = Figure(figsize=(10, 4), dpi=DPI)
+    figure.subplots_adjust(**_TWO_PANEL_MARGINS)
+    for axes, metric in zip(figure.subplots(1, 2), ("loss", "accuracy"), strict=True):
+        for split, colour, style in (("train", TRAIN_COLOUR, "--"), ("val", VAL_COLOUR, "-")):
+            axes.plot(
+                strengths,
+                [row[f"{split}_{metric}"] for row in candidates],
+                style,
+                marker="o",
+                markersize=4,
+                color=colour,
+                label=split,
+            )
+        axes.axvline(chosen_c, color="#555555", linestyle=":", label=f"chosen C = {chosen_c:g}")
+        axes.set_xscale("log")
+        # Plain tick labels: matplotlib's default 10^k labels go through mathtext, the slowest part of a figure.
+        axes.set_xticks(strengths, [f"{value:g}" for value in strengths], fontsize=8)
+        axes.minorticks_off()
+        axes.set_xlabel("C (inverse L2 strength; weaker regularisation to the right)")
+        axes.set_title(f"linear head: {metric}")
+        axes.grid(alpha=0.3)
+        axes.legend(loc="lower left" if metric == "accuracy" else "upper right", fontsize=8)  # "best" is slow
+    return _png(figure)
+
+
+def confusion_matrix_figure(matrix: np.ndarray, classes: Sequence[str], *, normalise: bool) -> bytes:
+    """The confusion matrix (rows: true class) as counts or row-normalised, readable from 2 to 100 classes.
+
+    The figure grows with the number of classes (up to 15 inches of matrix) and the labels shrink with the
+    cells; cells carry their numbers up to 20 classes, beyond that the colour alone. Margins are computed
+    from the label lengths rather than by a layout engine, which would draw a 100-class figure twice.
+
+    Example:
+        >>> confusion_matrix_figure(np.array([[5, 1], [0, 4]]), ["ants", "bees"], normalise=True)[:4] == b"\\x89PNG"
+        True
+    """
+    counts = np.asarray(matrix, dtype=float)
+    count = len(classes)
+    if normalise:
+        support = counts.sum(axis=1, keepdims=True)
+        values = np.divide(counts, support, out=np.zeros_like(counts), where=support > 0)
+        top = 1.0
+    else:
+        values, top = counts, max(1.0, float(counts.max()))
+    side = float(np.clip(1.2 + 0.14 * count, 3.5, 15.0))  # inches of matrix
+    font = float(np.clip(0.6 * 72 * side / count, 5.0, 10.0))  # points: most of one cell's height
+    names = [name if len(name) <= 24 else name[:23] + "…" for name in classes]
+    upright = count > 8 or max(map(len, names)) > 10  # x labels vertical unless a few short names
+    left = (max(map(len, names)) * 0.6 * font + 30) / 72  # inches for tick labels and axis title
+    bottom = left if upright else (font + 30) / 72
+    width, height = left + side + 1.5, bottom + side + 0.5  # + colour bar; + title
+    figure = Figure(figsize=(width, height), dpi=DPI)
+    axes = figure.add_axes((left / width, bottom / height, side / width, side / height))
+    colour_axes = figure.add_axes(((left + side + 0.2) / width, bottom / height, 0.2 / width, side / height))
+    image = axes.imshow(values, cmap="Blues", vmin=0.0, vmax=top, interpolation="nearest", aspect="auto")
+    figure.colorbar(image, cax=colour_axes, label="share of the true class" if normalise else "images")
+    axes.set_xticks(range(count), names, rotation=90 if upright else 0, fontsize=font)
+    axes.set_yticks(range(count), names, fontsize=font)
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    axes.set_title("confusion matrix, row-normalised" if normalise else "confusion matrix, counts")
+    if count <= _ANNOTATED_CLASSES:
+        for (row, column), value in np.ndenumerate(values):
+            text = f"{value:.0%}" if normalise else f"{int(value)}"
+            axes.text(
+                column,
+                row,
+                text,
+                ha="center",
+                va="center",
+                fontsize=font,
+                color="white" if value > 0.55 * top else "#222222",
+            )
+    return _png(figure)
+
+
+def reliability_diagram(
+    bins: ReliabilityBins, *, uncalibrated: ReliabilityBins | None = None, temperature: float = 1.0
+) -> bytes:
+    """Accuracy against confidence per bin (a calibrated model follows the diagonal), and how many images
+    fall in each bin.
+
+    Args:
+        bins: reliability bins of the model's (calibrated) probabilities.
+        uncalibrated: the same before temperature scaling, drawn as a line when given.
+        temperature: the temperature the model divides its logits by (named in the legend).
+
+    Example:
+        >>> from tlearn.evaluation.calibration import reliability_bins
+        >>> bins = reliability_bins(np.array([[0.9, 0.1], [0.6, 0.4]]), np.array([0, 1]))
+        >>> reliability_diagram(bins)[:4] == b"\\x89PNG"
+        True
+    """
+    centres = (bins.edges[:-1] + bins.edges[1:]) / 2
+    width = bins.edges[1] - bins.edges[0]
+    filled = bins.counts > 0
+    figure = Figure(figsize=(5.5, 6), dpi=DPI)
+    figure.subplots_adjust(left=0.13, right=0.97, bottom=0.09, top=0.94, hspace=0.08)
+    accuracy_axes, count_axes = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    accuracy_axes.plot([0, 1], [0, 1], ":", color="#555555", label="perfect calibration")
+    accuracy_axes.bar(
+        centres[filled],
+        bins.accuracy[filled],
+        width=width,
+        color=VAL_COLOUR,
+        edgecolor="white",
+        label="accuracy in bin",
+    )
+    gap = bins.confidence[filled] - bins.accuracy[filled]
+    accuracy_axes.bar(
+        centres[filled],
+        gap,
+        bottom=bins.accuracy[filled],
+        width=width,
+        color=ERROR_COLOUR,
+        alpha=0.3,
+        edgecolor=ERROR_COLOUR,
+        hatch="//",
+        label="gap to confidence",
+    )
+    if uncalibrated is not None:
+        shown = uncalibrated.counts > 0
+        accuracy_axes.plot(
+            uncalibrated.confidence[shown],
+            uncalibrated.accuracy[shown],
+            marker="o",
+            markersize=4,
+            color=TRAIN_COLOUR,
+            label=f"before temperature scaling (ECE {uncalibrated.ece:.3f})",
+        )
+    label = f"ECE {bins.ece:.3f}" + (f", temperature {temperature:.2f}" if temperature != 1.0 else "")
+    accuracy_axes.set_title(f"reliability ({label})")
+    accuracy_axes.set_ylabel("accuracy")
+    accuracy_axes.set_xlim(0, 1)
+    accuracy_axes.set_ylim(0, 1)
+    accuracy_axes.grid(alpha=0.3)
+    accuracy_axes.legend(loc="upper left", fontsize=8)
+    count_axes.bar(centres, bins.counts, width=width, color="#888888", edgecolor="white")
+    count_axes.set_xlabel("confidence (top-1 probability)")
+    count_axes.set_ylabel("images")
+    return _png(figure)
+
+
+def _shade_stages(axes: Any, history: Sequence[dict[str, Any]]) -> None:
+    """Alternate light bands for consecutive epochs of one stage, each labelled at the top."""
+    runs: list[tuple[str, float, float]] = []  # (stage, first epoch, last epoch)
+    for row in history:
+        if runs and runs[-1][0] == row["stage"]:
+            runs[-1] = (row["stage"], runs[-1][1], row["epoch"])
+        else:
+            runs.append((row["stage"], row["epoch"], row["epoch"]))
+    for index, (stage, first, last) in enumerate(runs):
+        axes.axvspan(first - 0.5, last + 0.5, color="#000000", alpha=0.06 if index % 2 else 0.0, linewidth=0)
+        label = "head" if stage == "linear head" else stage.removeprefix("unfreeze ")
+        axes.text(
+            (first + last) / 2,
+            0.98,
+            label,
+            transform=axes.get_xaxis_transform(),
+            ha="center",
+            va="top",
+            fontsize=7,
+            color="#555555",
+        )
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()

@@ -1,0 +1,297 @@
+"""The run report: one self-contained `report.html` plus its figures as PNG files, next to metrics.json.
+
+It answers a user's first questions after training. Is it good: the metrics read against a trivial
+baseline, and whether the confidences can be trusted (calibration). Where does it fail: the confusion
+matrix, the per-class table and the worst errors as thumbnails. Was it worth it: what the original ImageNet
+model said about the same images, beside what the new classifier says. And what the data was: class counts,
+skipped files, duplicates and leakage.
+
+The page embeds its figures and thumbnails (base64) and its CSS, so it opens offline in any browser and can
+be mailed as one file. Only the galleries' images are decoded, as small thumbnails. Written from the run's
+files alone (`tlearn.runs.records`): the report never runs a model (the "before" answers were saved by
+training or evaluation in `imagenet.json`) and never imports torch.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tlearn import __version__
+from tlearn.data.images import ImageDecodeError, load_rgb
+from tlearn.evaluation.calibration import apply_temperature, reliability_bins
+from tlearn.evaluation.metrics import classification_metrics
+from tlearn.runs.layout import IMAGENET_FILE, RunFolder
+from tlearn.runs.records import RunRecords, read_run
+from tlearn.util import atomic
+from tlearn.util.progress import Progress
+
+GALLERY_SIZE = 12  # images per gallery
+TOP_ANSWERS = 3  # labels shown per image in the before/after panel
+THUMBNAIL_PIXELS = 160  # longest side
+LISTED_FILES = 50  # skipped files, duplicates, ... beyond this are counted, not listed
+
+
+def write_report(folder: str | Path, *, progress: Progress | None = None) -> Path:
+    """Write `report.html` and `figures/*.png` for a finished run or evaluation folder.
+
+    Args:
+        folder: what `tlearn train --out` or `tlearn evaluate --out` wrote.
+        progress: status lines.
+
+    Returns:
+        The path of report.html.
+
+    Raises:
+        TlearnError: the folder holds no finished run or evaluation.
+
+    Example:
+        >>> write_report("runs/ants")  # doctest: +SKIP
+        PosixPath('runs/ants/report.html')
+    """
+    progress = progress or Progress(quiet=True)
+    started = time.perf_counter()
+    records = read_run(folder)
+    split = records.split
+    rows = records.split_predictions(split)
+    labels, probabilities = records.probabilities(rows)
+    temperature = records.model_config.temperature if records.model_config else 1.0
+    figures = _figures(records, labels, probabilities, temperature)
+    files = RunFolder(records.folder)
+    for name, png in figures.items():
+        atomic.write_bytes(files.figure(name), png, durable=False)
+    page = render_page(
+        "report.html",
+        records=records,
+        split=split,
+        where=split_description(split),
+        title=records.folder.resolve().name,
+        figures={name: data_uri(png, "image/png") for name, png in figures.items()},
+        baseline=majority_baseline(records),
+        per_class=_per_class_rows(records.metrics[split]),
+        calibration=_calibration(labels, probabilities, temperature),
+        worst_errors=[_gallery_item(records, row) for row in worst_errors(rows)],
+        unsure_right=[_gallery_item(records, row) for row in least_confident_right(rows)],
+        errors=sum(row["label"] != row["predicted"] for row in rows),
+        before_after=_before_after(records, rows),
+        dataset=_dataset_panel(records),
+        version=__version__,
+        generated=time.strftime("%Y-%m-%d %H:%M"),
+    )
+    path = files.report
+    atomic.write_text(path, page)
+    progress.info(f"report: {path} ({time.perf_counter() - started:.1f} s)")
+    return path
+
+
+def majority_baseline(records: RunRecords) -> dict[str, Any]:
+    """What always answering the most common class scores on the evaluated split.
+
+    The most common class is taken from the training split when the run knows it (a trivial classifier
+    learns nothing else), else from the evaluated split itself (the best any constant answer can do).
+    """
+    split = records.split
+    classes = records.classes
+    support = np.asarray(records.metrics[split]["confusion_matrix"]).sum(axis=1)  # (C,) true images per class
+    train_counts = records.data_report.get("counts", {}).get("train")
+    if train_counts:
+        majority, source = classes.index(max(train_counts, key=train_counts.get)), "the training split"
+    else:
+        majority, source = int(support.argmax()), split_description(split)
+    labels = np.repeat(np.arange(len(classes)), support)
+    constant = np.eye(len(classes))[np.full(len(labels), majority)]
+    metrics = classification_metrics(labels, constant, classes)
+    return {
+        "class": classes[majority],
+        "source": source,
+        "accuracy": metrics["accuracy"],
+        "balanced_accuracy": metrics["balanced_accuracy"],
+        "macro_f1": metrics["macro_f1"],
+        "chance": 1 / len(classes),
+    }
+
+
+def split_description(split: str) -> str:
+    """How the report names a split: "the test split", or "the whole folder" for an evaluation's "all"."""
+    return "the whole folder" if split == "all" else f"the {split} split"
+
+
+def worst_errors(rows: list[dict[str, str]], count: int = GALLERY_SIZE) -> list[dict[str, str]]:
+    """The wrong answers given with the highest confidence, most confident first."""
+    wrong = [row for row in rows if row["label"] != row["predicted"]]
+    return sorted(wrong, key=lambda row: -float(row["confidence"]))[:count]
+
+
+def least_confident_right(rows: list[dict[str, str]], count: int = GALLERY_SIZE) -> list[dict[str, str]]:
+    """The right answers given with the lowest confidence, least confident first."""
+    right = [row for row in rows if row["label"] == row["predicted"]]
+    return sorted(right, key=lambda row: float(row["confidence"]))[:count]
+
+
+def _figures(
+    records: RunRecords, labels: np.ndarray, probabilities: np.ndarray, temperature: float
+) -> dict[str, bytes]:
+    from tlearn.report import figures  # deferred: matplotlib takes a while to import and only reports need it
+
+    matrix = np.asarray(records.metrics[records.split]["confusion_matrix"])
+    drawn: dict[str, bytes] = {}
+    if len(records.history) > 1:
+        best_epoch = records.summary.get("finetune", {}).get("best_epoch")
+        drawn["training_curves"] = figures.training_curves(records.history, best_epoch=best_epoch)
+    elif records.summary.get("head", {}).get("candidates"):
+        head = records.summary["head"]
+        drawn["training_curves"] = figures.head_search_curves(head["candidates"], head["c"])
+    drawn["confusion_counts"] = figures.confusion_matrix_figure(matrix, records.classes, normalise=False)
+    drawn["confusion_normalised"] = figures.confusion_matrix_figure(matrix, records.classes, normalise=True)
+    uncalibrated = (
+        reliability_bins(apply_temperature(probabilities, 1 / temperature), labels) if temperature != 1.0 else None
+    )
+    drawn["reliability"] = figures.reliability_diagram(
+        reliability_bins(probabilities, labels), uncalibrated=uncalibrated, temperature=temperature
+    )
+    return drawn
+
+
+def _calibration(labels: np.ndarray, probabilities: np.ndarray, temperature: float) -> dict[str, Any]:
+    """ECE of the model as saved and, for a calibrated model, of the same model before temperature scaling."""
+    before = None
+    if temperature != 1.0:
+        # The saved probabilities are softmax(z / T); scaling their logs back by T recovers softmax(z).
+        before = reliability_bins(apply_temperature(probabilities, 1 / temperature), labels).ece
+    return {"temperature": temperature, "ece": reliability_bins(probabilities, labels).ece, "ece_before": before}
+
+
+def _per_class_rows(metrics: dict[str, Any]) -> dict[str, Any]:
+    """classification_report's table: one row per class, then the macro and support-weighted averages."""
+    rows = [{"name": name, **values} for name, values in metrics["per_class"].items()]
+    support = np.array([row["support"] for row in rows], dtype=float)
+    averages = []
+    for name, weights in (("macro average", np.ones_like(support)), ("weighted average", support)):
+        total = weights.sum() or 1.0
+        averages.append(
+            {
+                "name": name,
+                "support": int(support.sum()),
+                **{
+                    key: float(np.dot([row[key] for row in rows], weights) / total)
+                    for key in ("precision", "recall", "f1")
+                },
+            }
+        )
+    return {"rows": rows, "averages": averages}
+
+
+def _gallery_item(records: RunRecords, row: dict[str, str]) -> dict[str, Any]:
+    return {
+        "path": row["path"],
+        "label": row["label"],
+        "predicted": row["predicted"],
+        "confidence": float(row["confidence"]),
+        "p_true": float(row[f"p_{row['label']}"]),
+        "thumbnail": thumbnail(records.data_root / row["path"]),
+    }
+
+
+def _before_after(records: RunRecords, rows: list[dict[str, str]]) -> dict[str, Any]:
+    """Sample images: the original ImageNet model's top labels (saved with the run) beside the new classifier's."""
+    answers = records.imagenet.get("answers")
+    if not answers:
+        reason = records.imagenet.get("reason") or f"no ImageNet answers were saved with this run ({IMAGENET_FILE})"
+        return {"samples": [], "reason": reason}
+    by_path = {row["path"]: row for row in rows}
+    items = []
+    for path, answer in answers.items():
+        row = by_path.get(path)
+        if row is None:
+            continue
+        ranked = sorted(records.classes, key=lambda name: -float(row[f"p_{name}"]))[:TOP_ANSWERS]
+        items.append(
+            {
+                **_gallery_item(records, row),
+                "imagenet": [(name, float(probability)) for name, probability in answer],
+                "after": [(name, float(row[f"p_{name}"])) for name in ranked],
+            }
+        )
+    return {"samples": items, "reason": None}
+
+
+def _dataset_panel(records: RunRecords) -> dict[str, Any]:
+    report = records.data_report
+    counts = report.get("counts", {})
+    splits = list(counts)
+    table = [
+        {
+            "name": name,
+            "counts": [counts[split].get(name, 0) for split in splits],
+            "total": sum(counts[split].get(name, 0) for split in splits),
+        }
+        for name in records.classes
+    ]
+    leaked = sum(len(group["excluded"]) for group in report.get("leakage", []))
+    return {
+        "data": report.get("data", ""),
+        "splits": splits,
+        "table": table,
+        "split_totals": [sum(counts[split].values()) for split in splits],
+        "imbalance": report.get("imbalance"),
+        "skipped": report.get("skipped", [])[:LISTED_FILES],
+        "skipped_count": len(report.get("skipped", [])),
+        "ignored": report.get("ignored", [])[:LISTED_FILES],
+        "ignored_count": len(report.get("ignored", [])),
+        "duplicates": report.get("duplicates", [])[:LISTED_FILES],
+        "duplicates_count": len(report.get("duplicates", [])),
+        "leakage": report.get("leakage", [])[:LISTED_FILES],
+        "leaked_count": leaked,
+        "label_conflicts": report.get("label_conflicts", [])[:LISTED_FILES],
+        "checked": "duplicates" in report,  # an evaluation does not look for duplicates
+    }
+
+
+def thumbnail(path: Path, *, pixels: int = THUMBNAIL_PIXELS) -> str | None:
+    """A small JPEG of the image as a data URI, or None when the file can no longer be read.
+
+    Example:
+        >>> thumbnail(Path("data/ants/0013035.jpg"))[:23]  # doctest: +SKIP
+        'data:image/jpeg;base64,'
+    """
+    try:
+        picture = load_rgb(path, draft_size=pixels)
+    except ImageDecodeError:
+        return None
+    picture.thumbnail((pixels, pixels))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=80)
+    return data_uri(buffer.getvalue(), "image/jpeg")
+
+
+def data_uri(payload: bytes, media_type: str) -> str:
+    """`payload` inlined as a `data:` URI, for pages that must stand alone (the report, notebook output)."""
+    return f"data:{media_type};base64,{base64.b64encode(payload).decode('ascii')}"
+
+
+@functools.cache
+def _environment():  # -> jinja2.Environment
+    import jinja2  # deferred: only reports need templates
+
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("tlearn.report", "templates"),
+        autoescape=jinja2.select_autoescape(["html"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    environment.filters["pct"] = lambda value, digits=1: "–" if value is None else f"{100 * value:.{digits}f}%"
+    environment.filters["num"] = lambda value, digits=3: "–" if value is None else f"{value:.{digits}f}"
+    environment.filters["megabytes"] = lambda value: "–" if value is None else f"{value / 1e6:.1f} MB"
+    return environment
+
+
+def render_page(template: str, **context: Any) -> str:
+    """Render a page template of `tlearn/templates` (autoescaped HTML that includes the shared CSS)."""
+    return _environment().get_template(template).render(**context)

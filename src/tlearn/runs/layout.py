@@ -1,0 +1,233 @@
+"""The run folder's contract: every file a run or an evaluation writes, and the rows of its tables.
+
+This module is the only place that knows a file name of the run directory; training, evaluation, the
+report, `compare` and export all ask it. A run directory holds:
+
+    model/               the trained model (see `tlearn.runs.model_dir`)
+    metrics.json         per evaluated split
+    history.csv          one `HistoryRow` per epoch (epoch 0: the linear head)
+    predictions.csv      one `prediction_rows` row per evaluated image
+    data_report.json     what the data check found
+    splits.json          which file went to which split
+    config.yaml          the resolved configuration
+    run.json             timings, head search, model size (an evaluation writes evaluation.json instead)
+    imagenet.json        the original ImageNet model's answers for the report's sample images
+    report.html, figures/, tb/, checkpoints/
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MODEL_DIR = "model"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.csv"
+PREDICTIONS_FILE = "predictions.csv"
+DATA_REPORT_FILE = "data_report.json"
+SPLITS_FILE = "splits.json"
+CONFIG_FILE = "config.yaml"
+SUMMARY_FILE = "run.json"
+EVALUATION_FILE = "evaluation.json"
+IMAGENET_FILE = "imagenet.json"
+REPORT_FILE = "report.html"
+FIGURES_DIR = "figures"
+TRACKING_DIR = "tb"
+CHECKPOINTS_DIR = "checkpoints"
+LAST_CHECKPOINT = "last"
+
+# Everything a training run may write.
+RUN_OUTPUTS = (
+    MODEL_DIR,
+    METRICS_FILE,
+    HISTORY_FILE,
+    DATA_REPORT_FILE,
+    SPLITS_FILE,
+    PREDICTIONS_FILE,
+    CONFIG_FILE,
+    SUMMARY_FILE,
+    IMAGENET_FILE,
+    REPORT_FILE,
+    FIGURES_DIR,
+    CHECKPOINTS_DIR,
+    TRACKING_DIR,
+)
+# Everything an evaluation (`tlearn evaluate --out`) may write.
+EVALUATION_OUTPUTS = (
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    DATA_REPORT_FILE,
+    EVALUATION_FILE,
+    IMAGENET_FILE,
+    REPORT_FILE,
+    FIGURES_DIR,
+)
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The paths of one run (or evaluation) folder.
+
+    Example:
+        >>> RunFolder(Path("runs/ants")).metrics
+        PosixPath('runs/ants/metrics.json')
+    """
+
+    root: Path
+
+    @property
+    def model(self) -> Path:
+        return self.root / MODEL_DIR
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS_FILE
+
+    @property
+    def history(self) -> Path:
+        return self.root / HISTORY_FILE
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / PREDICTIONS_FILE
+
+    @property
+    def data_report(self) -> Path:
+        return self.root / DATA_REPORT_FILE
+
+    @property
+    def splits(self) -> Path:
+        return self.root / SPLITS_FILE
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def summary(self) -> Path:
+        return self.root / SUMMARY_FILE
+
+    @property
+    def evaluation(self) -> Path:
+        return self.root / EVALUATION_FILE
+
+    @property
+    def imagenet(self) -> Path:
+        return self.root / IMAGENET_FILE
+
+    @property
+    def report(self) -> Path:
+        return self.root / REPORT_FILE
+
+    @property
+    def figures(self) -> Path:
+        return self.root / FIGURES_DIR
+
+    @property
+    def tracking(self) -> Path:
+        return self.root / TRACKING_DIR
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINTS_DIR
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.root / CHECKPOINTS_DIR / LAST_CHECKPOINT
+
+    def figure(self, name: str) -> Path:
+        """A report figure's PNG file."""
+        return self.figures / f"{name}.png"
+
+
+HISTORY_COLUMNS = [
+    "epoch",
+    "stage",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "lr",
+    "seconds",
+    "images_per_second",
+]
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """One row of `history.csv`; None leaves a cell empty (e.g. no learning rate for the closed-form head)."""
+
+    epoch: int
+    stage: str
+    val_loss: float
+    val_accuracy: float
+    seconds: float = 0.0
+    train_loss: float | None = None
+    train_accuracy: float | None = None
+    lr: float | None = None
+    images_per_second: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row in `HISTORY_COLUMNS` order, times rounded for a readable file."""
+        values = asdict(self)
+        values["seconds"] = round(self.seconds, 3)
+        if self.images_per_second is not None:
+            values["images_per_second"] = round(self.images_per_second, 2)
+        return {column: values[column] for column in HISTORY_COLUMNS}
+
+
+def prediction_columns(classes: Sequence[str], *, with_split: bool) -> list[str]:
+    """The columns of `predictions.csv` (a training run's rows carry their split, an evaluation's do not)."""
+    return [
+        "path",
+        *(["split"] if with_split else []),
+        "label",
+        "predicted",
+        "confidence",
+        *[f"p_{name}" for name in classes],
+    ]
+
+
+def prediction_rows(
+    relpaths: Sequence[str],
+    labels: Sequence[int],
+    probabilities: np.ndarray,
+    classes: Sequence[str],
+    *,
+    split: str | None = None,
+) -> list[dict[str, Any]]:
+    """Rows of `predictions.csv` for one split: true label, prediction, confidence, every class probability."""
+    rows = []
+    for relpath, label, row in zip(relpaths, labels, probabilities, strict=True):
+        rows.append(
+            {
+                "path": relpath,
+                **({"split": split} if split is not None else {}),
+                "label": classes[label],
+                "predicted": classes[int(row.argmax())],
+                "confidence": round(float(row.max()), 6),
+                **{f"p_{name}": round(float(value), 6) for name, value in zip(classes, row, strict=True)},
+            }
+        )
+    return rows
+
+
+def sample_rows(rows: Sequence[dict[str, str]], count: int) -> list[dict[str, str]]:
+    """Up to `count` rows taking each class in turn (in path order within a class): the report's samples.
+
+    Training and evaluation pick the same rows to compute the original ImageNet model's answers for, and
+    the report shows exactly those.
+    """
+    by_class: dict[str, list[dict[str, str]]] = {}
+    for row in sorted(rows, key=lambda row: row["path"]):
+        by_class.setdefault(row["label"], []).append(row)
+    chosen: list[dict[str, str]] = []
+    for depth in range(count):
+        chosen += [members[depth] for members in by_class.values() if depth < len(members)]
+        if len(chosen) >= count or all(depth >= len(members) for members in by_class.values()):
+            break
+    return chosen[:count]

@@ -1,0 +1,1 @@
+"""Foundations every folder may use: atomic file writes, progress output and small numeric helpers."""

@@ -1,0 +1,113 @@
+"""The CLI: thin commands, machine-readable output, one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import tlearn
+from helpers import PROJECT, make_class_folder, run_cli, write_broken_files
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    data = make_class_folder(root / "data", {"red": 14, "blue": 14})
+    run = tlearn.train(data, out=root / "run", quiet=True)
+    return data, run.path
+
+
+def test_train_prints_results_and_paths(capsys, tiny_data, tmp_path):
+    code, out, err = run_cli(capsys, "train", tiny_data, "--out", tmp_path / "run", "--quiet")
+    assert code == 0 and err == ""
+    assert "val: accuracy" in out and f"model: {tmp_path / 'run' / 'model'}" in out
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["train", "{tmp}/missing"], "no such folder"),
+        (["train", "{tmp}/one_class"], "at least two class folders"),
+        (["train", "{data}", "--split", "0.5,0.5"], "expected three numbers"),
+        (["train", "{data}", "--backbone", "resnt50", "--out", "{tmp}/r"], "did you mean resnet50"),
+        (["train", "{data}", "--weights", "{tmp}/none.safetensors"], "weights file not found"),
+        (["train", "{data}", "--device", "cuda", "--out", "{tmp}/r2"], "no CUDA GPU"),
+        (["train", "--config", "{tmp}/bad.yaml"], "invalid configuration: epochs"),
+        (["evaluate", "{tmp}", "{data}"], "not a tlearn model directory"),
+        (["predict", "{tmp}/missing_model", "{data}"], "no such"),
+    ],
+)
+def test_errors_are_one_line_with_exit_code_2(capsys, tiny_data, tmp_path, arguments, message):
+    make_class_folder(tmp_path / "one_class", {"only": 3})
+    (tmp_path / "bad.yaml").write_text(f"data: {tiny_data}\nepochs: 0\n")
+    args = [a.format(tmp=tmp_path, data=tiny_data) for a in arguments]
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2, (out, err)
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_usage_errors_exit_2(capsys):
+    code, _, err = run_cli(capsys, "train", "--mode", "sideways")
+    assert code == 2 and "sideways" in err
+
+
+def test_predict_formats_and_broken_files(capsys, trained, tmp_path):
+    data, run = trained
+    code, out, _ = run_cli(capsys, "predict", run, data / "red" / "img_000.png", "--format", "json", "-k", "1", "-q")
+    assert code == 0
+    answers = json.loads(out)
+    assert answers[0]["labels"] == ["red"] and len(answers[0]["probabilities"]) == 1
+    broken = tmp_path / "mixed"
+    write_broken_files(broken)
+    make_class_folder(broken, {"x": 2})
+    code, out, err = run_cli(capsys, "predict", run, broken, "--format", "csv", "-q")
+    assert code == 1 and "4 of 6 file(s) could not be read" in err
+    lines = out.strip().splitlines()
+    assert lines[0] == "source,rank,label,probability,error"
+    assert sum("truncated" in line for line in lines) == 1 and sum(",1,red," in line for line in lines) == 2
+    code, out, _ = run_cli(capsys, "predict", run, data / "blue", "-q")
+    assert code == 0 and all(line.split("\t")[1].startswith("blue") for line in out.strip().splitlines())
+
+
+def test_evaluate_writes_metrics(capsys, trained, tmp_path):
+    data, run = trained
+    code, out, _ = run_cli(capsys, "evaluate", run / "model", data, "--out", tmp_path / "eval", "-q")
+    assert code == 0 and out.startswith("all: accuracy")
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["all"]["n"] == 28 and metrics["all"]["accuracy"] > 0.9
+    code, _, _ = run_cli(capsys, "evaluate", run, data, "--split", "test", "-q")
+    assert code == 0
+
+
+def test_evaluate_refuses_unknown_classes(capsys, trained, tmp_path):
+    _, run = trained
+    other = make_class_folder(tmp_path / "other", {"red": 2, "green": 2})
+    code, _, err = run_cli(capsys, "evaluate", run, other)
+    assert code == 2 and "green" in err
+
+
+def test_backbones_and_cache_commands(capsys, tmp_path, monkeypatch):
+    code, out, _ = run_cli(capsys, "backbones")
+    assert code == 0 and "tf_efficientnet_lite0" in out and "timm" in out
+    monkeypatch.setenv("TLEARN_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "embeddings" / "ns" / "ab").mkdir(parents=True)
+    (tmp_path / "cache" / "embeddings" / "ns" / "ab" / "x.safetensors").write_bytes(b"0" * 1000)
+    code, out, _ = run_cli(capsys, "cache", "info")
+    assert code == 0 and str(tmp_path / "cache") in out and "1 images" in out
+    code, out, _ = run_cli(capsys, "cache", "clear")
+    assert code == 0 and "cleared" in out and not (tmp_path / "cache" / "embeddings").exists()
+
+
+def test_python_dash_m_is_the_same_cli_and_errors_have_no_traceback(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(PROJECT / "src")}
+    version = subprocess.run([sys.executable, "-m", "tlearn", "--version"], capture_output=True, text=True, env=env)
+    assert version.returncode == 0 and version.stdout.startswith("tlearn ")
+    failed = subprocess.run(
+        [sys.executable, "-m", "tlearn", "train", str(tmp_path / "nothing")], capture_output=True, text=True, env=env
+    )
+    assert failed.returncode == 2 and failed.stderr.strip().count("\n") == 0
+    assert failed.stderr.startswith("error:") and "no such folder" in failed.stderr

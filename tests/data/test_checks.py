@@ -1,0 +1,47 @@
+"""Duplicates, leakage exclusion and imbalance in the data report."""
+
+from __future__ import annotations
+
+import shutil
+
+from helpers import make_class_folder
+from tlearn.backbones.cache import file_sha256
+from tlearn.data.checks import check_data, summary_lines
+from tlearn.data.discovery import discover
+
+
+def _check(data, failures=None):
+    source = discover(data)
+    hashes = [file_sha256(image.path) for image in source.images]
+    return check_data(source, hashes, failures or {})
+
+
+def test_leaking_copies_are_excluded_from_evaluation(tmp_path):
+    make_class_folder(tmp_path / "train", {"a": 4, "b": 4})
+    make_class_folder(tmp_path / "val", {"a": 2, "b": 2}, start=50)
+    shutil.copy(tmp_path / "train" / "a" / "img_000.png", tmp_path / "val" / "a" / "copy.png")
+    checked = _check(tmp_path)
+    assert checked.report["leakage"] == [
+        {"sha256": file_sha256(tmp_path / "val" / "a" / "copy.png"), "kept_in": "train", "excluded": ["val/a/copy.png"]}
+    ]
+    assert "val/a/copy.png" not in checked.relpaths("val") and len(checked.relpaths("val")) == 4
+    assert any("leakage" in line for line in summary_lines(checked.report))
+
+
+def test_duplicates_and_label_conflicts_are_reported(tmp_path):
+    make_class_folder(tmp_path / "train", {"a": 3, "b": 3})
+    make_class_folder(tmp_path / "val", {"a": 1, "b": 1}, start=50)
+    shutil.copy(tmp_path / "train" / "a" / "img_000.png", tmp_path / "train" / "b" / "same_bytes.png")
+    report = _check(tmp_path).report
+    assert len(report["duplicates"]) == 1 and report["duplicates"][0]["labels"] == ["a", "b"]
+    assert report["label_conflicts"] == report["duplicates"]
+
+
+def test_imbalance_and_skipped(tmp_path):
+    make_class_folder(tmp_path / "train", {"many": 12, "few": 3})
+    make_class_folder(tmp_path / "val", {"many": 1, "few": 1}, start=50)
+    checked = _check(tmp_path, failures={0: "truncated or corrupt image"})
+    imbalance = checked.report["imbalance"]
+    assert imbalance["imbalanced"] and imbalance["majority"] == "many" and imbalance["ratio"] > 3
+    assert checked.report["skipped"] == [{"path": "train/few/img_000.png", "reason": "truncated or corrupt image"}]
+    assert checked.counts("train") == {"few": 2, "many": 12}
