@@ -72,6 +72,13 @@ def exported_model(tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
 
     root = tmp_path_factory.mktemp("exported")
     data = make_class_folder(root / "data", {"red": 14, "blue": 14})
-    run = tlearn.train(data, out=root / "run", backbone=TINY_BACKBONE, weights=tiny_backbone_weights(root), quiet=True)
+    run = tlearn.train(
+        data,
+        out=root / "run",
+        backbone=TINY_BACKBONE,
+        weights=tiny_backbone_weights(root),
+        quiet=True,
+        split=(0.6, 0.2, 0.2),
+    )
     result = tlearn.export(run.model_path, root / "model.onnx", check_data=data)
     return ExportedModel(data, run.path, result.path, result)

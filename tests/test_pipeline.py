@@ -18,7 +18,7 @@ METRIC_KEYS = {"accuracy", "balanced_accuracy", "macro_f1", "per_class", "confus
 
 
 def test_linear_run_writes_the_contract(tiny_data, tmp_path):
-    run = tlearn.train(tiny_data, out=tmp_path / "run", quiet=True)
+    run = tlearn.train(tiny_data, out=tmp_path / "run", quiet=True, split=(0.6, 0.2, 0.2))
     out = tmp_path / "run"
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"val", "test"}
@@ -51,7 +51,7 @@ def test_linear_run_writes_the_contract(tiny_data, tmp_path):
 
 
 def test_saved_model_reproduces_the_run_metrics(tiny_data, tmp_path):
-    run = tlearn.train(tiny_data, out=tmp_path / "run", quiet=True)
+    run = tlearn.train(tiny_data, out=tmp_path / "run", quiet=True, split=(0.6, 0.2, 0.2))
     classifier = tlearn.load(run.path)
     splits = json.loads((run.path / "splits.json").read_text())
     predictions = classifier.predict([tiny_data / relpath for relpath in splits["test"]], top_k=2)

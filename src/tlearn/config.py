@@ -14,7 +14,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tlearn.backbones.registry import DEFAULT_BACKBONE
-from tlearn.data.discovery import DEFAULT_SPLIT_FRACTIONS
 from tlearn.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from tlearn.errors import TlearnError
 
@@ -32,8 +31,10 @@ class TrainConfig(BaseModel):
 
     # What to learn from
     data: Path = Field(description="DATA/<class>/* or DATA/{train,val[,test]}/<class>/*.")
-    split: tuple[float, float, float] = Field(
-        DEFAULT_SPLIT_FRACTIONS, description="train,val,test fractions for DATA/<class>/* (e.g. 60,20,20)."
+    split: tuple[float, float, float] | None = Field(
+        None,
+        description="train,val,test fractions for DATA/<class>/* (e.g. 70,15,15); default: 64,16,20, or 80,20,0 "
+        "below 150 images.",
     )
     max_image_pixels: int = Field(
         DEFAULT_MAX_IMAGE_PIXELS, gt=0, description="Images with more pixels are skipped (decompression bombs)."
@@ -91,7 +92,9 @@ class TrainConfig(BaseModel):
 
     @field_validator("split")
     @classmethod
-    def _split_sums_to_one(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+    def _split_sums_to_one(cls, value: tuple[float, float, float] | None) -> tuple[float, float, float] | None:
+        if value is None:
+            return None
         if any(part < 0 for part in value) or value[0] <= 0 or value[1] <= 0:
             raise ValueError("split needs positive train and val fractions and a non-negative test fraction")
         total = sum(value)

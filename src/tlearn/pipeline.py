@@ -43,10 +43,11 @@ from tlearn.runs.lifecycle import OutputFolder
 from tlearn.runs.model_dir import WEIGHTS_FILE, ModelConfig, linear_model_state, save_model
 from tlearn.training.context import TrainingContext
 from tlearn.training.distributed import DistributedContext
-from tlearn.training.head import fit_linear_head, refit_linear_head
+from tlearn.training.head import fit_head, select_c
 from tlearn.training.tracking import Tracker
 from tlearn.util import atomic
 from tlearn.util.background import import_in_background
+from tlearn.util.numeric import cross_entropy
 from tlearn.util.progress import Progress
 
 EVALUATED_SPLITS = ("val", "test")
@@ -264,47 +265,34 @@ def _embed_and_check(context: TrainingContext, source: DataSource, ref: Backbone
 
 
 def _fit_linear(config: TrainConfig, prepared: _Prepared) -> _Trained:
-    """Fit the head (C chosen on val); refit on train + val when a test split keeps evaluation honest.
-
-    Validation figures always come from the head fitted on train alone.
-    """
+    """Choose C by cross-validation over train + val; the validation figures come from a head fitted on train
+    alone, the test figures (and the saved head, in linear mode) from one fitted on train + val."""
     features, labels, classes = prepared.features, prepared.labels, prepared.classes
     balanced = config.balance == "on" or (
         config.balance == "auto" and prepared.checked.report["imbalance"]["imbalanced"]
     )
     started = time.perf_counter()
-    fit = fit_linear_head(
-        features["train"],
-        labels["train"],
-        features["val"],
-        labels["val"],
-        len(classes),
-        balanced=balanced,
-        seed=config.seed,
-    )
-    probabilities = {split: fit.head.probabilities(features[split]) for split in prepared.evaluated}
-    head = fit.head
-    refit = config.mode == "linear" and config.refit and "test" in prepared.evaluated
+    dev_x = np.concatenate([features["train"], features["val"]])
+    dev_y = np.concatenate([labels["train"], labels["val"]])
+    selection = select_c(dev_x, dev_y, len(classes), balanced=balanced, seed=config.seed)
+    train_head = fit_head(features["train"], labels["train"], len(classes), selection.c, balanced=balanced)
+    probabilities = {split: train_head.probabilities(features[split]) for split in prepared.evaluated}
+    head = train_head
+    refit = config.mode == "linear" and config.refit
     if refit:
-        head = refit_linear_head(
-            np.concatenate([features["train"], features["val"]]),
-            np.concatenate([labels["train"], labels["val"]]),
-            len(classes),
-            fit.c,
-            balanced=balanced,
-            seed=config.seed,
-        )
-        probabilities["test"] = head.probabilities(features["test"])
-    chosen = next(row for row in fit.candidates if row["c"] == fit.c)
+        head = fit_head(dev_x, dev_y, len(classes), selection.c, balanced=balanced, seed=config.seed)
+        if "test" in prepared.evaluated:
+            probabilities["test"] = head.probabilities(features["test"])
+    train_probabilities = train_head.probabilities(features["train"])
     history = [
         HistoryRow(
             0,
             "linear head",
-            chosen["val_loss"],
-            chosen["val_accuracy"],
+            cross_entropy(probabilities["val"], labels["val"]),
+            float((probabilities["val"].argmax(1) == labels["val"]).mean()),
             seconds=time.perf_counter() - started,
-            train_loss=chosen["train_loss"],
-            train_accuracy=chosen["train_accuracy"],
+            train_loss=cross_entropy(train_probabilities, labels["train"]),
+            train_accuracy=float((train_probabilities.argmax(1) == labels["train"]).mean()),
         ).to_dict()
     ]
     info = prepared.info
@@ -327,10 +315,11 @@ def _fit_linear(config: TrainConfig, prepared: _Prepared) -> _Trained:
         history,
         balanced=balanced,
         head_summary={
-            "c": fit.c,
+            "c": selection.c,
+            "folds": selection.folds,
             "balanced_loss": balanced,
             "refit_on_train_and_val": refit,
-            "candidates": fit.candidates,
+            "candidates": selection.candidates,
         },
     )
 

@@ -10,14 +10,23 @@ from tlearn.errors import DataError
 
 
 def test_class_folders_are_split_by_path_hash(tmp_path):
-    data = make_class_folder(tmp_path / "data", {"a": 40, "b": 40})
+    data = make_class_folder(tmp_path / "data", {"a": 80, "b": 80}, size=16)
     source = discover(data)
     assert source.layout == "class_folders" and source.classes == ["a", "b"]
     assert {image.split for image in source.images} == {"train", "val", "test"}
     for image in source.images:
-        assert image.split == assign_split(image.relpath, (0.6, 0.2, 0.2))
+        assert image.split == assign_split(image.relpath, (0.64, 0.16, 0.2))
     train_share = len(source.in_split("train")) / len(source.images)
-    assert 0.45 < train_share < 0.75
+    assert 0.55 < train_share < 0.75
+
+
+def test_small_folders_keep_every_image_for_training_and_validation(tmp_path):
+    # Below 150 images a test split would hold a handful of images: all go to train and val instead.
+    data = make_class_folder(tmp_path / "data", {"a": 40, "b": 30}, size=16)
+    source = discover(data)
+    assert not source.in_split("test")
+    assert all(image.split == assign_split(image.relpath, (0.8, 0.2, 0.0)) for image in source.images)
+    assert 0.65 < len(source.in_split("train")) / len(source.images) < 0.92
 
 
 def test_split_is_stable_when_files_are_added(tmp_path):

@@ -7,7 +7,7 @@ from helpers import run_cli
 
 
 def test_compare_prints_and_writes_the_table(capsys, tiny_data, tmp_path):
-    plain = tlearn.train(tiny_data, out=tmp_path / "plain", quiet=True)
+    plain = tlearn.train(tiny_data, out=tmp_path / "plain", quiet=True, split=(0.6, 0.2, 0.2))
     finer = tlearn.train(tiny_data, out=tmp_path / "split", quiet=True, split=(0.7, 0.3, 0.0))
     code, out, _ = run_cli(capsys, "compare", plain.path, finer.path, "--out", tmp_path / "table.md")
     assert code == 0

@@ -39,7 +39,7 @@ def make_confusable_folder(root: Path, per_class: int = 14) -> Path:
 def calibrated_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     data = make_confusable_folder(root / "data")
-    return tlearn.train(data, out=root / "run", quiet=True, calibrate=True)
+    return tlearn.train(data, out=root / "run", quiet=True, calibrate=True, split=(0.6, 0.2, 0.2))
 
 
 def prediction_rows(run_dir: Path, split: str) -> list[dict[str, str]]:

@@ -58,7 +58,7 @@ def test_overwrite_restores_the_previous_run_when_the_new_one_fails(tiny_data, t
 
 def test_overwrite_replaces_only_after_success_and_keeps_other_files(tiny_data, tmp_path):
     out = tmp_path / "run"
-    first = tlearn.train(tiny_data, out=out, quiet=True, seed=1)
+    first = tlearn.train(tiny_data, out=out, quiet=True, seed=1, split=(0.6, 0.2, 0.2))
     (out / "notes.txt").write_text("mine")
     with pytest.raises(RunDirError, match="--overwrite"):
         tlearn.train(tiny_data, out=out, quiet=True)

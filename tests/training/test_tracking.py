@@ -19,7 +19,7 @@ def test_mlflow_local_store(tiny_data, tmp_path):
     from mlflow.tracking import MlflowClient
 
     store = tmp_path / "mlruns"
-    run = tlearn.train(tiny_data, out=tmp_path / "run", quiet=True, mlflow=str(store))
+    run = tlearn.train(tiny_data, out=tmp_path / "run", quiet=True, mlflow=str(store), split=(0.6, 0.2, 0.2))
     client = MlflowClient(tracking_uri=str(store))
     experiment = client.get_experiment_by_name("tlearn")
     [logged] = client.search_runs([experiment.experiment_id])

@@ -22,7 +22,15 @@ from tlearn.data.images import is_hidden_name, is_image_name
 from tlearn.errors import DataError
 
 SPLITS = ("train", "val", "test")
-DEFAULT_SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
+# The automatic split (no --split): a fifth held out for the final test, then a fifth of the rest for
+# validation. Below SMALL_FOLDER images a test split would be a handful of images that cannot measure
+# anything while costing a fifth of the training data: there is none, and estimates come from validation
+# and cross-validation instead.
+LARGE_FOLDER_SPLIT = (0.64, 0.16, 0.20)
+SMALL_FOLDER_SPLIT = (0.8, 0.2, 0.0)
+SMALL_FOLDER = 150
+# Only for evaluating on the hash splits of a class folder (`tlearn evaluate --split test`).
+DEFAULT_SPLIT_FRACTIONS = LARGE_FOLDER_SPLIT
 
 
 @dataclass(frozen=True)
@@ -78,8 +86,23 @@ def assign_split(relpath: str, fractions: tuple[float, float, float]) -> str:
     return "test"
 
 
-def discover(root: str | Path, *, split_fractions: tuple[float, float, float] = DEFAULT_SPLIT_FRACTIONS) -> DataSource:
+def auto_split_fractions(images: int) -> tuple[float, float, float]:
+    """The split used without --split, for a folder of `images` labelled images.
+
+    Example:
+        >>> auto_split_fractions(40), auto_split_fractions(400)
+        ((0.8, 0.2, 0.0), (0.64, 0.16, 0.2))
+    """
+    return SMALL_FOLDER_SPLIT if images < SMALL_FOLDER else LARGE_FOLDER_SPLIT
+
+
+def discover(root: str | Path, *, split_fractions: tuple[float, float, float] | None = None) -> DataSource:
     """Find the labelled images under `root` and assign each to train / val / test.
+
+    Args:
+        root: `DATA/<class>/*` or `DATA/{train,val[,test]}/<class>/*`.
+        split_fractions: (train, val, test) for a folder of classes (and train : val when carving validation
+            out of a pre-split `train`); None: `auto_split_fractions` of the number of images.
 
     Raises:
         DataError: the folder does not exist, holds fewer than two classes, or a class holds no image.
@@ -89,11 +112,12 @@ def discover(root: str | Path, *, split_fractions: tuple[float, float, float] = 
         >>> source.classes, len(source.in_split("train"))  # doctest: +SKIP
     """
     root = _existing_folder(root)
-    fractions = check_split_fractions(split_fractions)
     if (root / "train").is_dir():
+        fractions = check_split_fractions(split_fractions or LARGE_FOLDER_SPLIT)
         source = _discover_pre_split(root, fractions)
     else:
         images, classes, ignored = _scan_class_folders(root, prefix="")
+        fractions = check_split_fractions(split_fractions or auto_split_fractions(len(images)))
         images = [_with_split(image, assign_split(image.relpath, fractions)) for image in images]
         source = DataSource(root, "class_folders", classes, images, ignored, fractions)
     _check_classes(source)

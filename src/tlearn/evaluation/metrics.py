@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from tlearn.evaluation.calibration import expected_calibration_error
+from tlearn.evaluation.intervals import macro_f1_interval, wilson_interval
 from tlearn.util.numeric import cross_entropy
 
 TOP_K = 5  # top-k accuracy is reported when there are more classes than this
@@ -22,7 +23,8 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, classe
         classes: class names in index order.
 
     Returns:
-        `accuracy`, `balanced_accuracy`, `macro_f1`, `weighted_f1`, `loss` (cross-entropy), `ece` (expected
+        `accuracy` with `accuracy_interval` (95% Wilson), `balanced_accuracy`, `macro_f1` with
+        `macro_f1_interval` (95% bootstrap), `weighted_f1`, `loss` (cross-entropy), `ece` (expected
         calibration error), `top5_accuracy` (only with more than 5 classes), `per_class` ({class: precision,
         recall, f1, support}), `confusion_matrix` (rows: true class, columns: predicted), `classes` and `n`.
 
@@ -48,13 +50,17 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, classe
             labels, predictions, labels=indices, zero_division=0
         )
         balanced = balanced_accuracy_score(labels, predictions) if len(labels) else 0.0
+    matrix = confusion_matrix(labels, predictions, labels=indices) if len(labels) else np.zeros((len(classes),) * 2)
+    correct = int(np.trace(matrix))
     top_k = {}
     if len(classes) > TOP_K and len(labels):
         top_k[f"top{TOP_K}_accuracy"] = float(top_k_accuracy_score(labels, probabilities, k=TOP_K, labels=indices))
     return {
         "accuracy": float(accuracy_score(labels, predictions)) if len(labels) else 0.0,
+        "accuracy_interval": [round(bound, 6) for bound in wilson_interval(correct, len(labels))],
         "balanced_accuracy": float(balanced),
         "macro_f1": float(f1_score(labels, predictions, labels=indices, average="macro", zero_division=0)),
+        "macro_f1_interval": [round(bound, 6) for bound in macro_f1_interval(matrix)],
         "weighted_f1": float(f1_score(labels, predictions, labels=indices, average="weighted", zero_division=0)),
         "loss": cross_entropy(probabilities, labels) if len(labels) else 0.0,
         "ece": expected_calibration_error(probabilities, labels),
@@ -68,7 +74,7 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, classe
             }
             for index, name in enumerate(classes)
         },
-        "confusion_matrix": confusion_matrix(labels, predictions, labels=indices).tolist(),
+        "confusion_matrix": np.asarray(matrix, dtype=np.int64).tolist(),
         "classes": list(classes),
         "n": len(labels),
     }

@@ -72,13 +72,12 @@ def training_curves(history: Sequence[dict[str, Any]], *, best_epoch: int | None
 
 
 def head_search_curves(candidates: Sequence[dict[str, float]], chosen_c: float) -> bytes:
-    """The linear head's "training curve": loss and accuracy against the regularisation strength tried.
+    """The linear head's "training curve": cross-validated loss and accuracy against the L2 strengths tried.
 
-    A closed-form head has no epochs; what was learnt is which L2 strength (C, inverse) fits best on val.
+    A closed-form head has no epochs; what was learnt is which L2 strength (C, inverse) fits best out of fold.
 
     Example:
-        >>> png = head_search_curves([{"c": 0.1, "train_loss": 0.3, "train_accuracy": 0.9, "val_loss": 0.35,
-        ...                            "val_accuracy": 0.88}], 0.1)
+        >>> png = head_search_curves([{"c": 0.1, "cv_loss": 0.3, "cv_accuracy": 0.9}], 0.1)
         >>> png[:4] == b"\\x89PNG"
         True
     """
@@ -86,16 +85,15 @@ def head_search_curves(candidates: Sequence[dict[str, float]], chosen_c: float) 
     figure = Figure(figsize=(10, 4), dpi=DPI)
     figure.subplots_adjust(**_TWO_PANEL_MARGINS)
     for axes, metric in zip(figure.subplots(1, 2), ("loss", "accuracy"), strict=True):
-        for split, colour, style in (("train", TRAIN_COLOUR, "--"), ("val", VAL_COLOUR, "-")):
-            axes.plot(
-                strengths,
-                [row[f"{split}_{metric}"] for row in candidates],
-                style,
-                marker="o",
-                markersize=4,
-                color=colour,
-                label=split,
-            )
+        axes.plot(
+            strengths,
+            [row[f"cv_{metric}"] for row in candidates],
+            "-",
+            marker="o",
+            markersize=4,
+            color=VAL_COLOUR,
+            label="cross-validated (out of fold)",
+        )
         axes.axvline(chosen_c, color="#555555", linestyle=":", label=f"chosen C = {chosen_c:g}")
         axes.set_xscale("log")
         # Plain tick labels: matplotlib's default 10^k labels go through mathtext, the slowest part of a figure.
