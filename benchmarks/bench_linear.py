@@ -2,14 +2,19 @@
 
     python benchmarks/bench_linear.py [--skip-baseline]
 
-Protocol: train on hymenoptera/train only (auto split 60/20/20), evaluate with `tlearn evaluate` on
+Protocol: train on hymenoptera/train only (`--mode linear`, auto split), evaluate with `tlearn evaluate` on
 hymenoptera/val (never seen in training). Measured in one run, on this machine:
 
 * floor: decode + preprocess + one eager Lite0 forward (batch 32, channels-last) over the 245 training
   images, sequentially, as a fresh script: `floor_compute_s` excludes the torch/timm imports,
   `floor_script_s` includes them;
-* cold: `tlearn train` with an empty cache, as a fresh process (`cold_cli_s`) and in-process through the
-  Python API with torch already imported (`cold_api_s`);
+* cold (`cold_cli_s`): `tlearn train` as a fresh process with no embedding of these images cached, the
+  backbone already prepared on this machine (its converted weights and checked ONNX graph in the cache, as
+  after any earlier run): the everyday "new data" case; embeddings on onnxruntime, torch never imported;
+* cold, PyTorch engine (`cold_torch_cli_s`): the same with `TLEARN_EMBEDDING_ENGINE=torch`;
+* first use (`first_use_cli_s`): a completely empty cache: builds the backbone and exports and checks its
+  ONNX graph once (`onnx_export_s` of it), then embeds on onnxruntime;
+* cold through the Python API with torch already imported (`cold_api_s`, backbone prepared);
 * warm: `tlearn train` again, every embedding cached (`warm_cli_s`);
 * baseline: PyTorch's transfer-learning tutorial loop ("ConvNet as fixed feature extractor") on the same
   Lite0 weights: 10 epochs, SGD on the head, frozen backbone re-run on every image every epoch, val after
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -163,43 +169,75 @@ def main() -> None:
         return
     require_shared()
     work = Path(tempfile.mkdtemp(prefix="tlearn-bench-linear-"))
-    cold_cache = {"TLEARN_CACHE_DIR": str(work / "cache")}
+
+    def train(name: str, cache: str, **env: str) -> tuple[float, str]:
+        return run_tlearn(
+            "train",
+            TRAIN,
+            "--out",
+            work / name,
+            "--mode",
+            "linear",
+            "-q",
+            env={"TLEARN_CACHE_DIR": str(work / cache), **env},
+        )
 
     floor = measure_floor()
-    cold_cli_s, cold_output = run_tlearn("train", TRAIN, "--out", work / "cold", "-q", env=cold_cache)
-    warm_cli_s, _ = run_tlearn("train", TRAIN, "--out", work / "warm", "-q", env=cold_cache)
+    first_use_s, _ = train("first-use", "first-cache")
+    first_json = json.loads((work / "first-use" / "run.json").read_text())
+    records = [json.loads(path.read_text()) for path in (work / "first-cache" / "onnx").glob("*.json")]
+    for cache in ("cache", "torch-cache", "api-cache"):  # the backbone prepared, no embedding cached
+        for prepared in ("backbones", "onnx"):
+            shutil.copytree(work / "first-cache" / prepared, work / cache / prepared)
+    cold_cli_s, cold_output = train("cold", "cache")
+    cold_torch_cli_s, _ = train("cold-torch", "torch-cache", TLEARN_EMBEDDING_ENGINE="torch")
+    warm_cli_s, _ = train("warm", "cache")
     run_json = json.loads((work / "cold" / "run.json").read_text())
+    torch_json = json.loads((work / "cold-torch" / "run.json").read_text())
+    cold_cache = {"TLEARN_CACHE_DIR": str(work / "cache")}
     evaluate_s, _ = run_tlearn("evaluate", work / "cold" / "model", VAL, "--out", work / "eval", "-q", env=cold_cache)
     accuracy = json.loads((work / "eval" / "metrics.json").read_text())["all"]["accuracy"]
+    run_tlearn("evaluate", work / "cold-torch" / "model", VAL, "--out", work / "eval-torch", "-q", env=cold_cache)
+    torch_accuracy = json.loads((work / "eval-torch" / "metrics.json").read_text())["all"]["accuracy"]
 
     os.environ["TLEARN_CACHE_DIR"] = str(work / "api-cache")
     import tlearn
     import tlearn.backbones.timm_models
 
     started = time.perf_counter()
-    tlearn.train(TRAIN, out=work / "api", quiet=True)
+    tlearn.train(TRAIN, out=work / "api", quiet=True, mode="linear")
     cold_api_s = time.perf_counter() - started
 
     baseline = None if args.skip_baseline else tutorial_baseline()
     save(
         "linear",
         {
-            "command": f"tlearn train {TRAIN} --out RUN ; tlearn evaluate RUN/model {VAL}",
+            "command": f"tlearn train {TRAIN} --out RUN --mode linear ; tlearn evaluate RUN/model {VAL}",
             "val_accuracy": accuracy,
+            "val_accuracy_torch_engine": torch_accuracy,
             "val_images": json.loads((work / "eval" / "metrics.json").read_text())["all"]["n"],
             "floor_compute_s": round(floor["compute_s"], 2),
             "floor_import_s": round(floor["import_s"], 2),
             "floor_script_s": round(floor["script_s"], 2),
             "cold_cli_s": round(cold_cli_s, 2),
+            "cold_torch_cli_s": round(cold_torch_cli_s, 2),
+            "first_use_cli_s": round(first_use_s, 2),
+            "first_use_embedding": first_json["embedding"],
+            "onnx_export_s": records[0].get("exporter_seconds") if records else None,
             "cold_api_s": round(cold_api_s, 2),
             "warm_cli_s": round(warm_cli_s, 2),
             "evaluate_cli_s": round(evaluate_s, 2),
             "cold_cli_over_floor_script": round(cold_cli_s / floor["script_s"], 3),
             "cold_api_over_floor_compute": round(cold_api_s / floor["compute_s"], 3),
             "cold_cli_over_floor_compute": round(cold_cli_s / floor["compute_s"], 3),
+            "cold_torch_cli_over_floor_compute": round(cold_torch_cli_s / floor["compute_s"], 3),
             "embedding_images_per_s_cold_cli": round(
                 run_json["embedding"]["computed"] / run_json["embedding"]["seconds"], 1
             ),
+            "embedding_images_per_s_cold_torch_cli": round(
+                torch_json["embedding"]["computed"] / torch_json["embedding"]["seconds"], 1
+            ),
+            "load_average_at_end": [round(value, 2) for value in os.getloadavg()],
             "train_output": cold_output.strip().splitlines(),
             "baseline": baseline
             and {

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import sqlite3
+from contextlib import closing
 
 import numpy as np
 import pytest
@@ -21,7 +23,8 @@ def test_linear_run_writes_the_contract(tiny_data, tmp_path):
     run = tlearn.train(tiny_data, out=tmp_path / "run", quiet=True, split=(0.6, 0.2, 0.2))
     out = tmp_path / "run"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"val", "test"}
+    assert set(metrics) == {"val", "test", "cv"}  # cv: the linear head's cross-validation over train + val
+    assert metrics["cv"]["n"] == metrics["val"]["n"] + len(json.loads((out / "splits.json").read_text())["train"])
     for values in metrics.values():
         assert set(values) >= METRIC_KEYS and values["classes"] == ["blue", "red"]
         assert values["accuracy"] >= 0.9  # red squares vs blue circles
@@ -45,7 +48,11 @@ def test_linear_run_writes_the_contract(tiny_data, tmp_path):
         "seconds",
         "images_per_second",
     ]
-    assert yaml.safe_load((out / "config.yaml").read_text())["mode"] == "linear"
+    assert yaml.safe_load((out / "config.yaml").read_text())["mode"] == "auto"
+    # Red squares against blue circles: the linear head makes no error out of fold, so auto keeps it.
+    assert (
+        run.summary["model"] == "linear" and "no error in cross-validation" in run.summary["stages"]["finetune_skipped"]
+    )
     assert not leftover_temporaries(out)
     assert run.metrics == metrics
 
@@ -82,8 +89,9 @@ def test_corrupted_cache_entry_is_recomputed(tmp_path, monkeypatch):
     monkeypatch.setenv("TLEARN_CACHE_DIR", str(tmp_path / "cache"))
     data = make_class_folder(tmp_path / "data", {"red": 8, "blue": 8})
     tlearn.train(data, out=tmp_path / "one", quiet=True)
-    entry = next((tmp_path / "cache" / "embeddings").rglob("*.safetensors"))
-    entry.write_bytes(entry.read_bytes()[:40])
+    database = next((tmp_path / "cache" / "embeddings").glob("*.sqlite"))
+    with closing(sqlite3.connect(database)) as connection, connection:  # zero one stored vector: its CRC fails
+        connection.execute("UPDATE embeddings SET vector = zeroblob(length(vector)) WHERE rowid = 1")
     again = tlearn.train(data, out=tmp_path / "two", quiet=True)
     assert again.summary["embedding"]["computed"] == 1 and again.summary["embedding"]["corrupt_cache_entries"] == 1
 
@@ -127,7 +135,7 @@ def test_config_file_round_trip(tiny_data, tmp_path):
     first = tlearn.train(tiny_data, out=tmp_path / "one", quiet=True, seed=3, split=(0.7, 0.3, 0.0))
     repeat = tlearn.train(config=first.path / "config.yaml", out=tmp_path / "two", quiet=True)
     assert repeat.config == first.config and repeat.metrics == first.metrics
-    assert set(repeat.metrics) == {"val"}
+    assert set(repeat.metrics) == {"val", "cv"}
 
 
 def test_imbalanced_data_uses_a_balanced_loss(tmp_path):
@@ -138,12 +146,95 @@ def test_imbalanced_data_uses_a_balanced_loss(tmp_path):
     assert not off.summary["head"]["balanced_loss"]
 
 
-def test_finetune_runs_and_keeps_the_best_state(tiny_data, tmp_path):
-    run = tlearn.train(tiny_data, out=tmp_path / "run", quiet=True, mode="finetune", epochs=2, batch_size=8, workers=0)
-    stages = [row["stage"] for row in run.history_rows]
-    assert stages[0] == "linear head" and len(stages) == 3 and stages[1].startswith("unfreeze")
-    assert all(row["val_loss"] is not None for row in run.history_rows)
-    best = max(run.history_rows, key=lambda row: (row["val_accuracy"], -row["val_loss"]))
-    assert run.metrics["val"]["accuracy"] == pytest.approx(best["val_accuracy"])
+def test_finetune_keeps_the_best_validated_epoch_not_the_last(tiny_data, tmp_path):
+    # A learning rate far too high: the network wrecks itself after the first steps, so the epochs differ and
+    # the last one is not the best. The kept model must be the best one on validation.
+    run = tlearn.train(
+        tiny_data,
+        out=tmp_path / "run",
+        quiet=True,
+        mode="finetune",
+        final_fit="train",
+        epochs=3,
+        patience=5,
+        batch_size=8,
+        workers=0,
+        lr=0.5,
+        warmup_epochs=0,
+    )
+    rows = run.history_rows
+    assert rows[0]["stage"].startswith("linear head") and len(rows) == 4 and rows[1]["stage"].startswith("unfreeze")
+    assert len({round(row["val_loss"], 4) for row in rows}) > 1  # the epochs really differ
+    best = max(rows, key=lambda row: (row["val_accuracy"], -row["val_loss"]))
+    assert best is not rows[-1] and run.summary["finetune"]["best_epoch"] == best["epoch"]
+    assert run.metrics["val"]["loss"] == pytest.approx(best["val_loss"], abs=1e-4)
     classifier = tlearn.load(run.model_path)
     assert classifier.config.mode == "finetune" and classifier.classes == ["blue", "red"]
+
+
+def _shapes(root):
+    """Squares against circles of the same colours: close enough that a random tiny backbone's linear head
+    is not perfect, so auto mode goes on to fine-tune."""
+    from helpers import colour_image
+
+    for name in ("square", "circle"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for n in range(24):
+            seed = n + (0 if name == "square" else 500)
+            colour = (120 + n % 5 * 20, 60, 200 - n % 7 * 15)
+            colour_image(colour, size=48, seed=seed, shape=name).save(root / name / f"{n}.png")
+    return root
+
+
+def test_auto_mode_fine_tunes_when_the_linear_head_errs_and_records_its_choice(tmp_path):
+    from helpers import TINY_BACKBONE, tiny_backbone_weights
+
+    data = _shapes(tmp_path / "data")
+    weights = tiny_backbone_weights(tmp_path)
+    run = tlearn.train(
+        data, out=tmp_path / "run", quiet=True, backbone=TINY_BACKBONE, weights=weights, epochs=2, batch_size=8
+    )
+    stages = run.summary["stages"]
+    assert run.config.mode == "auto" and "finetune_skipped" not in stages
+    assert run.summary["head"]["cv_accuracy"] < 1.0 and stages["finetune"]["epochs"] == 2
+    selection = stages["selection"]
+    assert selection["images"] == run.metrics["val"]["n"] and selection["kept"] in ("linear", "finetune")
+    assert selection["kept"] == run.summary["model"] == tlearn.load(run.path).config.mode
+    if selection["kept"] == "linear":
+        assert "cv" in run.metrics  # the linear head is judged on its cross-validation
+    else:
+        assert run.summary["final_fit"] == "train+val" and "refit" in run.summary["finetune"]
+    linear_only = tlearn.train(
+        data, out=tmp_path / "linear", quiet=True, backbone=TINY_BACKBONE, weights=weights, mode="linear"
+    )
+    assert linear_only.summary["stages"]["finetune_skipped"] == "--mode linear"
+
+
+def test_final_fit_decides_which_images_the_shipped_head_learns_from(tmp_path):
+    from tlearn.training.head import fit_head
+
+    data = make_class_folder(tmp_path / "data", {"red": 30, "blue": 30})
+    answers = {}
+    for final_fit in ("train", "train+val", "all"):
+        run = tlearn.train(
+            data, out=tmp_path / final_fit, quiet=True, mode="linear", final_fit=final_fit, split=(0.6, 0.2, 0.2)
+        )
+        weights = tlearn.load(run.path).backend.model.get_classifier().weight.detach().numpy()
+        answers[final_fit] = (run, weights)
+    run = answers["all"][0]
+    assert run.summary["final_fit"] == "all" and answers["train+val"][0].summary["final_fit"] == "train+val"
+    # The test figures of "all" are measured before the test split joins the fit: the same as train+val's.
+    assert run.metrics["test"] == answers["train+val"][0].metrics["test"]
+    splits = json.loads((run.path / "splits.json").read_text())
+    from tlearn.backbones.cache import cache_root
+    from tlearn.backbones.features import FeatureExtractor
+    from tlearn.backbones.registry import resolve_backbone
+    from tlearn.util.progress import Progress
+
+    extractor = FeatureExtractor(resolve_backbone("lite0"), cache_root(), device="cpu", workers=0)
+    for final_fit, names in (("train", ["train"]), ("train+val", ["train", "val"]), ("all", ["train", "val", "test"])):
+        relpaths = [relpath for name in names for relpath in splits[name]]
+        x = extractor.embed_files([data / relpath for relpath in relpaths], progress=Progress(quiet=True)).embeddings
+        y = np.array([relpath.startswith("red") for relpath in relpaths], dtype=np.int64)  # classes: blue, red
+        expected = fit_head(x, y, 2, run.summary["head"]["c"]).weight
+        np.testing.assert_allclose(answers[final_fit][1], expected, atol=1e-4)

@@ -22,8 +22,8 @@ def _subset(source, target, per_class: int):
 def test_hymenoptera_subset_end_to_end(tmp_path):
     train = _subset(HYMENOPTERA / "train", tmp_path / "train", 24)
     val = _subset(HYMENOPTERA / "val", tmp_path / "val", 20)
-    run = tlearn.train(train, out=tmp_path / "run", quiet=True)
-    evaluation = tlearn.evaluate(run.model_path, val, out=tmp_path / "eval", quiet=True)
+    run = tlearn.train(train, out=tmp_path / "run", quiet=True, follow_links=True)
+    evaluation = tlearn.evaluate(run.model_path, val, out=tmp_path / "eval", quiet=True, follow_links=True)
     assert evaluation.split == "all" and evaluation.metrics["all"]["n"] == 40
     assert evaluation.metrics["all"]["accuracy"] >= 0.85
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == evaluation.metrics

@@ -28,6 +28,8 @@ _EXPORTS = {
     "export": "tlearn.api",
     "serve": "tlearn.api",
     "demo": "tlearn.api",
+    "audit": "tlearn.api",
+    "select": "tlearn.api",
     "Model": "tlearn.api",
     "TrainConfig": "tlearn.config",
     "Run": "tlearn.pipeline",
@@ -64,6 +66,7 @@ __all__ = [
     "TlearnError",
     "TrainConfig",
     "__version__",
+    "audit",
     "demo",
     "draw_dataset",
     "evaluate",
@@ -72,13 +75,14 @@ __all__ = [
     "imagenet_predictions",
     "load",
     "predict",
+    "select",
     "serve",
     "train",
     "write_report",
 ]
 
 if TYPE_CHECKING:
-    from tlearn.api import Model, demo, evaluate, export, export_model, load, predict, serve, train
+    from tlearn.api import Model, audit, demo, evaluate, export, export_model, load, predict, select, serve, train
     from tlearn.config import TrainConfig
     from tlearn.data.demo import draw_dataset
     from tlearn.deploy.export import ExportOptions, ExportResult

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,7 @@ from tlearn.data.discovery import list_image_files
 from tlearn.engines.base import ImageInput, InferenceEngine, Prediction
 from tlearn.engines.loading import load_engine
 from tlearn.errors import DataError, ModelFileError, RunDirError, TlearnError
-from tlearn.evaluation.folder import Evaluation, evaluate_folder, write_evaluation
+from tlearn.evaluation.folder import Evaluation, EvaluationSettings, evaluate_folder, write_evaluation
 from tlearn.pipeline import Run, run_training
 from tlearn.runs.layout import RunFolder, sample_rows
 from tlearn.runs.lifecycle import OutputFolder
@@ -30,6 +30,9 @@ from tlearn.util import atomic
 from tlearn.util.progress import Progress
 
 if TYPE_CHECKING:
+    from tlearn.audits.findings import AuditSettings
+    from tlearn.audits.folder import Audit
+    from tlearn.audits.select import Selection
     from tlearn.data.preprocess import Preprocessing
     from tlearn.deploy.export import ExportResult
     from tlearn.deploy.serving import ServeSettings
@@ -78,10 +81,22 @@ def train(
         resolved = _saved_config_agreeing_with(Path(out), {**base, "data": data, **settings})
     else:
         resolved = build_config(base, data=data, **settings)
+        if resolved.backbone == "best":
+            resolved = _best_backbone(resolved)
     if out is None:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"{Path(resolved.data).resolve().name}-{resolved.mode}-{stamp}"
     return run_training(resolved, out=out, overwrite=overwrite, resume=resume, progress=Progress(quiet=quiet))
+
+
+def _best_backbone(config: TrainConfig) -> TrainConfig:
+    """`--backbone best`: the winner of the last `tlearn select` on this data folder, recorded in the config."""
+    from tlearn.audits.select import best_backbone
+
+    if config.weights is not None:
+        raise TlearnError("--backbone best chooses the weights too; drop --weights (or name the backbone)")
+    choice = best_backbone(config.data)
+    return config.model_copy(update={"backbone": choice.name, "weights": choice.weights})
 
 
 def _saved_config_agreeing_with(run_dir: Path, given: dict[str, Any]) -> TrainConfig:
@@ -224,30 +239,37 @@ def evaluate(
     data: str | Path,
     *,
     out: str | Path | None = None,
-    split: str | None = None,
     device: str = "auto",
-    tta: bool = False,
-    workers: int | None = None,
     quiet: bool = False,
+    **settings: Any,
 ) -> Evaluation:
     """Evaluate a model on a labelled folder (its test split when pre-split).
 
     With `out`, writes metrics.json, predictions.csv, the data report, the original ImageNet model's answers
-    for sample images and report.html there. `tta` adds flip test-time augmentation.
+    for sample images and report.html there (never into a training run's folder).
+
+    Args:
+        model: a model directory or `.onnx` file, or a loaded `Model`.
+        data: the labelled folder.
+        out: where to write the evaluation's files and report.
+        device: for a model directory: auto, cpu, cuda or cuda:N.
+        quiet: no progress bar or status lines.
+        **settings: `tlearn.evaluation.folder.EvaluationSettings` fields: `split`, `tta` (flip test-time
+            augmentation), `follow_links`, `batch_size`, `workers`.
 
     Example:
-        >>> evaluate("runs/first", "holdout/", out="runs/first-holdout").metrics  # doctest: +SKIP
+        >>> evaluate("runs/first", "holdout/", out="runs/first-holdout", tta=True).metrics  # doctest: +SKIP
     """
+    options = EvaluationSettings(**settings)
     progress = Progress(quiet=quiet)
     if out is None:
-        backend = _backend(model, device=device)
-        return evaluate_folder(backend, data, split=split, workers=workers, tta=tta, progress=progress)
+        return evaluate_folder(_backend(model, device=device), data, options, progress=progress)
     from tlearn.report.page import write_report  # deferred: only evaluations that write a folder need it
 
     out = Path(out).expanduser()
     with OutputFolder.open(out, kind="evaluate", data=Path(data)):
         backend = _backend(model, device=device)
-        evaluation = evaluate_folder(backend, data, split=split, workers=workers, tta=tta, progress=progress)
+        evaluation = evaluate_folder(backend, data, options, progress=progress)
         write_evaluation(evaluation, out, backend)
         atomic.write_json(RunFolder(out).imagenet, _imagenet_samples(backend, evaluation, progress))
         write_report(out, progress=progress)
@@ -394,3 +416,112 @@ def demo(out: str | Path = "tlearn-demo", *, quiet: bool = False, device: str = 
     data = draw_dataset(out / "data")
     progress.info(f"demo: drew {len(DEMO_CLASSES)} classes of shapes under {data}")
     return run_training(TrainConfig(data=data, device=device), out=out / "run", overwrite=True, progress=progress)
+
+
+def audit(
+    data: str | Path,
+    *,
+    out: str | Path | None = None,
+    backbone: str = "tf_efficientnet_lite0",
+    weights: str | Path | None = None,
+    overwrite: bool = False,
+    device: str = "auto",
+    settings: AuditSettings | None = None,
+    quiet: bool = False,
+) -> Audit:
+    """Audit a labelled folder before training: likely label errors, near-duplicates, outliers, class overlap.
+
+    Every image is scored by a cross-validated linear head that never saw it (on the backbone's cached
+    embeddings); confident learning flags the labels those scores contradict. Writes `audit.json`, a
+    self-contained `audit.html` and an editable `review.csv` (for `tlearn train --review`) into `out`
+    (default `runs/<data>-audit-<time>`), which must be empty unless `overwrite`.
+
+    Args:
+        data: `DATA/<class>/*` or `DATA/{train,val[,test]}/<class>/*`; every split is audited.
+        out: the audit folder.
+        backbone: the backbone whose embeddings are audited (any name `train` accepts).
+        weights: a local weights file for `backbone`.
+        overwrite: replace a previous audit in `out` (including an edited review.csv).
+        device: auto, cpu, cuda or cuda:N, for embeddings not yet cached.
+        settings: thresholds (`tlearn.audits.findings.AuditSettings`); the defaults are the measured ones.
+        quiet: no progress bars or status lines.
+
+    Returns:
+        The `Audit` (`summary`, `payload` as in audit.json, `review` rows, the file paths).
+
+    Example:
+        >>> found = tlearn.audit("data/", out="audits/data")  # doctest: +SKIP
+        >>> found.summary["label_issues"], found.review_csv  # doctest: +SKIP
+        (7, PosixPath('audits/data/review.csv'))
+    """
+    from tlearn.audits.folder import audit_folder  # deferred: only audits need it
+
+    if out is None:
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path("runs") / f"{Path(data).expanduser().resolve().name}-audit-{stamp}"
+    progress = Progress(quiet=quiet)
+    return audit_folder(
+        data,
+        out=Path(out).expanduser(),
+        backbone=backbone,
+        weights=weights,
+        overwrite=overwrite,
+        device=device,
+        settings=settings,
+        progress=progress,
+    )
+
+
+def select(
+    data: str | Path,
+    *,
+    backbones: str | Sequence[str] = ("lite0", "lite1", "lite2"),
+    weights: Mapping[str, str | Path] | None = None,
+    budget: str | float | None = None,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    device: str = "auto",
+    quiet: bool = False,
+) -> Selection:
+    """Rank candidate backbones on a labelled folder by cross-validated linear-probe accuracy, in seconds
+    once embeddings are cached, so `tlearn.train(data, backbone=...)` starts from the right one.
+
+    Only the train and val images are used (the test split stays unseen). For each candidate: out-of-fold
+    accuracy of the linear head with a 95% interval, LogME, leave-one-out k-NN accuracy, embedding seconds,
+    parameters, size and inference images/s. A candidate without offline weights is listed with the reason
+    (pass `weights={name: path}`), not fatal. The ranking is saved for `tlearn train --backbone best`, and as
+    select.json and select.html in `out` when given.
+
+    Args:
+        data: `DATA/<class>/*` or `DATA/{train,val[,test]}/<class>/*`.
+        backbones: names (a list, or one comma-separated string), tried in order.
+        weights: local weights files by backbone name.
+        budget: stop starting new candidates after this long ("10m", "90s", or seconds).
+        out: a folder for select.json and select.html (must be empty unless `overwrite`).
+        overwrite: replace a previous selection in `out`.
+        device: auto, cpu, cuda or cuda:N.
+        quiet: no progress bars or status lines.
+
+    Raises:
+        BackboneError: no candidate could be evaluated.
+
+    Example:
+        >>> ranking = tlearn.select("data/", backbones="lite0,lite1,lite2", budget="10m")  # doctest: +SKIP
+        >>> print(ranking.table())  # doctest: +SKIP
+        >>> ranking.winner["name"]  # doctest: +SKIP
+        'lite2'
+    """
+    from tlearn.audits.select import SelectionRequest, parse_budget, select_backbones  # deferred: selections only
+
+    names = [name.strip() for name in (backbones.split(",") if isinstance(backbones, str) else backbones)]
+    request = SelectionRequest(
+        tuple(name for name in names if name),
+        {name: Path(path).expanduser() for name, path in (weights or {}).items()},
+        budget_seconds=parse_budget(budget),
+    )
+    if not request.backbones:
+        raise TlearnError("--backbones is empty; name at least one backbone, e.g. lite0,lite1,lite2")
+    output = Path(out).expanduser() if out is not None else None
+    return select_backbones(
+        data, request, out=output, overwrite=overwrite, device=device, progress=Progress(quiet=quiet)
+    )

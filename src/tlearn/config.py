@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tlearn.backbones.registry import DEFAULT_BACKBONE
 from tlearn.data.images import DEFAULT_MAX_IMAGE_PIXELS
@@ -36,31 +36,65 @@ class TrainConfig(BaseModel):
         description="train,val,test fractions for DATA/<class>/* (e.g. 70,15,15); default: 64,16,20, or 80,20,0 "
         "below 150 images.",
     )
+    follow_links: bool = Field(
+        False, description="Follow symbolic links that lead outside DATA (else listed, skipped)."
+    )
+    review: Path | None = Field(
+        None, description="A review list from `tlearn audit` (path,given,suggested,action): relabel or drop images."
+    )
     max_image_pixels: int = Field(
         DEFAULT_MAX_IMAGE_PIXELS, gt=0, description="Images with more pixels are skipped (decompression bombs)."
     )
     # Backbone
     backbone: str = Field(
-        DEFAULT_BACKBONE, description="Embedded backbone or any timm model name (see `tlearn backbones`)."
+        DEFAULT_BACKBONE,
+        description="Embedded backbone or any timm model name (see `tlearn backbones`); best: the winner of the "
+        "last `tlearn select` on this data.",
     )
     weights: Path | None = Field(None, description="Local backbone weights (.safetensors or state dict).")
     # Training
-    mode: Literal["linear", "finetune"] = Field(
-        "linear", description="linear: frozen backbone + cached embeddings; finetune: then unfreeze."
+    mode: Literal["auto", "linear", "finetune"] = Field(
+        "auto",
+        description="auto: linear head, then fine-tuning within --time-budget, keeping the better on validation; "
+        "linear: frozen backbone + cached embeddings only; finetune: always fine-tune.",
     )
-    refit: bool = Field(
-        True, description="Linear: refit the head on train + val with the chosen C (when a test split exists)."
+    final_fit: Literal["train", "train+val", "all"] = Field(
+        "train+val",
+        description="What the shipped model is trained on: train+val once choices are made on val; all: also the "
+        "test split, after it has been measured; train: only the training split.",
     )
-    epochs: int = Field(8, ge=1, description="Fine-tuning epochs (the linear head is fitted in closed form).")
+    time_budget: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds (or 90s, 10m, 1h) that fine-tuning may take in auto mode, refit included; "
+        "default: 8m on a CPU, 20m on a GPU.",
+        json_schema_extra={"cli_type": "str"},
+    )
+    cv_folds: int = Field(5, ge=2, description="Cross-validation folds for the linear head's choices.")
+    epochs: int = Field(12, ge=1, description="Fine-tuning epochs (the linear head is fitted in closed form).")
     batch_size: int = Field(32, ge=1, description="Images per batch.")
-    lr: float = Field(1e-4, gt=0, description="Peak fine-tuning learning rate of the top layer group.")
+    lr: float = Field(1e-3, gt=0, description="Peak fine-tuning learning rate of the top layer group.")
     layer_decay: float = Field(
-        0.6, gt=0, le=1, description="Learning-rate factor from one layer group to the next lower one."
+        0.8, gt=0, le=1, description="Learning-rate factor from one layer group to the next lower one."
     )
-    unfreeze_every: int = Field(1, ge=1, description="Epochs between unfreezing the next layer group (from the top).")
-    # Small data sets close to ImageNet gain from the top stages and lose accuracy when the whole network moves.
+    unfreeze_every: int = Field(
+        1, ge=0, description="Epochs between unfreezing the next layer group, from the top (0: all at once)."
+    )
     unfreeze_depth: int | None = Field(
-        3, ge=1, description="Layer groups (from the top; the classifier is one) fine-tuning may unfreeze."
+        None,
+        ge=1,
+        description="Layer groups (from the top; the classifier is one) fine-tuning may unfreeze (none: all).",
+    )
+    bn: Literal["train", "frozen", "adapt"] = Field(
+        "frozen",
+        description="Batch norm while fine-tuning: train (batch statistics), frozen (ImageNet's), adapt "
+        "(re-estimated once on the training images, then kept).",
+    )
+    head_init: Literal["linear", "zero"] = Field(
+        "linear", description="Fine-tuning starts from the fitted linear head, or from a zero classifier."
+    )
+    train_size: int | None = Field(
+        None, ge=32, description="Training crop size (none: the backbone's input size; evaluation always uses it)."
     )
     weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay (not on biases and norms).")
     label_smoothing: float = Field(0.1, ge=0, lt=1, description="Label smoothing of the fine-tuning loss.")
@@ -76,6 +110,11 @@ class TrainConfig(BaseModel):
     )
     # Where and how to compute
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    embedding_engine: Literal["auto", "onnx", "torch"] = Field(
+        "auto",
+        description="Frozen-backbone extraction: auto is onnxruntime on a CPU once the backbone's graph is exported "
+        "and checked against torch, torch on a GPU.",
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Fine-tuning autocast; auto: bf16 (else fp16) on GPU, fp32 on CPU."
     )
@@ -84,7 +123,30 @@ class TrainConfig(BaseModel):
     # Tracking
     mlflow: str | None = Field(None, description="Also log to this MLflow tracking URI (server URL or folder).")
 
-    @field_validator("data", "weights")
+    @model_validator(mode="before")
+    @classmethod
+    def _older_settings(cls, values: Any) -> Any:
+        """Configurations saved by earlier versions: `refit: false` is `final_fit: train`."""
+        if isinstance(values, dict) and "refit" in values:
+            values = dict(values)
+            if values.pop("refit") is False:
+                values.setdefault("final_fit", "train")
+        return values
+
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        """`90`, `"90s"`, `"10m"`, `"1.5h"` → seconds."""
+        if isinstance(value, str):
+            text = value.strip().lower()
+            factor = {"s": 1, "m": 60, "h": 3600}.get(text[-1:])
+            try:
+                return float(text[:-1]) * factor if factor else float(text)
+            except ValueError:
+                raise ValueError(f"expected seconds or a duration such as 90s, 10m, 1h; got {value!r}") from None
+        return value
+
+    @field_validator("data", "weights", "review")
     @classmethod
     def _absolute_path(cls, value: Path | None) -> Path | None:
         """Stored absolute, so `--config RUN/config.yaml` repeats the run from any working directory."""

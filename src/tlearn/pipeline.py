@@ -19,9 +19,11 @@ from typing import Any
 import numpy as np
 
 from tlearn import __version__
+from tlearn.audits.findings import ImageTable, audit_embeddings
+from tlearn.audits.review import apply_review, review_rows, write_review
 from tlearn.backbones.cache import cache_root
 from tlearn.backbones.features import FeatureExtractor
-from tlearn.backbones.registry import BackboneInfo, BackboneRef, resolve_backbone
+from tlearn.backbones.registry import BackboneRef, resolve_backbone
 from tlearn.config import TrainConfig
 from tlearn.data.checks import CheckedData, check_data, summary_lines
 from tlearn.data.discovery import DataSource, discover
@@ -33,26 +35,35 @@ from tlearn.report.display import RunReport
 from tlearn.report.page import write_report
 from tlearn.runs.layout import (
     HISTORY_COLUMNS,
-    HistoryRow,
     RunFolder,
     prediction_columns,
     prediction_rows,
+    report_split,
     sample_rows,
 )
 from tlearn.runs.lifecycle import OutputFolder
-from tlearn.runs.model_dir import WEIGHTS_FILE, ModelConfig, linear_model_state, save_model
+from tlearn.runs.model_dir import WEIGHTS_FILE, save_model
+from tlearn.training.candidates import (
+    Candidate,
+    PreparedData,
+    final_fit,
+    finetune_candidate,
+    guard_resumed_data,
+    linear_candidate,
+    why_not_finetune,
+)
 from tlearn.training.context import TrainingContext
 from tlearn.training.distributed import DistributedContext
-from tlearn.training.head import fit_head, select_c
+from tlearn.training.selection import choose
 from tlearn.training.tracking import Tracker
 from tlearn.util import atomic
 from tlearn.util.background import import_in_background
-from tlearn.util.numeric import cross_entropy
 from tlearn.util.progress import Progress
 
 EVALUATED_SPLITS = ("val", "test")
 # Needed after the embeddings (the head, the metrics, the report): imported while the backbone computes.
 MODULES_NEEDED_LATER = ("sklearn.linear_model", "sklearn.metrics", "tlearn.report.figures", "jinja2")
+AUDIT_LIMIT = 5000  # images a training run audits itself (the near-duplicate search grows with their square)
 BEFORE_AFTER_SAMPLES = 8  # sample images the report shows with the original ImageNet model's answers
 IMAGENET_TOP = 3
 
@@ -125,7 +136,12 @@ def run_training(
     progress = (progress or Progress()) if dist.is_main else Progress(quiet=True)
     run = RunFolder(Path(out).expanduser())
     # Data folder and backbone are checked before --out is created, so a mistyped command leaves nothing behind.
-    source = discover(config.data, split_fractions=config.split)
+    source = discover(config.data, split_fractions=config.split, follow_links=config.follow_links)
+    review = None
+    if config.review is not None:
+        source, review = apply_review(source, config.review)
+        for line in review["errors"]:
+            progress.info(f"review: {line}")
     ref = resolve_backbone(config.backbone, config.weights)
     folder = (
         OutputFolder.open(run.root, kind="train", overwrite=overwrite, resume=resume, data=source.root)
@@ -144,11 +160,13 @@ def run_training(
         with tracker:
             context = TrainingContext(config, run, resume, dist, tracker, progress)
             metrics, result, prepared, summary = _train_and_measure(context, source, ref)
+            if review is not None:
+                prepared.checked.report["review"] = review
             summary["seconds"] = round(time.perf_counter() - started, 3)
             if dist.is_main:
                 _write_run(context, prepared, result, metrics, summary)
                 write_report(run.root, progress=progress)
-                for split in prepared.evaluated:
+                for split in metrics:
                     progress.info(
                         f"{split}: accuracy {metrics[split]['accuracy']:.3f}, macro F1 "
                         f"{metrics[split]['macro_f1']:.3f} (n={metrics[split]['n']})"
@@ -158,42 +176,16 @@ def run_training(
     return Run(run.root, config, metrics, result.history, prepared.checked.report, summary, rank=dist.rank)
 
 
-@dataclass
-class _Prepared:
-    """The data after embedding and checking: per-split embeddings and labels."""
-
-    ref: BackboneRef
-    extractor: FeatureExtractor
-    info: BackboneInfo
-    checked: CheckedData
-    classes: list[str]
-    features: dict[str, np.ndarray]
-    labels: dict[str, np.ndarray]
-    evaluated: list[str]  # splits with images among val / test
-    embedding_summary: dict[str, Any]
-
-
-@dataclass
-class _Trained:
-    """A trained model state with its history and evaluation probabilities."""
-
-    model_config: ModelConfig
-    state: dict[str, np.ndarray]
-    probabilities: dict[str, np.ndarray]
-    history: list[dict[str, Any]]
-    head_summary: dict[str, Any] = field(default_factory=dict)
-    finetune_summary: dict[str, Any] = field(default_factory=dict)
-    balanced: bool = False
-
-
 def _train_and_measure(
     context: TrainingContext, source: DataSource, ref: BackboneRef
-) -> tuple[dict[str, dict[str, Any]], _Trained, _Prepared, dict[str, Any]]:
-    """Embed, fit the head, fine-tune when asked, calibrate; returns metrics, model, data and the summary."""
+) -> tuple[dict[str, dict[str, Any]], Candidate, PreparedData, dict[str, Any]]:
+    """Embed, fit the linear head, fine-tune when the mode asks for it, keep the better, fit the final model,
+    calibrate; returns metrics, model, data and the run summary."""
     config, progress = context.config, context.progress
     prepared = _embed_and_check(context, source, ref)
-    linear = _fit_linear(config, prepared)
-    result = _finetune(context, prepared, linear) if config.mode == "finetune" else linear
+    linear = linear_candidate(config, prepared)
+    result, stages = _pick_candidate(context, prepared, linear)
+    result = final_fit(context, prepared, linear, result)
     temperature = 1.0
     if config.calibrate:  # temperature scaling: fitted on val, stored in the model, applied to every split
         temperature = fit_temperature(result.probabilities["val"], prepared.labels["val"])
@@ -202,24 +194,55 @@ def _train_and_measure(
         }
         progress.info(f"calibration: temperature {temperature:.3f} fitted on val (1 when val has no errors)")
     result.model_config = result.model_config.model_copy(update={"temperature": temperature})
+    labels = {**prepared.labels, "cv": prepared.stack("train", "val")[1]}
     metrics = {
-        split: classification_metrics(prepared.labels[split], result.probabilities[split], prepared.classes)
-        for split in prepared.evaluated
+        split: classification_metrics(labels[split], result.probabilities[split], prepared.classes)
+        for split in ("val", "test", "cv")
+        if split in result.probabilities
     }
     summary = {
         "tlearn_version": __version__,
         "mode": config.mode,
+        "model": result.model_config.mode,
+        "final_fit": result.summary.get("final_fit"),
         "backbone": prepared.ref.describe(),
         "classes": prepared.classes,
         "world_size": context.dist.world_size,
         "embedding": prepared.embedding_summary,
-        "head": linear.head_summary,
-        "finetune": result.finetune_summary,
+        "head": linear.summary,
+        "finetune": stages.get("finetune", {}),
+        "stages": stages,
     }
     return metrics, result, prepared, summary
 
 
-def _embed_and_check(context: TrainingContext, source: DataSource, ref: BackboneRef) -> _Prepared:
+def _pick_candidate(
+    context: TrainingContext, prepared: PreparedData, linear: Candidate
+) -> tuple[Candidate, dict[str, Any]]:
+    """The linear head, or the fine-tuned network when the mode asks for it and (in auto mode) it does better
+    on the same validation images; returns the kept candidate and what each stage did."""
+    config, progress = context.config, context.progress
+    stages: dict[str, Any] = {"linear": linear.summary}
+    skip = why_not_finetune(config, linear)
+    if skip:
+        progress.info(f"fine-tuning skipped: {skip}")
+        return linear, {**stages, "finetune_skipped": skip}
+    guard_resumed_data(context, prepared)
+    tuned = finetune_candidate(context, prepared, linear)
+    choice = choose(
+        linear.probabilities["val"],
+        tuned.probabilities["val"],
+        prepared.labels["val"],
+        improved=tuned.summary["best_epoch"] > 0,
+    )
+    kept = tuned if config.mode == "finetune" or choice.chosen == "finetune" else linear
+    forced = " (--mode finetune)" if kept is tuned and choice.chosen == "linear" else ""
+    progress.info(f"kept the {'fine-tuned network' if kept is tuned else 'linear head'}{forced}: {choice.reason}")
+    selection = {**choice.to_dict(), "kept": "finetune" if kept is tuned else "linear"}
+    return kept, {**stages, "finetune": tuned.summary, "selection": selection}
+
+
+def _embed_and_check(context: TrainingContext, source: DataSource, ref: BackboneRef) -> PreparedData:
     """Embed the images through the cache (sharded over ranks), check what is usable."""
     config, dist, progress = context.config, context.dist, context.progress
     extractor = FeatureExtractor(
@@ -230,6 +253,7 @@ def _embed_and_check(context: TrainingContext, source: DataSource, ref: Backbone
         workers=config.workers,
         max_pixels=config.max_image_pixels,
         on_compute_start=lambda: import_in_background(MODULES_NEEDED_LATER),
+        engine=config.embedding_engine,
     )
     paths = [image.path for image in source.images]
     if dist.enabled:
@@ -246,7 +270,8 @@ def _embed_and_check(context: TrainingContext, source: DataSource, ref: Backbone
     _require_trainable(checked)
     splits = ("train", "val", "test")
     labels = {split: np.asarray(checked.labels(split), dtype=np.int64) for split in splits}
-    return _Prepared(
+    balanced = config.balance == "on" or (config.balance == "auto" and checked.report["imbalance"]["imbalanced"])
+    return PreparedData(
         ref=ref,
         extractor=extractor,
         info=embedded.info,
@@ -260,106 +285,18 @@ def _embed_and_check(context: TrainingContext, source: DataSource, ref: Backbone
             "computed": embedded.computed,
             "seconds": round(embedded.seconds, 3),
             "corrupt_cache_entries": embedded.corrupt_cache_entries,
+            "engine": embedded.engine or None,
+            "files_read": embedded.files_read,
+            "onnx_exported": embedded.onnx_exported,
         },
-    )
-
-
-def _fit_linear(config: TrainConfig, prepared: _Prepared) -> _Trained:
-    """Choose C by cross-validation over train + val; the validation figures come from a head fitted on train
-    alone, the test figures (and the saved head, in linear mode) from one fitted on train + val."""
-    features, labels, classes = prepared.features, prepared.labels, prepared.classes
-    balanced = config.balance == "on" or (
-        config.balance == "auto" and prepared.checked.report["imbalance"]["imbalanced"]
-    )
-    started = time.perf_counter()
-    dev_x = np.concatenate([features["train"], features["val"]])
-    dev_y = np.concatenate([labels["train"], labels["val"]])
-    selection = select_c(dev_x, dev_y, len(classes), balanced=balanced, seed=config.seed)
-    train_head = fit_head(features["train"], labels["train"], len(classes), selection.c, balanced=balanced)
-    probabilities = {split: train_head.probabilities(features[split]) for split in prepared.evaluated}
-    head = train_head
-    refit = config.mode == "linear" and config.refit
-    if refit:
-        head = fit_head(dev_x, dev_y, len(classes), selection.c, balanced=balanced, seed=config.seed)
-        if "test" in prepared.evaluated:
-            probabilities["test"] = head.probabilities(features["test"])
-    train_probabilities = train_head.probabilities(features["train"])
-    history = [
-        HistoryRow(
-            0,
-            "linear head",
-            cross_entropy(probabilities["val"], labels["val"]),
-            float((probabilities["val"].argmax(1) == labels["val"]).mean()),
-            seconds=time.perf_counter() - started,
-            train_loss=cross_entropy(train_probabilities, labels["train"]),
-            train_accuracy=float((train_probabilities.argmax(1) == labels["train"]).mean()),
-        ).to_dict()
-    ]
-    info = prepared.info
-    model_config = ModelConfig(
-        arch=info.arch,
-        backbone=prepared.ref.describe(),
-        classes=classes,
-        preprocessing=info.preprocessing.to_dict(),
-        embedding_dim=info.num_features,
-        classifier_keys=info.classifier_keys,
-        mode=config.mode,
-    )
-    state = linear_model_state(
-        prepared.extractor.stored_weights(Progress(quiet=True)), info.classifier_keys, head.weight, head.bias
-    )
-    return _Trained(
-        model_config,
-        state,
-        probabilities,
-        history,
         balanced=balanced,
-        head_summary={
-            "c": selection.c,
-            "folds": selection.folds,
-            "balanced_loss": balanced,
-            "refit_on_train_and_val": refit,
-            "candidates": selection.candidates,
-        },
-    )
-
-
-def _finetune(context: TrainingContext, prepared: _Prepared, linear: _Trained) -> _Trained:
-    from tlearn.training.checkpoint import has_checkpoint  # deferred: imports torch
-    from tlearn.training.finetune import LabelledFiles, finetune
-
-    images = prepared.checked.source.images
-    splits = {
-        split: LabelledFiles([images[p].path for p in prepared.checked.positions[split]], prepared.labels[split])
-        for split in ("train", *prepared.evaluated)
-    }
-    class_weights = _class_weights(prepared.labels["train"], len(prepared.classes)) if linear.balanced else None
-    resumable = context.resume and has_checkpoint(context.run.root)
-    outcome = finetune(
-        TrainingContext(context.config, context.run, resumable, context.dist, context.tracker, context.progress),
-        linear.model_config,
-        linear.state,
-        splits,
-        class_weights,
-    )
-    # Epoch 0 stays the linear head's row (with its training figures); fine-tuning epochs follow.
-    return _Trained(
-        linear.model_config,
-        outcome.state,
-        outcome.probabilities,
-        linear.history + outcome.history[1:],
-        finetune_summary={
-            "best_epoch": outcome.best_epoch,
-            "images_per_second": round(outcome.images_per_second, 2),
-            "peak_gpu_memory_mb": outcome.peak_gpu_memory_mb,
-        },
     )
 
 
 def _write_run(
     context: TrainingContext,
-    prepared: _Prepared,
-    result: _Trained,
+    prepared: PreparedData,
+    result: Candidate,
     metrics: dict[str, dict[str, Any]],
     summary: dict[str, Any],
 ) -> None:
@@ -376,7 +313,7 @@ def _write_run(
     atomic.write_json(run.summary, summary)
     rows = {
         split: prediction_rows(
-            checked.relpaths(split), checked.labels(split), result.probabilities[split], classes, split=split
+            _relpaths(checked, split), _labels(checked, split), result.probabilities[split], classes, split=split
         )
         for split in result.probabilities
     }
@@ -386,6 +323,10 @@ def _write_run(
         prediction_columns(classes, with_split=True),
     )
     atomic.write_json(run.imagenet, _imagenet_samples(prepared, rows))
+    audit = _audit(prepared)
+    atomic.write_json(run.audit, audit)
+    if "summary" in audit:
+        write_review(run.review, review_rows(audit))
     tracker.log_params(config.model_dump(mode="json"))
     tracker.log_metrics(
         {
@@ -399,12 +340,44 @@ def _write_run(
     shutil.rmtree(run.checkpoints, ignore_errors=True)  # the run is complete; the model is the artefact
 
 
-def _imagenet_samples(prepared: _Prepared, rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+def _audit(prepared: PreparedData) -> dict[str, Any]:
+    """The data audit of every usable image (likely label errors, near-duplicates, outliers), from the
+    embeddings in hand; folders beyond AUDIT_LIMIT images are left to `tlearn audit`."""
+    splits = [split for split in ("train", "val", "test") if len(prepared.labels[split])]
+    images = sum(len(prepared.labels[split]) for split in splits)
+    if images > AUDIT_LIMIT:
+        return {"reason": f"{images} images: run `tlearn audit` for this folder (training audits up to {AUDIT_LIMIT})"}
+    checked = prepared.checked
+    table = ImageTable(
+        labels=np.concatenate([prepared.labels[split] for split in splits]),
+        classes=prepared.classes,
+        relpaths=[relpath for split in splits for relpath in checked.relpaths(split)],
+        splits=[split for split in splits for _ in checked.relpaths(split)],
+        content_hashes=[checked.content_hashes[p] for split in splits for p in checked.positions[split]],
+    )
+    try:
+        findings = audit_embeddings(np.concatenate([prepared.features[split] for split in splits]), table)
+    except DataError as error:
+        return {"reason": str(error)}
+    return {**findings.payload, "data": str(checked.source.root), "backbone": prepared.ref.describe()}
+
+
+def _relpaths(checked: CheckedData, split: str) -> list[str]:
+    """A split's relative paths; "cv" (the linear head's cross-validation) covers train then val."""
+    return checked.relpaths("train") + checked.relpaths("val") if split == "cv" else checked.relpaths(split)
+
+
+def _labels(checked: CheckedData, split: str) -> list[int]:
+    return checked.labels("train") + checked.labels("val") if split == "cv" else checked.labels(split)
+
+
+def _imagenet_samples(prepared: PreparedData, rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """The original ImageNet model's answers for the report's sample images, from the embeddings in hand."""
-    split = "test" if "test" in rows else "val"
+    split = report_split(list(rows))
     samples = sample_rows(rows[split], BEFORE_AFTER_SAMPLES)
-    position = {relpath: i for i, relpath in enumerate(prepared.checked.relpaths(split))}
-    embeddings = prepared.features[split][[position[row["path"]] for row in samples]]
+    position = {relpath: i for i, relpath in enumerate(_relpaths(prepared.checked, split))}
+    features = prepared.stack("train", "val")[0] if split == "cv" else prepared.features[split]
+    embeddings = features[[position[row["path"]] for row in samples]]
     try:
         answers = imagenet_answers(
             embeddings, prepared.info, prepared.extractor.stored_weights(Progress(quiet=True)), k=IMAGENET_TOP
@@ -426,12 +399,6 @@ def _require_trainable(checked: CheckedData) -> None:
             )
     if not checked.positions["val"]:
         raise DataError(f"{where}: the validation split is empty; add images or give a larger val share (--split)")
-
-
-def _class_weights(train_labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """n / (C * count): the weighting scikit-learn calls "balanced"."""
-    counts = np.bincount(train_labels, minlength=num_classes).astype(np.float64)
-    return (len(train_labels) / (num_classes * np.maximum(counts, 1))).astype(np.float32)
 
 
 def _headline(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:

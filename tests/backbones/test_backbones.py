@@ -99,13 +99,19 @@ def test_local_weights_file_for_any_timm_model(tmp_path):
 
 
 class _Payload:
+    """Unpickling this runs code: it creates `marker`. A loader that unpickles would leave the file behind."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
     def __reduce__(self):
-        return (print, ("this must never run",))
+        return (Path.touch, (self.marker,))
 
 
 def test_pickled_objects_and_mismatched_weights_are_refused(tmp_path):
+    marker = tmp_path / "the payload ran"
     evil = tmp_path / "evil.pth"
-    evil.write_bytes(pickle.dumps({"conv1.weight": _Payload()}))
+    evil.write_bytes(pickle.dumps({"conv1.weight": _Payload(marker)}, protocol=2))  # torch.save's protocol
     with pytest.raises(BackboneError, match=r"never unpickles|cannot read"):
         load_backbone(
             resolve_backbone("resnet18", evil),
@@ -113,6 +119,7 @@ def test_pickled_objects_and_mismatched_weights_are_refused(tmp_path):
             device=torch.device("cpu"),
             progress=Progress(quiet=True),
         )
+    assert not marker.exists(), "the weights file was unpickled: its code ran"
     wrong = tmp_path / "wrong.safetensors"
     save_file(timm.create_model("resnet34", pretrained=False).state_dict(), wrong)
     with pytest.raises(BackboneError, match="do not fit"):

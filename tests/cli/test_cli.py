@@ -11,6 +11,7 @@ import pytest
 
 import tlearn
 from helpers import PROJECT, make_class_folder, run_cli, write_broken_files
+from tlearn.backbones import cache
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +98,13 @@ def test_backbones_and_cache_commands(capsys, tmp_path, monkeypatch):
     (tmp_path / "cache" / "embeddings" / "ns" / "ab").mkdir(parents=True)
     (tmp_path / "cache" / "embeddings" / "ns" / "ab" / "x.safetensors").write_bytes(b"0" * 1000)
     code, out, _ = run_cli(capsys, "cache", "info")
-    assert code == 0 and str(tmp_path / "cache") in out and "1 images" in out
+    # An entry of the one-file-per-embedding layout of earlier versions: listed, never read, cleared.
+    assert code == 0 and str(tmp_path / "cache") in out and "1 entries of an older cache layout" in out
+    data = make_class_folder(tmp_path / "data", {"red": 4, "blue": 4})
+    monkeypatch.setattr(cache, "RACY_SECONDS", 0.0)  # else files written just now are not indexed (racy stamps)
+    tlearn.train(data, out=tmp_path / "run", quiet=True, mode="linear")
+    code, out, _ = run_cli(capsys, "cache", "info")
+    assert code == 0 and "8 images" in out and "files indexed: 8" in out
     code, out, _ = run_cli(capsys, "cache", "clear")
     assert code == 0 and "cleared" in out and not (tmp_path / "cache" / "embeddings").exists()
 

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import io
+import tracemalloc
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from helpers import colour_image, jpeg_bytes, png_with_size, write_broken_files
-from tlearn.data.images import ImageDecodeError, is_hidden_name, is_image_name, load_rgb
+from tlearn.data.images import (
+    ALLOWED_FORMATS,
+    IMAGE_EXTENSIONS,
+    ImageDecodeError,
+    is_hidden_name,
+    is_image_name,
+    load_rgb,
+    to_rgb,
+)
 
 
 def test_each_broken_kind_gets_its_reason_and_is_left_untouched(tmp_path):
@@ -86,3 +95,49 @@ def test_names():
     assert is_image_name("a/B.JPeG") and is_image_name("x.tiff") and is_image_name("x.webp")
     assert not is_image_name("notes.txt") and not is_image_name("model.safetensors")
     assert is_hidden_name(".DS_Store") and is_hidden_name("._photo.jpg") and not is_hidden_name("photo.jpg")
+
+
+def test_only_the_listed_formats_are_decoded_and_each_extension_maps_to_one():
+    registered = Image.registered_extensions()
+    assert {registered[extension] for extension in IMAGE_EXTENSIONS} == set(ALLOWED_FORMATS)
+    for image_format in ALLOWED_FORMATS:
+        buffer = io.BytesIO()
+        colour_image((10, 20, 30), size=16).save(buffer, format=image_format)
+        assert load_rgb(buffer.getvalue()).size == (16, 16)
+
+
+def test_camera_mpo_jpegs_are_drafted_like_jpegs():
+    """Phones save multi-picture JPEGs, which Pillow calls MPO: they must get the fast draft decoding too."""
+    picture = colour_image((200, 100, 50), size=64).resize((2048, 1536))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="MPO", save_all=True, append_images=[picture.resize((64, 48))])
+    assert Image.open(io.BytesIO(buffer.getvalue())).format == "MPO"
+    assert load_rgb(buffer.getvalue(), draft_size=256).size == (512, 384)  # 1/4: 1/8 would leave 192 < 256
+
+
+def test_sixteen_bit_and_float_are_scaled_in_bounded_memory():
+    """No int64 (8 bytes a pixel) copy of the picture: the peak stays near the decoded values themselves."""
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 65535, (1500, 2000), dtype=np.uint16)
+    pictures = {
+        "I;16": Image.fromarray(values),
+        "I": Image.fromarray(values.astype(np.int32) * 30_000),  # peak beyond 16 bits
+        "F": Image.fromarray(values.astype(np.float32) / 7.0),
+    }
+    for mode, picture in pictures.items():
+        assert picture.mode == mode
+        tracemalloc.start()
+        rgb = to_rgb(picture)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        pixels = values.size
+        assert peak < 4 * pixels + 16 * 2**20, f"{mode}: peak {peak / 2**20:.0f} MiB for {pixels / 1e6:.1f} MP"
+        grey = np.asarray(rgb)[..., 0].astype(np.int64)
+        expected = values.astype(np.int64) >> 8 if mode == "I;16" else values.astype(np.int64) * 255 // 65535
+        assert np.abs(grey - expected).max() <= 1
+
+
+def test_float_images_with_non_finite_values():
+    values = np.array([[np.nan, -np.inf, 0.0], [0.5, 1.0, np.inf]], dtype=np.float32)
+    grey = np.asarray(to_rgb(Image.fromarray(values, mode="F")))[..., 0]
+    assert grey.tolist() == [[0, 0, 0], [127, 255, 255]]

@@ -57,3 +57,43 @@ def test_round_trip_and_fingerprint():
     assert pre.fingerprint() != CONFIGS[0].fingerprint()
     with pytest.raises(ValueError, match="interpolation"):
         Preprocessing((224, 224), "magic", (0.5,) * 3, (0.5,) * 3, 0.9)
+
+
+def test_jpeg_draft_decoding_stops_just_above_the_resize_target():
+    """DCT scaling goes down to the smallest size covering 1.15x the resize target (not twice it, as before)."""
+    pre = CONFIGS[0]  # resize to 256 before the 224 crop
+    prep = EvalPreprocess(pre)
+    assert prep.draft_size == 295
+    drafted_sizes = {}
+    for size in ((4000, 3000), (3264, 2448), (1500, 2000), (512, 512)):
+        photo = jpeg_bytes(colour_image((10, 200, 30), size=40).resize(size), quality=90)
+        drafted_sizes[size] = load_rgb(photo, draft_size=prep.draft_size).size
+    assert drafted_sizes == {
+        (4000, 3000): (500, 375),  # 12 MP at 1/8, then resized 1.46x to 256
+        (3264, 2448): (408, 306),  # 8 MP at 1/8 too
+        (1500, 2000): (375, 500),  # 1/4, portrait
+        (512, 512): (512, 512),  # not to 256: the resize would have nothing left to do
+    }
+
+
+def test_large_png_is_reduced_before_resampling_and_stays_close(monkeypatch):
+    pre = CONFIGS[0]
+    factors = []
+    real_reduce = Image.Image.reduce
+
+    def spy(self, factor, box=None):
+        factors.append(factor)
+        return real_reduce(self, factor, box)
+
+    monkeypatch.setattr(Image.Image, "reduce", spy)
+    rng = np.random.default_rng(1)
+    smooth = Image.fromarray(rng.integers(0, 255, (30, 40, 3)).astype(np.uint8)).resize((3200, 2400), Image.BICUBIC)
+    exact_picture = smooth.resize(EvalPreprocess(pre).resized_size(smooth.size), Image.BICUBIC)
+    exact = normalize(EvalPreprocess(pre).from_picture(exact_picture)[None], pre)[0]
+    factors.clear()
+    reduced = normalize(EvalPreprocess(pre).from_picture(smooth)[None], pre)[0]
+    assert factors == [(3, 3)]  # 3200x2400 → 1066x800 by box averaging, then bicubic to 341x256
+    assert np.abs(exact - reduced).mean() < 0.01  # normalised units
+    factors.clear()
+    EvalPreprocess(pre).from_picture(smooth.resize((500, 375)))
+    assert factors == []  # small pictures: exactly timm's resize (see test_matches_timm_eval_transform)

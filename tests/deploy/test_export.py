@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -11,9 +12,10 @@ import pytest
 import torch
 
 import tlearn
-from helpers import TINY_BACKBONE
+from helpers import TINY_BACKBONE, run_cli
 from tlearn.cli import main
 from tlearn.data.preprocess import normalize
+from tlearn.deploy import export as export_module
 from tlearn.deploy.export import ExportLimits
 from tlearn.engines.onnx_engine import CONFIG_KEY, EXPORT_KEY, INPUT_NAME, OnnxClassifier
 from tlearn.engines.torch_engine import Classifier
@@ -131,3 +133,47 @@ def test_conflicting_options_are_refused_before_any_work(exported_model, tmp_pat
     with pytest.raises(ExportError, match=message):
         tlearn.export(exported_model.run, tmp_path / "out.onnx", **options)
     assert not (tmp_path / "out.onnx").exists()
+
+
+class _SkewedOnnx:
+    """Stands in for `OnnxClassifier` inside the export module: the file named `which` answers through `skew`,
+    so a check fails for real (the comparison and its limit are the export's own)."""
+
+    def __init__(self, which: str, skew) -> None:
+        self.which, self.skew = which, skew
+
+    def load(self, path, **options):
+        model = OnnxClassifier.load(path, **options)
+        if Path(path).name != self.which:
+            return model
+        skew = self.skew
+
+        class Skewed:
+            def __getattr__(self, name):
+                return getattr(model, name)
+
+            def probabilities(self, pixels, **flip):
+                return skew(model.probabilities(pixels, **flip))
+
+        return Skewed()
+
+
+@pytest.mark.parametrize(
+    "options, which, skew, failed_check",
+    [
+        ([], "fp32.onnx", lambda p: p + 1e-3, "check onnx fp32 vs pytorch"),  # 1e-3 > the 1e-4 allowed
+        (["--int8"], "int8.onnx", lambda p: p[:, ::-1], "check onnx int8-dynamic vs onnx fp32"),  # every answer flips
+    ],
+)
+def test_a_failed_onnx_check_is_one_line_exit_2_and_no_file(
+    capsys, monkeypatch, exported_model, tmp_path, options, which, skew, failed_check
+):
+    monkeypatch.setattr(export_module, "OnnxClassifier", _SkewedOnnx(which, skew))
+    out = tmp_path / "exports" / "model.onnx"
+    out.parent.mkdir()
+    code, printed, err = run_cli(
+        capsys, "export", exported_model.run, "--out", out, "--check-data", exported_model.data, *options, "-q"
+    )
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: export not written: {failed_check}: 28 images") and err.rstrip().endswith("FAILED")
+    assert "exported:" not in printed and not out.exists() and list(out.parent.iterdir()) == []

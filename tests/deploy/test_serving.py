@@ -26,6 +26,7 @@ def png(colour: tuple[int, int, int], seed: int = 0, shape: str = "square") -> b
     return buffer.getvalue()
 
 
+LOCAL = "http://localhost"  # the service answers loopback Host names only (DNS rebinding protection)
 RED, BLUE = png((220, 30, 30)), png((30, 30, 220), shape="circle")
 
 
@@ -43,7 +44,9 @@ def engine(exported_model):
 
 @pytest.fixture
 def client(engine):
-    with TestClient(create_app(lambda: engine, ServeSettings(max_request_bytes=200_000, max_files=4))) as client:
+    with TestClient(
+        create_app(lambda: engine, ServeSettings(max_request_bytes=200_000, max_files=4)), base_url=LOCAL
+    ) as client:
         wait_until_ready(client)
         yield client
 
@@ -128,7 +131,7 @@ def test_readiness_follows_loading(engine):
         release.wait(30)
         return engine
 
-    with TestClient(create_app(slow_loader)) as client:
+    with TestClient(create_app(slow_loader), base_url=LOCAL) as client:
         assert client.get("/healthz").status_code == 200
         assert client.get("/readyz").status_code == 503 and client.get("/readyz").json()["status"] == "loading"
         assert client.post("/v1/predict", files=[("files", ("red.png", RED, "image/png"))]).status_code == 503
@@ -141,7 +144,7 @@ def test_a_model_that_fails_to_load_is_reported_not_ready(tmp_path):
     def broken_loader():
         return load_engine(tmp_path / "missing.onnx")
 
-    with TestClient(create_app(broken_loader)) as client:
+    with TestClient(create_app(broken_loader), base_url=LOCAL) as client:
         deadline = time.monotonic() + 10
         while client.get("/readyz").json()["status"] == "loading" and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -150,19 +153,48 @@ def test_a_model_that_fails_to_load_is_reported_not_ready(tmp_path):
         assert client.get("/healthz").status_code == 200 and client.get("/v1/model").status_code == 503
 
 
+class GatedEngine:
+    """The real engine, whose model calls wait at a gate once it is set (to line requests up without sleeping)."""
+
+    def __init__(self, engine) -> None:
+        self._engine = engine
+        self.gate: threading.Event | None = None
+        self.entered = threading.Event()
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
+
+    def probabilities(self, pixels, *, flip=False):
+        if self.gate is not None:
+            self.entered.set()
+            assert self.gate.wait(30), "the test never opened the gate"
+        return self._engine.probabilities(pixels, flip=flip)
+
+
 def test_concurrent_requests_are_micro_batched(engine):
-    settings = ServeSettings(batch_wait_ms=300, max_batch_size=32)
-    with TestClient(create_app(lambda: engine, settings)) as client:
+    gated = GatedEngine(engine)
+    app = create_app(lambda: gated, ServeSettings(batch_wait_ms=100, max_batch_size=8))
+    with TestClient(app, base_url=LOCAL) as client:
         wait_until_ready(client)
 
         def post(index: int) -> dict:
             image = RED if index % 2 else BLUE
             return client.post("/v1/predict?top_k=1", files=[("files", (f"{index}.png", image, "image/png"))]).json()
 
+        gated.gate = threading.Event()
         with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(post, range(8)))
+            first = pool.submit(post, 0)
+            assert gated.entered.wait(30)  # request 0 is inside the model; the next seven queue up behind it
+            rest = [pool.submit(post, index) for index in range(1, 8)]
+            deadline = time.monotonic() + 30
+            while app.state.service.batcher.queued_jobs < 7:
+                assert time.monotonic() < deadline, "the requests never queued"
+                time.sleep(0.01)
+            gated.gate.set()
+            answers = [first.result(), *(future.result() for future in rest)]
     assert [a["predictions"][0]["labels"] for a in answers] == [["blue"], ["red"]] * 4
-    assert max(a["timing"]["batch_requests"] for a in answers) > 1
+    assert answers[0]["timing"]["batch_requests"] == 1
+    assert all(a["timing"]["batch_requests"] == 7 and a["timing"]["batch_images"] == 7 for a in answers[1:])
 
 
 def free_port() -> int:

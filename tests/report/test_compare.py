@@ -13,7 +13,8 @@ def test_compare_prints_and_writes_the_table(capsys, tiny_data, tmp_path):
     assert code == 0
     lines = out.splitlines()
     assert lines[0].startswith("| run ") and "macro F1" in lines[0] and "ECE" in lines[0]
-    assert str(plain.path) in lines[2] and "| test " in lines[2] and "| val " in lines[3]
+    # A run without a test split is judged on its linear head's cross-validation over train + val.
+    assert str(plain.path) in lines[2] and "| test " in lines[2] and "| cv " in lines[3]
     assert f"{100 * plain.metrics['test']['accuracy']:.1f}%" in lines[2] and "MB" in lines[2]
     assert (tmp_path / "table.md").read_text().splitlines() == lines[:4]
     code, _, _ = run_cli(capsys, "compare", plain.path, finer.path, "--out", tmp_path / "table.html")

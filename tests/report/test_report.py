@@ -154,3 +154,13 @@ def test_galleries_and_samples_pick_the_right_rows():
     assert [row["confidence"] for row in worst_errors(rows, 2)] == ["0.99", "0.9"]
     assert [row["confidence"] for row in least_confident_right(rows, 3)] == ["0.51", "0.7", "0.8"]
     assert [row["label"] for row in sample_rows(rows, 5)] == ["a", "b", "c", "a", "b"]
+
+
+def test_report_says_which_model_was_kept_why_and_how_precise_the_figures_are(exported_model):
+    page = (exported_model.run / "report.html").read_text(encoding="utf-8")
+    choice = page[page.index('id="choice"') : page.index('id="training"')]
+    assert "Which model, and why" in choice and "fine-tuning did not run" in choice
+    assert "no error in cross-validation" in choice and "fitted again on train + val" in choice
+    overview = page[page.index('id="overview"') : page.index('id="choice"')]
+    assert overview.count("95% interval") == 2  # accuracy and macro F1
+    assert "cannot be told apart" in overview and "too few images" in overview  # a 6-image test split

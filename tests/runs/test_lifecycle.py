@@ -64,7 +64,7 @@ def test_overwrite_replaces_only_after_success_and_keeps_other_files(tiny_data, 
         tlearn.train(tiny_data, out=out, quiet=True)
     second = tlearn.train(tiny_data, out=out, quiet=True, overwrite=True, split=(0.5, 0.5, 0.0))
     assert (out / "notes.txt").read_text() == "mine"
-    assert set(second.metrics) == {"val"} != set(first.metrics)
+    assert set(second.metrics) == {"val", "cv"} != set(first.metrics)
     assert not (out / ".tlearn-previous").exists()
     assert read_marker(out)["complete"] is True and "model" in read_marker(out)["outputs"]
 

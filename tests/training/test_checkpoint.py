@@ -1,4 +1,5 @@
-"""Resumable runs: SIGTERM stops cleanly, SIGKILL mid-epoch loses nothing, resume continues the history."""
+"""Resumable runs: SIGTERM stops cleanly, SIGKILL mid-epoch loses nothing, resume continues exactly where the
+checkpoint left off (same result as an uninterrupted run), and refuses changed settings or data."""
 
 from __future__ import annotations
 
@@ -14,43 +15,47 @@ from pathlib import Path
 import pytest
 
 import tlearn
-from helpers import PROJECT, make_class_folder
+from helpers import PROJECT, TINY_BACKBONE, make_class_folder, tiny_backbone_weights
 from tlearn.errors import RunDirError
 from tlearn.util.atomic import leftover_temporaries
 
 ENV = {**os.environ, "PYTHONPATH": str(PROJECT / "src")}
 
 
+def _tlearn(*args) -> list[str]:
+    return [sys.executable, "-m", "tlearn", "train", *map(str, args)]
+
+
 def _start(*args) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tlearn", "train", *map(str, args)],
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return subprocess.Popen(_tlearn(*args), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for_epoch(run: Path, epoch: int, process: subprocess.Popen, timeout: float = 240) -> None:
-    progress = run / "checkpoints" / "last" / "progress.json"
+def _checkpoint_epoch(run: Path) -> int | None:
+    try:
+        return json.loads((run / "checkpoints" / "select" / "progress.json").read_text())["epoch"]
+    except (OSError, ValueError):
+        return None
+
+
+def _wait_for_epoch(run: Path, epoch: int, process: subprocess.Popen, timeout: float = 300) -> None:
+    """Wait for the event (a checkpoint of `epoch` on disk), never for a fixed time."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
-        try:
-            if json.loads(progress.read_text())["epoch"] >= epoch:
-                return
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.2)
+        if (_checkpoint_epoch(run) or 0) >= epoch:
+            return
+        time.sleep(0.05)
     pytest.fail(f"no checkpoint for epoch {epoch} within {timeout} s")
 
 
-def test_sigterm_then_sigkill_mid_epoch_then_resume(tmp_path):
-    data = make_class_folder(tmp_path / "data", {"red": 30, "blue": 30})
-    run = tmp_path / "run"
-    flags = ["--mode", "finetune", "--epochs", "4", "--patience", "10", "--batch-size", "4", "--workers", "0"]
+def test_sigterm_then_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
+    data = make_class_folder(tmp_path / "data", {"red": 24, "blue": 24})
+    weights = tiny_backbone_weights(tmp_path)
+    run, reference = tmp_path / "run", tmp_path / "reference"
+    flags = ["--backbone", TINY_BACKBONE, "--weights", weights, "--mode", "finetune", "--final-fit", "train"]
+    flags += ["--epochs", "4", "--patience", "10", "--batch-size", "4", "--workers", "0", "--seed", "3", "-q"]
 
-    first = _start(data, "--out", run, *flags, "-q")
+    first = _start(data, "--out", run, *flags)
     _wait_for_epoch(run, 1, first)
     first.send_signal(signal.SIGTERM)
     _, err = first.communicate(timeout=120)
@@ -58,35 +63,44 @@ def test_sigterm_then_sigkill_mid_epoch_then_resume(tmp_path):
 
     second = _start(data, "--out", run, "--resume", "-q")
     _wait_for_epoch(run, 2, second)
-    time.sleep(1.0)  # well inside epoch 3
     second.send_signal(signal.SIGKILL)
     second.wait(timeout=60)
+    killed_at = _checkpoint_epoch(run)
+    assert killed_at in (2, 3)
+
+    # Refusals through the CLI, in this very state: a disagreeing setting, then changed data.
+    disagreeing = subprocess.run(
+        _tlearn(data, "--out", run, "--resume", "--epochs", "5", "-q"), env=ENV, capture_output=True, text=True
+    )
+    assert disagreeing.returncode == 2 and "epochs=5 disagrees" in disagreeing.stderr
+    extra = make_class_folder(data, {"blue": 1}, start=500) / "blue" / "img_500.png"
+    changed = subprocess.run(_tlearn(data, "--out", run, "--resume", "-q"), env=ENV, capture_output=True, text=True)
+    assert changed.returncode == 2 and "cannot resume" in changed.stderr and "changed" in changed.stderr
+    assert changed.stderr.strip().count("\n") == 0
+    extra.unlink()
 
     third = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tlearn",
-            "train",
-            str(data),
-            "--out",
-            str(run),
-            "--resume",
-            "--epochs",
-            "4",
-            "-q",
-        ],  # a setting given again must agree, and does
+        _tlearn(data, "--out", run, "--resume", "--epochs", "4", "-q"),
         env=ENV,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert third.returncode == 0, third.stderr
+    summary = json.loads((run / "run.json").read_text())
+    assert summary["finetune"]["resumed_after_epoch"] == killed_at  # it says where it went on from
     with open(run / "history.csv") as handle:
-        epochs = [int(row["epoch"]) for row in csv.DictReader(handle)]
-    assert epochs == [0, 1, 2, 3, 4]
-    classifier = tlearn.load(run)
-    assert classifier.config.mode == "finetune"
+        assert [int(row["epoch"]) for row in csv.DictReader(handle)] == [0, 1, 2, 3, 4]
+
+    uninterrupted = subprocess.run(
+        _tlearn(data, "--out", reference, *flags), env=ENV, capture_output=True, text=True, timeout=600
+    )
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
+    resumed_val = json.loads((run / "metrics.json").read_text())["val"]
+    reference_val = json.loads((reference / "metrics.json").read_text())["val"]
+    assert resumed_val["loss"] == pytest.approx(reference_val["loss"], abs=1e-5)  # the same training, replayed
+    assert resumed_val["confusion_matrix"] == reference_val["confusion_matrix"]
+    assert tlearn.load(run).config.mode == "finetune"
     assert not leftover_temporaries(run) and not (run / "checkpoints").exists()
 
 

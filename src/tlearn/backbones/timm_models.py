@@ -27,9 +27,16 @@ from tlearn.util.progress import Progress
 
 
 class Backbone:
-    """A pretrained timm model in eval mode, ready to embed normalised image batches."""
+    """A pretrained timm model in eval mode, ready to embed normalised image batches.
+
+    `source_weights` holds the state dict (timm layout, before batch-norm folding) only when it could not be
+    stored in the cache (read-only or full): the caller then still has the weights a model needs.
+    """
+
+    engine = "torch"
 
     def __init__(self, model: nn.Module, info: BackboneInfo, ref: BackboneRef, device: torch.device) -> None:
+        self.source_weights: dict[str, np.ndarray] | None = None
         model.eval()
         fold_batchnorm(model)  # inference only: the network is never trained through this object
         self.model = model.to(device=device, memory_format=torch.channels_last)
@@ -64,6 +71,9 @@ def normalize_on_device(
 def load_backbone(ref: BackboneRef, *, cache_root: Path, device: torch.device, progress: Progress) -> Backbone:
     """The backbone for `ref`, from the cached copy of its weights or else from its source (then cached).
 
+    A cache that cannot be written never stops the build: the weights stay in memory (`source_weights`) and
+    a warning line says so.
+
     Raises:
         BackboneError: unknown timm name, weights that do not fit, or a download that is impossible offline.
     """
@@ -74,10 +84,19 @@ def load_backbone(ref: BackboneRef, *, cache_root: Path, device: torch.device, p
         model.load_state_dict({name: torch.from_numpy(value) for name, value in state.items()})
         return Backbone(model, info, ref, device)
     model = _build_from_source(ref, progress)
-    info = stored.save(
-        describe_model(model, ref.arch), {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    )
-    return Backbone(model, info, ref, device)
+    state = {name: value.detach().cpu().numpy().copy() for name, value in model.state_dict().items()}
+    retained = None
+    try:
+        info = stored.save(describe_model(model, ref.arch), state)
+    except OSError as error:
+        progress.info(
+            f"warning: cannot store the backbone's weights under {cache_root} ({error.strerror or error}); "
+            "keeping them in memory for this run"
+        )
+        info, retained = describe_model(model, ref.arch), state
+    backbone = Backbone(model, info, ref, device)
+    backbone.source_weights = retained
+    return backbone
 
 
 def describe_model(model: nn.Module, arch: str) -> BackboneInfo:

@@ -74,6 +74,12 @@ def serve(
     max_request_mb: Annotated[float, typer.Option(min=0.001, help="Larger request bodies get 413.")] = 10.0,
     max_batch_size: Annotated[int, typer.Option(min=1, help="Images per model call across concurrent requests.")] = 32,
     batch_wait_ms: Annotated[float, typer.Option(min=0, help="How long a request waits to share a model call.")] = 5.0,
+    max_image_mp: Annotated[float, typer.Option(min=0.01, help="Larger images (megapixels) get 413.")] = 40.0,
+    max_queue: Annotated[int, typer.Option(min=1, help="Requests decoded or queued at once; more get 503.")] = 32,
+    allow_host: Annotated[
+        list[str] | None, typer.Option(help="Host header to accept besides localhost (repeatable; * for any).")
+    ] = None,
+    docs: Annotated[bool, typer.Option("--docs", help="Serve /docs and /openapi.json (load a CDN).")] = False,
     quiet: QuietOption = False,
 ) -> None:
     """Serve the model over HTTP: POST /v1/predict, GET /v1/model, /healthz, /readyz, and a web page at /."""
@@ -83,7 +89,13 @@ def serve(
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"serving on {host}: reachable from other machines, without authentication", file=sys.stderr)
     settings = ServeSettings(
-        max_request_bytes=int(max_request_mb * 1024 * 1024), max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms
+        max_request_bytes=int(max_request_mb * 1024 * 1024),
+        max_batch_size=max_batch_size,
+        batch_wait_ms=batch_wait_ms,
+        max_image_pixels=int(max_image_mp * 1_000_000),
+        max_pending_requests=max_queue,
+        allowed_hosts=tuple(allow_host or ()),
+        docs=docs,
     )
     serve_model(
         model,

@@ -24,6 +24,9 @@ def evaluate(
     tta: Annotated[
         bool, typer.Option("--tta", help="Flip test-time augmentation: average each image with its mirror image.")
     ] = False,
+    follow_links: Annotated[
+        bool, typer.Option("--follow-links", help="Follow symbolic links leading outside DATA (else skipped).")
+    ] = False,
     engine: EngineOption = None,
     device: DeviceOption = "auto",
     workers: WorkersOption = None,
@@ -34,7 +37,9 @@ def evaluate(
     from tlearn.api import load
 
     loaded = load(model, engine=engine.value if engine else None, device=device)
-    evaluation = evaluate_model(loaded, data, out=out, split=split, tta=tta, workers=workers, quiet=quiet)
+    evaluation = evaluate_model(
+        loaded, data, out=out, quiet=quiet, split=split, tta=tta, workers=workers, follow_links=follow_links
+    )
     values = evaluation.metrics[evaluation.split]
     print(
         f"{evaluation.split}: accuracy {values['accuracy']:.4f}  balanced {values['balanced_accuracy']:.4f}  "

@@ -8,9 +8,10 @@ import sys
 
 import typer
 
-from tlearn.cli import deploy, evaluate, predict, tools, train  # noqa: F401 - each registers its commands
+from tlearn.cli import audit, deploy, evaluate, predict, tools, train  # noqa: F401 - each registers its commands
 from tlearn.cli.app import app
 from tlearn.errors import TlearnError
+from tlearn.util.text import printable
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,13 +32,14 @@ def main(argv: list[str] | None = None) -> None:
     except TlearnError as error:
         if debug:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {printable(str(error))}", file=sys.stderr)
         sys.exit(error.exit_code)
     except Exception as error:
         if debug:
             raise
         print(
-            f"error: internal error ({type(error).__name__}: {error}); rerun with --debug for the traceback",
+            f"error: internal error ({type(error).__name__}: {printable(str(error))}); rerun with --debug for the "
+            "traceback",
             file=sys.stderr,
         )
         sys.exit(1)

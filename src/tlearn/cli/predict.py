@@ -1,4 +1,9 @@
-"""`tlearn predict`: labels for files and folders, printed as they come (table, JSON or CSV)."""
+"""`tlearn predict`: labels for files and folders, printed as they come (table, JSON or CSV).
+
+File and class names are printed with control characters escaped (`tlearn.util.text.printable`), so a name
+holding ANSI escapes or right-to-left overrides cannot rewrite the terminal, and a name that is not UTF-8
+prints instead of failing; JSON escapes them itself, and CSV cells are also neutralised against formulas.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,8 @@ from typing import Annotated
 import typer
 
 from tlearn.cli.app import DeviceOption, EngineOption, ModelArgument, QuietOption, WorkersOption, app
+from tlearn.util.atomic import neutralise_cell
+from tlearn.util.text import printable
 
 
 class OutputFormat(str, Enum):
@@ -54,28 +61,33 @@ def print_predictions(predictions: Iterable, output_format: OutputFormat) -> tup
     """Print each prediction as soon as it is made (constant memory); returns (failed, total)."""
     failed = total = 0
     writer = csv.writer(sys.stdout, lineterminator="\n")
+
+    def csv_row(*cells: object) -> None:
+        writer.writerow([neutralise_cell(printable(cell)) if isinstance(cell, str) else cell for cell in cells])
+
     if output_format is OutputFormat.csv:
-        writer.writerow(["source", "rank", "label", "probability", "error"])
+        csv_row("source", "rank", "label", "probability", "error")
     elif output_format is OutputFormat.json:
         sys.stdout.write("[")
     for prediction in predictions:
-        if output_format is OutputFormat.json:
-            sys.stdout.write(("," if total else "") + "\n  " + json.dumps(prediction.to_dict()))
+        source = printable(prediction.source)
+        if output_format is OutputFormat.json:  # ensure_ascii: every control character and odd byte is escaped
+            sys.stdout.write(("," if total else "") + "\n  " + json.dumps(prediction.to_dict(), ensure_ascii=True))
         elif output_format is OutputFormat.csv:
             if prediction.error:
-                writer.writerow([prediction.source, "", "", "", prediction.error])
+                csv_row(prediction.source, "", "", "", prediction.error)
             for rank, (label, probability) in enumerate(
                 zip(prediction.labels, prediction.probabilities, strict=True), start=1
             ):
-                writer.writerow([prediction.source, rank, label, f"{probability:.6f}", ""])
+                csv_row(prediction.source, rank, label, f"{probability:.6f}", "")
         elif prediction.error:
-            print(f"{prediction.source}\tERROR: {prediction.error}")
+            print(f"{source}\tERROR: {printable(prediction.error)}")
         else:
             answers = "  ".join(
-                f"{label} {probability:.3f}"
+                f"{printable(label)} {probability:.3f}"
                 for label, probability in zip(prediction.labels, prediction.probabilities, strict=True)
             )
-            print(f"{prediction.source}\t{answers}")
+            print(f"{source}\t{answers}")
         failed, total = failed + bool(prediction.error), total + 1
     if output_format is OutputFormat.json:
         print("\n]" if total else "]")

@@ -54,7 +54,12 @@ def cache_info() -> None:
             f"  embeddings {namespace}: {details['entries']} images, {details['bytes'] / 1e6:.1f} MB "
             f"({backbone.get('arch', '?')}, {backbone.get('weights', '?')})"
         )
-    print(f"  backbones: {len(summary.backbones)} stored; unreadable-file verdicts: {summary.rejects}")
+    print(
+        f"  backbones: {len(summary.backbones)} stored ({len(summary.onnx)} exported to ONNX); unreadable-file "
+        f"verdicts: {summary.rejects}; files indexed: {summary.indexed_files}"
+    )
+    if summary.legacy_entries:
+        print(f"  {summary.legacy_entries} entries of an older cache layout (never read; `tlearn cache clear`)")
 
 
 @cache_app.command("clear")

@@ -45,7 +45,10 @@ COMMAND_OPTIONS: dict[str, tuple[Any, Any]] = {
 def config_option(name: str, field: FieldInfo) -> Any:
     """The Typer annotation of one TrainConfig field: `--name`, its type or choices, its help and default."""
     flag = "--" + name.replace("_", "-")
-    help_text = f"{field.description or ''} [default: {_shown_default(field.default)}]".strip()
+    described = "default:" in (field.description or "")
+    help_text = (
+        field.description if described else f"{field.description or ''} [default: {_shown_default(field.default)}]"
+    )
     annotation = field.annotation
     inner = _without_none(annotation)
     if name == "data":
@@ -55,6 +58,8 @@ def config_option(name: str, field: FieldInfo) -> Any:
         return Annotated[choices | None, typer.Option(flag, help=help_text)]
     if inner is bool:
         return Annotated[bool | None, typer.Option(f"{flag}/--no-{flag[2:]}", help=help_text)]
+    if (field.json_schema_extra or {}).get("cli_type") == "str":
+        return Annotated[str | None, typer.Option(flag, help=help_text)]
     if inner in (int, float, str, Path):
         return Annotated[inner | None, typer.Option(flag, help=help_text)]
     # Tuples (the split) and anything else are given as text and parsed by the config.

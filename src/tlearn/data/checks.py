@@ -7,14 +7,27 @@ split and listed in the report. Files never move between splits, so the split st
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tlearn.data.discovery import SPLITS, DataSource
+from tlearn.util.text import printable
 
 # Above this majority:minority ratio in the training split, the loss is class-weighted (balance="auto").
 IMBALANCE_RATIO = 3.0
+
+
+@dataclass
+class LabelledFiles:
+    """Image files and their class indices (what fine-tuning trains and validates on)."""
+
+    paths: list[Path]
+    labels: np.ndarray  # (N,) int
 
 
 @dataclass
@@ -24,6 +37,16 @@ class CheckedData:
     source: DataSource
     positions: dict[str, list[int]]  # split → positions of usable, non-leaking images
     report: dict[str, Any]
+    content_hashes: list[str | None] = field(default_factory=list)  # per image of `source`
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What the run learns from: the classes, and per split a digest of (relative path, content hash) of
+        every usable image. A resumed run must see the same, or it would continue on other data."""
+        digests = {}
+        for split, positions in self.positions.items():
+            entries = sorted(f"{self.source.images[p].relpath}\t{self.content_hashes[p]}" for p in positions)
+            digests[split] = {"images": len(entries), "sha256": hashlib.sha256("\n".join(entries).encode()).hexdigest()}
+        return {"classes": list(self.source.classes), "splits": digests}
 
     def labels(self, split: str) -> list[int]:
         """Class indices of a split's images."""
@@ -78,7 +101,7 @@ def check_data(source: DataSource, content_hashes: list[str | None], failures: d
     for position, image in enumerate(source.images):
         if position not in failures and position not in excluded and content_hashes[position] is not None:
             positions[image.split].append(position)
-    checked = CheckedData(source, positions, {})
+    checked = CheckedData(source, positions, {}, list(content_hashes))
     train_counts = checked.counts("train")
     largest, smallest = max(train_counts.values()), min(train_counts.values())
     checked.report = {
@@ -110,11 +133,12 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         first = report["skipped"][0]
         more = f" and {len(report['skipped']) - 1} more" if len(report["skipped"]) > 1 else ""
         lines.append(
-            f"skipped {len(report['skipped'])} unusable file(s): {first['path']} ({first['reason']}){more}; "
+            f"skipped {len(report['skipped'])} unusable file(s): {printable(first['path'])} "
+            f"({printable(first['reason'])}){more}; "
             "see data_report.json"
         )
     if report["ignored"]:
-        lines.append(f"ignored {len(report['ignored'])} non-image file(s), e.g. {report['ignored'][0]}")
+        lines.append(f"ignored {len(report['ignored'])} non-image file(s), e.g. {printable(report['ignored'][0])}")
     imbalance = report["imbalance"]
     if imbalance["imbalanced"]:
         lines.append(

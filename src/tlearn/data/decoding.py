@@ -5,23 +5,31 @@ The backbone is the bottleneck on a CPU, so decoding runs in other processes and
 keeps a bounded number of batches in flight, so memory stays constant on folders of any size. Workers need
 only PIL and NumPy and start in a fraction of a second. Batches travel as compact uint8 (B, H, W, 3) arrays.
 A file that cannot be decoded is reported in its batch's `failures`, never raised.
+
+With `hash_contents`, each file is read once and the very bytes that are hashed (SHA-256, the cache's key)
+are the bytes that are decoded: a file replaced between a hash and a later re-read can never have its
+pixels stored under the old content's key. A `skip` probe (e.g. "is this content already in the cache?")
+lets a worker stop after hashing, so a renamed or copied folder is recognised without decoding it again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from tlearn.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageDecodeError
+from tlearn.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageDecodeError, read_file_bytes
 from tlearn.data.preprocess import EvalPreprocess, Preprocessing
 
 ImageSource = Path | str | bytes
+# Called in the worker with a content hash; True means "known already, do not decode". Must be picklable.
+ContentProbe = Callable[[str], bool]
 
 
 @dataclass
@@ -31,12 +39,25 @@ class DecodedBatch:
     positions: list[int]
     pixels: np.ndarray  # (B, H, W, 3) uint8, B == len(positions)
     failures: list[tuple[int, str]] = field(default_factory=list)  # (position, reason)
+    transient: set[int] = field(default_factory=set)  # failure positions not to remember (ran out of memory)
+    content_hashes: dict[int, str] = field(default_factory=dict)  # position → SHA-256 of the bytes (hash_contents)
+    known: list[int] = field(default_factory=list)  # positions hashed but not decoded: the probe knew them
 
 
 def default_workers(*, accelerator: bool = False) -> int:
     """Decoding processes to use: half the cores on CPU (the rest run the model), most of them for a GPU."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(16, cores - 1)) if accelerator else max(1, min(8, cores // 2))
+
+
+@dataclass(frozen=True)
+class DecodeTask:
+    """What a worker does with each source: preprocessing, limits, and whether to hash and probe first."""
+
+    preprocessing: Preprocessing
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    hash_contents: bool = False
+    skip: ContentProbe | None = None
 
 
 class BatchDecoder:
@@ -56,12 +77,13 @@ class BatchDecoder:
         batch_size: int = 32,
         workers: int = 1,
         max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        hash_contents: bool = False,
+        skip: ContentProbe | None = None,
     ) -> None:
-        self._chunks = [
-            (start, list(sources[start : start + batch_size])) for start in range(0, len(sources), batch_size)
-        ]
-        self._preprocessing = preprocessing
-        self._max_pixels = max_pixels
+        self._sources = sources
+        self._batch_size = batch_size
+        self._chunks = range(0, len(sources), batch_size)
+        self._task = DecodeTask(preprocessing, max_pixels, hash_contents, skip)
         self._pool = ProcessPoolExecutor(max_workers=workers) if workers > 0 and len(self._chunks) > 0 else None
         # Enough batches in flight to decode well ahead while the caller is still importing torch.
         self._window = max(8, 2 * workers)
@@ -74,18 +96,21 @@ class BatchDecoder:
 
     def __iter__(self) -> Iterator[DecodedBatch]:
         if self._pool is None:
-            for start, sources in self._chunks:
-                yield decode_chunk(start, sources, self._preprocessing, self._max_pixels)
+            for start in self._chunks:
+                yield run_task(start, self._chunk(start), self._task)
             return
         while self._pending:
             batch = self._pending.popleft().result()
             self._fill()
             yield batch
 
+    def _chunk(self, start: int) -> list[ImageSource]:
+        return list(self._sources[start : start + self._batch_size])
+
     def _fill(self) -> None:
         while self._pool is not None and len(self._pending) < self._window and self._next_chunk < len(self._chunks):
-            start, sources = self._chunks[self._next_chunk]
-            self._pending.append(self._pool.submit(decode_chunk, start, sources, self._preprocessing, self._max_pixels))
+            start = self._chunks[self._next_chunk]
+            self._pending.append(self._pool.submit(run_task, start, self._chunk(start), self._task))
             self._next_chunk += 1
 
     def close(self) -> None:
@@ -105,17 +130,31 @@ class BatchDecoder:
 def decode_chunk(
     start: int, sources: Sequence[ImageSource], preprocessing: Preprocessing, max_pixels: int
 ) -> DecodedBatch:
-    """Decode and preprocess consecutive sources; runs in a worker process."""
-    prep = EvalPreprocess(preprocessing, max_pixels=max_pixels)
-    height, width = preprocessing.input_size
-    positions: list[int] = []
+    """Decode and preprocess consecutive sources (no hashing); runs in a worker process."""
+    return run_task(start, sources, DecodeTask(preprocessing, max_pixels))
+
+
+def run_task(start: int, sources: Sequence[ImageSource], task: DecodeTask) -> DecodedBatch:
+    """Read (once), optionally hash and probe, decode and preprocess consecutive sources; runs in a worker."""
+    prep = EvalPreprocess(task.preprocessing, max_pixels=task.max_pixels)
+    height, width = task.preprocessing.input_size
+    batch = DecodedBatch([], np.empty((0, height, width, 3), dtype=np.uint8))
     arrays: list[np.ndarray] = []
-    failures: list[tuple[int, str]] = []
-    for offset, source in enumerate(sources):
+    for position, source in enumerate(sources, start):
         try:
-            arrays.append(prep.from_file(source))
-            positions.append(start + offset)
+            content = source if isinstance(source, bytes) else read_file_bytes(source)
+            if task.hash_contents:
+                content_hash = hashlib.sha256(content).hexdigest()
+                batch.content_hashes[position] = content_hash
+                if task.skip is not None and task.skip(content_hash):
+                    batch.known.append(position)
+                    continue
+            arrays.append(prep.from_file(content))
+            batch.positions.append(position)
         except ImageDecodeError as error:
-            failures.append((start + offset, str(error)))
-    pixels = np.stack(arrays) if arrays else np.empty((0, height, width, 3), dtype=np.uint8)
-    return DecodedBatch(positions, pixels, failures)
+            batch.failures.append((position, str(error)))
+            if error.transient:
+                batch.transient.add(position)
+    if arrays:
+        batch.pixels = np.stack(arrays)
+    return batch

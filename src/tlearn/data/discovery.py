@@ -8,6 +8,12 @@ Two layouts are accepted:
   split. Without `val`, a validation split is carved out of `train` by the same path hash.
 
 Nothing here decodes an image; that happens later, once per file content, with the outcome cached.
+
+Symbolic links: a walk never loops (a folder reached again through a link is not walked again), a link that
+leads outside DATA is skipped and listed with the ignored files unless `follow_links=True` (so a stray link to
+`/` or to another data set never slips in), and a file reachable by several paths (links, hard links) is
+counted once, at its real path when it has one. File names that are not UTF-8 (`caf\\xe9.jpg`) are kept as
+Python reads them (with surrogate escapes): they open, hash and split like any other name.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,8 +78,12 @@ def check_split_fractions(fractions: tuple[float, float, float]) -> tuple[float,
 
 
 def path_fraction(relpath: str) -> float:
-    """A number in [0, 1) fixed by the relative path alone: the basis of the stable split."""
-    digest = hashlib.sha256(relpath.encode("utf-8")).digest()
+    """A number in [0, 1) fixed by the relative path alone: the basis of the stable split.
+
+    The path is hashed as the bytes of its name on disk: UTF-8 for ordinary names, and the original bytes of a
+    name that is not UTF-8 (surrogate escapes), which `str.encode("utf-8")` alone would refuse.
+    """
+    digest = hashlib.sha256(relpath.encode("utf-8", errors="surrogateescape")).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
@@ -96,13 +107,17 @@ def auto_split_fractions(images: int) -> tuple[float, float, float]:
     return SMALL_FOLDER_SPLIT if images < SMALL_FOLDER else LARGE_FOLDER_SPLIT
 
 
-def discover(root: str | Path, *, split_fractions: tuple[float, float, float] | None = None) -> DataSource:
+def discover(
+    root: str | Path, *, split_fractions: tuple[float, float, float] | None = None, follow_links: bool = False
+) -> DataSource:
     """Find the labelled images under `root` and assign each to train / val / test.
 
     Args:
         root: `DATA/<class>/*` or `DATA/{train,val[,test]}/<class>/*`.
         split_fractions: (train, val, test) for a folder of classes (and train : val when carving validation
             out of a pre-split `train`); None: `auto_split_fractions` of the number of images.
+        follow_links: also follow symbolic links that lead outside `root` (else they are skipped and listed
+            in `ignored`). Links inside `root` are always followed.
 
     Raises:
         DataError: the folder does not exist, holds fewer than two classes, or a class holds no image.
@@ -112,27 +127,33 @@ def discover(root: str | Path, *, split_fractions: tuple[float, float, float] | 
         >>> source.classes, len(source.in_split("train"))  # doctest: +SKIP
     """
     root = _existing_folder(root)
+    walk = _Walk(root, follow_links)
     if (root / "train").is_dir():
         fractions = check_split_fractions(split_fractions or LARGE_FOLDER_SPLIT)
-        source = _discover_pre_split(root, fractions)
+        source = _discover_pre_split(root, fractions, walk)
     else:
-        images, classes, ignored = _scan_class_folders(root, prefix="")
+        images, classes, ignored = _scan_class_folders(root, prefix="", walk=walk)
+        images = walk.count_once(images)
         fractions = check_split_fractions(split_fractions or auto_split_fractions(len(images)))
         images = [_with_split(image, assign_split(image.relpath, fractions)) for image in images]
-        source = DataSource(root, "class_folders", classes, images, ignored, fractions)
-    _check_classes(source)
+        source = DataSource(root, "class_folders", classes, images, ignored + walk.notes, fractions)
+    _check_classes(source, walk)
     return source
 
 
-def discover_for_evaluation(root: str | Path, *, split: str | None = None) -> tuple[DataSource, str]:
+def discover_for_evaluation(
+    root: str | Path, *, split: str | None = None, follow_links: bool = False
+) -> tuple[DataSource, str]:
     """The labelled images to evaluate a model on, and the name of the split they come from.
 
     A pre-split folder is evaluated on its `test` split (or `val` when there is no test); a folder of class
-    sub-folders is evaluated as a whole (split "all") unless `split` picks one of its hash splits.
+    sub-folders is evaluated as a whole (split "all") unless `split` picks one of its hash splits. Symbolic
+    links are handled as by `discover`.
     """
     root = _existing_folder(root)
+    walk = _Walk(root, follow_links)
     if (root / "train").is_dir():
-        source = _discover_pre_split(root, check_split_fractions(DEFAULT_SPLIT_FRACTIONS))
+        source = _discover_pre_split(root, check_split_fractions(DEFAULT_SPLIT_FRACTIONS), walk)
         present = [name for name in SPLITS if source.in_split(name)]
         chosen = split or ("test" if "test" in present else "val")
         if chosen == "all":
@@ -140,7 +161,8 @@ def discover_for_evaluation(root: str | Path, *, split: str | None = None) -> tu
         if chosen not in present:
             raise DataError(f"{root}: split {chosen!r} holds no images (present: {', '.join(present)})")
         return _only_split(source, chosen), chosen
-    images, classes, ignored = _scan_class_folders(root, prefix="")
+    images, classes, ignored = _scan_class_folders(root, prefix="", walk=walk)
+    images, ignored = walk.count_once(images), ignored + walk.notes
     if not images:
         raise DataError(f"{root}: no images found. Expected {root}/<class>/*.jpg (or train/val/test folders)")
     if split in (None, "all"):
@@ -153,16 +175,22 @@ def discover_for_evaluation(root: str | Path, *, split: str | None = None) -> tu
     return _only_split(source, split), split
 
 
-def list_image_files(paths: list[str | Path]) -> list[Path]:
+def list_image_files(paths: list[str | Path], *, follow_links: bool = True) -> list[Path]:
     """Image files named directly or found (recursively, sorted) under the given folders.
 
     Files named explicitly are kept whatever their extension, so a mislabelled file still gets an answer;
-    inside folders only image extensions count and hidden entries are skipped.
+    inside folders only image extensions count and hidden entries are skipped. Links are followed by default
+    (the user named these folders to be predicted, and nothing is learnt from them), but never round a loop,
+    and a file reached twice in one folder is listed once.
     """
     found: list[Path] = []
     for entry in map(Path, paths):
         if entry.is_dir():
-            found.extend(path for path, _ in _walk_images(entry, ignored=[]))
+            walk = _Walk(entry.resolve(), follow_links)
+            images = [
+                LabelledImage(path, relpath, "", "") for path, relpath in walk.files(entry, prefix="", ignored=[])
+            ]
+            found.extend(image.path for image in walk.count_once(images))
         elif entry.exists():
             found.append(entry)
         else:
@@ -179,8 +207,10 @@ def _existing_folder(root: str | Path) -> Path:
     return path.resolve()
 
 
-def _discover_pre_split(root: Path, fractions: tuple[float, float, float]) -> DataSource:
-    images, classes, ignored = _scan_class_folders(root / "train", prefix="train/")
+def _discover_pre_split(root: Path, fractions: tuple[float, float, float], walk: _Walk) -> DataSource:
+    train = root / "train"
+    scanned = _scan_class_folders(train, prefix="train/", walk=walk) if walk.may_enter(train, "train") else None
+    images, classes, ignored = scanned or ([], [], [])
     has_val = (root / "val").is_dir()
     if has_val:
         train_images = [_with_split(image, "train") for image in images]
@@ -192,9 +222,9 @@ def _discover_pre_split(root: Path, fractions: tuple[float, float, float]) -> Da
     all_images = train_images
     for split in ("val", "test"):
         folder = root / split
-        if not folder.is_dir():
+        if not folder.is_dir() or not walk.may_enter(folder, split):
             continue
-        split_images, split_classes, split_ignored = _scan_class_folders(folder, prefix=f"{split}/")
+        split_images, split_classes, split_ignored = _scan_class_folders(folder, prefix=f"{split}/", walk=walk)
         unknown = sorted(set(split_classes) - set(classes))
         if unknown:
             raise DataError(
@@ -204,40 +234,160 @@ def _discover_pre_split(root: Path, fractions: tuple[float, float, float]) -> Da
         all_images += [_with_split(image, split) for image in split_images]
         ignored += split_ignored
     ignored += [entry.name for entry in root.iterdir() if entry.is_file() and not is_hidden_name(entry.name)]
-    return DataSource(root, "pre_split", classes, all_images, ignored, None if has_val else fractions)
+    all_images = walk.count_once(all_images)
+    return DataSource(root, "pre_split", classes, all_images, ignored + walk.notes, None if has_val else fractions)
 
 
-def _scan_class_folders(folder: Path, *, prefix: str) -> tuple[list[LabelledImage], list[str], list[str]]:
+def _scan_class_folders(folder: Path, *, prefix: str, walk: _Walk) -> tuple[list[LabelledImage], list[str], list[str]]:
     """Images under folder/<class>/**, the class names (sorted) and the ignored non-image relpaths."""
-    classes: list[str] = []
     images: list[LabelledImage] = []
     ignored: list[str] = []
+    class_folders: list[Path] = []
     for entry in sorted(folder.iterdir(), key=lambda item: item.name):
         if is_hidden_name(entry.name):
             continue
-        if not entry.is_dir():
+        if entry.is_dir():
+            class_folders.append(entry)
+        else:
             ignored.append(prefix + entry.name)
-            continue
-        classes.append(entry.name)
-        for path, relpath in _walk_images(entry, ignored=ignored, prefix=f"{prefix}{entry.name}/"):
+    class_folders = walk.claim_class_folders(class_folders, prefix)
+    for entry in class_folders:
+        for path, relpath in walk.files(entry, prefix=f"{prefix}{entry.name}/", ignored=ignored):
             images.append(LabelledImage(path=path, relpath=relpath, label=entry.name, split=""))
-    return images, classes, ignored
+    return images, [entry.name for entry in class_folders], ignored
 
 
-def _walk_images(folder: Path, *, ignored: list[str], prefix: str = ""):
-    """Yield (path, relpath) of image files under folder, sorted, skipping hidden entries."""
-    for directory, subdirs, files in os.walk(folder, followlinks=True):
-        subdirs[:] = sorted(name for name in subdirs if not is_hidden_name(name))
-        relative_dir = Path(directory).relative_to(folder).as_posix()
-        relative_dir = "" if relative_dir == "." else relative_dir + "/"
-        for name in sorted(files):
-            if is_hidden_name(name):
+FileKey = tuple[int, int]  # (st_dev, st_ino): the file itself, whatever path reached it
+
+
+@dataclass
+class _Walk:
+    """One discovery's walk over a data folder: loop-free, links outside it skipped, each file counted once.
+
+    `notes` collects one line per link that was not followed and per file found twice, for the data report.
+    """
+
+    root: Path  # resolved
+    follow_links: bool
+    notes: list[str] = field(default_factory=list)
+    _found: dict[str, tuple[FileKey, bool]] = field(default_factory=dict)  # relpath → (file, reached via a link)
+    _walked: set[FileKey] = field(default_factory=set)  # folders walked or claimed (the root, class folders)
+    _class_folders: dict[FileKey, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._walked.add(_key(self.root.stat()))  # a link back to DATA itself is never walked
+
+    def claim_class_folders(self, folders: list[Path], prefix: str) -> list[Path]:
+        """The class folders to walk, registered before any walk starts.
+
+        Real folders first, then links (inside DATA, or anywhere with `follow_links`) that lead to a folder that
+        is not a class already: a link to another class folder is not a class of its own, and no class folder
+        is ever walked as part of another class.
+        """
+        kept = [folder for folder in folders if not folder.is_symlink()]
+        for folder in kept:
+            self._claim(folder)
+        for folder in folders:
+            if not folder.is_symlink() or not self.may_enter(folder, prefix + folder.name):
                 continue
-            relpath = f"{prefix}{relative_dir}{name}"
-            if is_image_name(name):
-                yield Path(directory) / name, relpath
+            key = _key(folder.stat())
+            if key in self._class_folders:
+                name = self._class_folders[key]
+                self.notes.append(f"{prefix}{folder.name} (symbolic link to the class folder {name}; not a class)")
+                continue
+            self._claim(folder)
+            kept.append(folder)
+        return sorted(kept, key=lambda folder: folder.name)
+
+    def may_enter(self, folder: Path, relpath: str) -> bool:
+        """Whether a top-level folder (a class folder, or `val`/`test` of a pre-split layout) may be walked."""
+        return not folder.is_symlink() or self._link_allowed(folder, relpath)
+
+    def _claim(self, folder: Path) -> None:
+        key = _key(folder.stat())
+        self._class_folders[key] = folder.name
+        self._walked.add(key)
+
+    def files(self, folder: Path, *, prefix: str, ignored: list[str]) -> Iterator[tuple[Path, str]]:
+        """(path, relpath) of the image files under `folder`, sorted, each folder's files before its sub-folders.
+
+        Non-image files go to `ignored`; hidden entries are skipped.
+        """
+        # (folder, relpath prefix, folders on the way down (loop guard), reached through a link)
+        top = _key(folder.stat())
+        self._walked.add(top)
+        stack = [(folder, prefix, frozenset({top}), folder.is_symlink())]
+        while stack:
+            directory, relative, ancestors, via_link = stack.pop()
+            try:
+                entries = sorted(os.scandir(directory), key=lambda item: item.name)
+            except OSError as error:
+                self.notes.append(f"{relative or directory.name} (folder not readable: {error.strerror or error})")
+                continue
+            subfolders = []
+            for entry in entries:
+                if is_hidden_name(entry.name):
+                    continue
+                relpath = relative + entry.name
+                is_link = entry.is_symlink()
+                if is_link and not self._link_allowed(Path(entry.path), relpath):
+                    continue
+                try:
+                    is_dir = entry.is_dir()
+                    stat = entry.stat() if (is_dir or is_image_name(entry.name)) else None
+                except OSError as error:
+                    what = "broken symbolic link" if is_link else "unreadable"
+                    self.notes.append(f"{relpath} ({what}: {error.strerror or error})")
+                    continue
+                if is_dir:
+                    subfolders.append((entry, relpath, _key(stat), is_link))
+                elif not is_image_name(entry.name):
+                    ignored.append(relpath)
+                elif stat is not None:
+                    self._found[relpath] = (_key(stat), via_link or is_link)
+                    yield Path(directory) / entry.name, relpath
+            for entry, relpath, key, is_link in reversed(subfolders):
+                # A real folder is walked unless it is its own ancestor (bind mounts); one reached through a link
+                # only if no walk has been there yet, so links never go round a loop or repeat a folder.
+                if key in ancestors or ((is_link or via_link) and key in self._walked):
+                    if is_link:
+                        self.notes.append(f"{relpath} (symbolic link to a folder already scanned; not followed again)")
+                    continue
+                self._walked.add(key)
+                stack.append((Path(directory) / entry.name, relpath + "/", ancestors | {key}, via_link or is_link))
+
+    def count_once(self, images: list[LabelledImage]) -> list[LabelledImage]:
+        """Each file once: at its first real path, else at the first link that reached it; the rest noted."""
+        chosen: dict[FileKey, LabelledImage] = {}
+        for image in images:
+            key, via_link = self._found[image.relpath]
+            current = chosen.get(key)
+            if current is None or (self._found[current.relpath][1] and not via_link):
+                chosen[key] = image
+        kept = []
+        for image in images:
+            winner = chosen[self._found[image.relpath][0]]
+            if winner is image:
+                kept.append(image)
             else:
-                ignored.append(relpath)
+                self.notes.append(f"{image.relpath} (the same file as {winner.relpath}; counted once)")
+        return kept
+
+    def _link_allowed(self, link: Path, relpath: str) -> bool:
+        """Links inside the data folder are followed; links leading outside only with `follow_links`."""
+        if self.follow_links:
+            return True
+        target = Path(os.path.realpath(link))
+        if target == self.root or self.root in target.parents:
+            return True
+        self.notes.append(
+            f"{relpath} (symbolic link leading outside the data folder; not followed: use --follow-links)"
+        )
+        return False
+
+
+def _key(stat: os.stat_result) -> FileKey:
+    return stat.st_dev, stat.st_ino
 
 
 def _with_split(image: LabelledImage, split: str) -> LabelledImage:
@@ -249,18 +399,22 @@ def _only_split(source: DataSource, split: str) -> DataSource:
     return DataSource(source.root, source.layout, source.classes, kept, source.ignored, source.split_fractions)
 
 
-def _check_classes(source: DataSource) -> None:
+def _check_classes(source: DataSource, walk: _Walk) -> None:
     where = source.root / "train" if source.layout == "pre_split" else source.root
+    links = sum("symbolic link" in note for note in walk.notes)
+    hint = f" ({links} symbolic link(s) were not followed; see --follow-links)" if links else ""
     if len(source.classes) < 2:
         found = f"only {source.classes[0]!r}" if source.classes else "none"
-        raise DataError(f"{where}: need at least two class folders, found {found}. Expected {where}/<class>/*.jpg")
+        raise DataError(
+            f"{where}: need at least two class folders, found {found}{hint}. Expected {where}/<class>/*.jpg"
+        )
     per_class = Counter(image.label for image in source.images if image.split == "train")
     for name in source.classes:
         if per_class.get(name, 0) == 0:
             total = sum(1 for image in source.images if image.label == name)
             if total == 0:
                 raise DataError(
-                    f"{where / name}: class {name!r} has no images (supported: jpg, png, bmp, gif, webp, tif)"
+                    f"{where / name}: class {name!r} has no images (supported: jpg, png, bmp, gif, webp, tif){hint}"
                 )
             raise DataError(
                 f"{where / name}: class {name!r} has {total} image(s) but none landed in the training split; "

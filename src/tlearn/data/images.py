@@ -5,6 +5,13 @@ as `.jpg`, 16-bit TIFFs, palette PNGs with transparency, decompression bombs. Ea
 `ImageDecodeError` whose message names the problem; the caller records it and moves on. Files are only
 ever opened for reading.
 
+Untrusted bytes only ever reach the decoders of the formats we list (`ALLOWED_FORMATS`, the formats of
+`IMAGE_EXTENSIONS`): Pillow would otherwise pick a decoder by content, and an EPS file renamed `x.jpg` would
+start Ghostscript. Sizes are checked before anything large is allocated: the pixel count (decompression
+bombs) and the aspect ratio (a 178-byte PNG of 100000x1 pixels whose short side resized to 256 would need
+tens of GB). Running out of memory is a per-file error marked `transient`, so callers never remember it as a
+property of the file.
+
 This module imports neither torch nor torchvision so that decoding workers start fast.
 """
 
@@ -16,25 +23,70 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+# The Pillow formats of IMAGE_EXTENSIONS: the only decoders that ever see a file's bytes. Camera JPEGs that
+# Pillow reports as MPO (multi-picture JPEG) come through the JPEG opener.
+ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
 
 # PIL's own threshold for "possible decompression bomb" (about 89.5 megapixels).
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 
+# Wider than any panorama or banner we expect to classify; beyond it the centre crop would show a sliver, and
+# resizing the short side to the backbone's size would allocate the long side times that ratio.
+DEFAULT_MAX_ASPECT_RATIO = 50.0
+
 # Bumped whenever decoding changes in a way that changes pixels (so cached embeddings are recomputed).
-DECODER_VERSION = 1
+# 2: JPEG draft decoding down to 1.15x the resize target (was 2x); large pictures pre-reduced by an integer
+# factor before resampling (Pillow's reducing_gap).
+DECODER_VERSION = 2
 
 _TRANSPARENT_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 
+# Leading bytes of formats people rename to .jpg/.png, so the refusal can say what the file is.
+_SIGNATURES = (
+    (b"%!PS", "PostScript/EPS"),
+    (b"\xc5\xd0\xd3\xc6", "EPS"),
+    (b"8BPS", "Photoshop PSD"),
+    (b"%PDF", "PDF"),
+    (b"\x00\x00\x01\x00", "Windows icon"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (b"gimp xcf", "GIMP XCF"),
+    (b"<svg", "SVG"),
+    (b"<?xml", "XML/SVG"),
+)
+_HEIF_BRANDS = (b"heic", b"heix", b"mif1", b"msf1", b"avif", b"avis")
+
+# Pixels handled at a time when scaling high bit depths: bounds the temporaries whatever the picture's size.
+_ROWS_BUDGET = 1 << 20
+
 
 class ImageDecodeError(Exception):
-    """This file cannot be used as an image; the message is the reason, for the data report."""
+    """This file cannot be used as an image; the message is the reason, for the data report.
+
+    `transient` is True when the failure says nothing lasting about the file (it ran out of memory): callers
+    report it for this run but never remember it as a verdict on the file's content.
+    """
+
+    transient = False
 
 
 class ImageTooLargeError(ImageDecodeError):
     """The image has more pixels than allowed (a possible decompression bomb); refused before decoding."""
+
+
+class ImageShapeError(ImageTooLargeError):
+    """The image's aspect ratio, or the size it would be resized to, is beyond the limits; refused before
+    anything of that size is allocated (a `ImageTooLargeError`: the service answers 413)."""
+
+
+class ImageMemoryError(ImageDecodeError):
+    """Memory ran out while decoding or resizing this image: a failure of this attempt, not of the file."""
+
+    transient = True
 
 
 def is_image_name(path: str | Path) -> bool:
@@ -52,24 +104,29 @@ def load_rgb(
     *,
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     draft_size: int | None = None,
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
 ) -> Image.Image:
     """Decode an image file (or its bytes) into a fully loaded RGB picture.
 
     EXIF orientation is applied; any colour mode is converted to RGB (transparency is composited onto
     white, 16-bit and float images are scaled to 8 bits); only the first frame of an animation is used.
+    Only the formats of `IMAGE_EXTENSIONS` are decoded, whatever the file's name says.
 
     Args:
         source: a path, the file's bytes, or a binary file object.
         max_pixels: images with more pixels than this are refused before decoding (decompression bombs).
         draft_size: for JPEGs, let the decoder downscale by 2, 4 or 8 in the DCT domain as long as both
             sides stay at least this large. Much faster for camera photos; no effect on small images.
+        max_aspect_ratio: images whose long side exceeds this many times their short side are refused
+            before decoding.
 
     Returns:
         A loaded PIL image in mode RGB.
 
     Raises:
-        ImageDecodeError: the file is empty, not an image, truncated, corrupt, too large or in a colour
-            mode that cannot be converted.
+        ImageDecodeError: the file is empty, not an image of a supported format, truncated, corrupt, too
+            large (`ImageTooLargeError`, `ImageShapeError`), in a colour mode that cannot be converted, or
+            memory ran out (`ImageMemoryError`, transient).
 
     Example:
         >>> picture = load_rgb("data/ants/0013035.jpg")  # doctest: +SKIP
@@ -85,29 +142,53 @@ def load_rgb(
         with warnings.catch_warnings():
             # We apply our own pixel limit below; PIL's warning would only repeat it.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            picture = Image.open(source)
+            picture = Image.open(source, formats=ALLOWED_FORMATS)
         width, height = picture.size
         if width * height > max_pixels:
             raise ImageTooLargeError(
                 f"too many pixels ({width}x{height} = {width * height:,} > limit {max_pixels:,}; "
                 "possible decompression bomb)"
             )
-        if draft_size and picture.format == "JPEG":
+        check_aspect_ratio(picture.size, max_aspect_ratio)
+        if draft_size and isinstance(picture, JpegImagePlugin.JpegImageFile):  # JPEG and MPO
             picture.draft(picture.mode, (draft_size, draft_size))
         picture.load()
         picture = ImageOps.exif_transpose(picture)
         return to_rgb(picture)
     except ImageDecodeError:
         raise
+    except MemoryError:
+        raise ImageMemoryError("out of memory while decoding (not remembered: retried on the next run)") from None
     except UnidentifiedImageError:
-        raise ImageDecodeError("not an image (format not recognised)") from None
+        raise ImageDecodeError(_unidentified_reason(source)) from None
     except Image.DecompressionBombError as error:
         raise ImageTooLargeError(f"too many pixels ({error}; possible decompression bomb)") from None
     except OSError as error:
         raise ImageDecodeError(f"truncated or corrupt image ({error})") from None
-    except (SyntaxError, ValueError, TypeError, IndexError, KeyError, EOFError, MemoryError) as error:
+    except (SyntaxError, ValueError, TypeError, IndexError, KeyError, EOFError) as error:
         # PIL's plugins signal malformed content with a variety of built-in exceptions.
         raise ImageDecodeError(f"corrupt image ({type(error).__name__}: {error})") from None
+
+
+def check_aspect_ratio(size: tuple[int, int], max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO) -> None:
+    """Refuse a (width, height) whose long side is more than `max_aspect_ratio` times its short side.
+
+    Raises:
+        ImageShapeError: the ratio is beyond the limit (or a side is zero).
+
+    Example:
+        >>> check_aspect_ratio((100_000, 1))
+        Traceback (most recent call last):
+        tlearn.data.images.ImageShapeError: 100000x1 pixels: aspect ratio 100000:1 too extreme (limit 50:1)
+    """
+    width, height = size
+    short, long = min(width, height), max(width, height)
+    if short <= 0:
+        raise ImageShapeError(f"{width}x{height} pixels: an image needs both sides")
+    if long > max_aspect_ratio * short:
+        raise ImageShapeError(
+            f"{width}x{height} pixels: aspect ratio {long / short:.0f}:1 too extreme (limit {max_aspect_ratio:g}:1)"
+        )
 
 
 def read_file_bytes(path: str | Path) -> bytes:
@@ -116,6 +197,10 @@ def read_file_bytes(path: str | Path) -> bytes:
         return Path(path).read_bytes()
     except OSError as error:
         raise ImageDecodeError(f"cannot read file ({error.strerror or error})") from None
+    except MemoryError:
+        raise ImageMemoryError(
+            "out of memory while reading the file (not remembered: retried on the next run)"
+        ) from None
 
 
 def to_rgb(picture: Image.Image) -> Image.Image:
@@ -136,20 +221,61 @@ def to_rgb(picture: Image.Image) -> Image.Image:
 
 
 def _high_depth_to_rgb(picture: Image.Image) -> Image.Image:
-    """16-bit, 32-bit integer and float greyscale: scale to 8 bits instead of clipping to white."""
-    values = np.asarray(picture)
+    """16-bit, 32-bit integer and float greyscale: scale to 8 bits instead of clipping to white.
+
+    Works a band of rows at a time in the values' own width (uint16 shifts, float32 scaling), so memory is
+    the decoded values plus the 8-bit result plus a bounded band, never an int64 copy of the whole picture.
+    """
+    values = np.asarray(picture)  # (H, W) uint16, int32 or float32
+    grey = np.empty(values.shape, dtype=np.uint8)
+    if values.size == 0:
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    rows = max(1, _ROWS_BUDGET // max(1, values.shape[1]))
+    bands = [slice(start, start + rows) for start in range(0, values.shape[0], rows)]
     if picture.mode == "F":
-        finite = values[np.isfinite(values)]
-        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        scaled = (np.nan_to_num(values, nan=low) - low) / max(high - low, 1e-12) * 255.0
-    else:
-        values = values.astype(np.int64)
-        peak = int(values.max()) if values.size else 0
+        low, high = _finite_range(values, bands)
+        scale = np.float32(255.0 / max(high - low, 1e-12))
+        for band in bands:
+            block = np.nan_to_num(values[band], nan=low, posinf=high, neginf=low)  # float32 copy of one band
+            block -= np.float32(low)
+            block *= scale
+            np.clip(block, 0, 255, out=block)
+            grey[band] = block
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    peak = int(values.max())
+    for band in bands:
+        block = values[band]
         if peak <= 255:
-            scaled = values
+            grey[band] = np.clip(block, 0, 255)
+        elif peak <= 65535 and block.dtype == np.uint16:
+            grey[band] = block >> 8
         elif peak <= 65535:
-            scaled = values >> 8
+            grey[band] = np.clip(block >> 8, 0, 255)
         else:
-            scaled = values * 255 // peak
-    grey = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), mode="L")
-    return grey.convert("RGB")
+            scaled = block.astype(np.float32)
+            scaled *= np.float32(255.0 / peak)
+            grey[band] = np.clip(scaled, 0, 255)
+    return Image.fromarray(grey, mode="L").convert("RGB")
+
+
+def _finite_range(values: np.ndarray, bands: list[slice]) -> tuple[float, float]:
+    """(min, max) of the finite values, band by band; (0, 1) when none is finite."""
+    low, high = np.inf, -np.inf
+    for band in bands:
+        block = values[band]
+        finite = block[np.isfinite(block)]
+        if finite.size:
+            low, high = min(low, float(finite.min())), max(high, float(finite.max()))
+    return (low, high) if low <= high else (0.0, 1.0)
+
+
+def _unidentified_reason(source: BinaryIO) -> str:
+    """Why Pillow found no allowed format: what the bytes look like, when we can tell."""
+    source.seek(0)
+    head = source.read(64)
+    kind = next((name for signature, name in _SIGNATURES if head.lstrip().startswith(signature)), None)
+    if kind is None and head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        kind = "HEIC/AVIF"
+    if kind is None:
+        return "not an image (format not recognised)"
+    return f"not an image we read: looks like {kind} (supported: {', '.join(ALLOWED_FORMATS)})"

@@ -1,13 +1,29 @@
 """`tlearn serve`: the model behind an HTTP API (FastAPI on uvicorn) and a web page.
 
 Routes: `POST /v1/predict` (multipart field `files`, repeatable; `?top_k=`), `GET /v1/model`, `GET /healthz`
-(the process answers), `GET /readyz` (the model is loaded and warmed up), `GET /` (a page to drop images on).
+(the process answers), `GET /readyz` (the model is loaded and can answer), `GET /` (a page to drop images on).
 
 The model loads in a background thread after the server starts, so liveness answers at once and readiness
 says when predictions can be made. Uploads are decoded in worker threads and concurrent requests are
-micro-batched (`tlearn.deploy.batching`), so the event loop never runs the model. Bad input never takes the service
-down: an oversized request is 413, an undecodable file 415 and a decompression bomb 413, each naming the
-file and the reason; a request without files is 422.
+micro-batched (`tlearn.deploy.batching`), so the event loop never runs the model.
+
+Bad input and bad clients never take the service down, and memory stays bounded whatever arrives:
+
+* a request body over `max_request_bytes` is 413 (by Content-Length before it is read, or while streaming);
+  one that does not arrive within `body_timeout_s` is 408, and request headers that do not arrive within
+  `header_timeout_s` close the connection, so slow clients cannot hold connections; uvicorn's
+  `limit_concurrency` answers 503 beyond that many connections;
+* at most `max_pending_requests` requests are decoded or wait for the model at once; beyond that 503 with
+  `Retry-After`; at most `decode_threads` images (one per core) are decoded at once;
+* an image over `max_image_pixels` (40 MP for uploads), or one whose resized copy would be (a 100000x1 PNG),
+  is 413 before anything large is allocated; a file that is not a decodable image is 415; running out of
+  memory while decoding is 503 with `Retry-After` — each naming the file and the reason;
+* a model failure is 500 with the reason and the next request is served; `/readyz` turns 503 when the model
+  can no longer answer (see `MicroBatcher`);
+* a `Host` header other than this machine's loopback names (or `allowed_hosts`) is 421, so a web page
+  elsewhere cannot drive a service on 127.0.0.1 through DNS rebinding;
+* answers never contain a directory, only file names; `/docs` and `/openapi.json` are off unless `docs`
+  (they load scripts from a CDN).
 """
 
 from __future__ import annotations
@@ -15,44 +31,60 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
+import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
-from fastapi import FastAPI, File, HTTPException, Query, UploadFile
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 from tlearn import __version__
-from tlearn.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageDecodeError, ImageTooLargeError
-from tlearn.data.preprocess import EvalPreprocess
-from tlearn.deploy.batching import MicroBatcher
+from tlearn.data.images import ImageDecodeError, ImageTooLargeError
+from tlearn.data.preprocess import EvalPreprocess, Preprocessing
+from tlearn.deploy.batching import BatchError, MicroBatcher
+from tlearn.deploy.guards import ANY_HOST, ASGIApp, BodyLimit, HostCheck, h11_with_header_deadline
 from tlearn.engines.base import InferenceEngine
 from tlearn.runs.model_dir import WEIGHTS_FILE
 
 logger = logging.getLogger("tlearn.serve")
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+# Uploads get a lower limit than training data (PIL's 89.5 MP): a 40 MP RGB picture is 120 MB decoded.
+DEFAULT_UPLOAD_PIXELS = 40_000_000
+_WILDCARD_BINDS = ("0.0.0.0", "::", "")
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """Limits and batching of the service.
+    """Limits, timeouts and batching of the service (each bounds memory or time; see the module docstring).
 
     Attributes:
         max_request_bytes: larger request bodies are refused with 413 before they are read.
         max_files: images per request.
-        max_image_pixels: larger images (decompression bombs) are refused with 413 before decoding.
-        max_batch_size: images per model call, all concurrent requests together.
+        max_image_pixels: larger images (or images whose resized copy would be larger) get 413 before decoding.
+        max_batch_size: images per model call, all concurrent requests together; larger requests are split.
         batch_wait_ms: how long a request waits for others to share its model call.
+        max_pending_requests: requests being decoded or waiting for the model; more get 503 + Retry-After.
+        decode_threads: images decoded at once (default: one per core).
+        retry_after_s: the Retry-After of a 503.
+        limit_concurrency: connections uvicorn serves at once; more get 503.
+        timeout_keep_alive_s: an idle keep-alive connection is closed after this.
+        header_timeout_s: a connection that has not sent complete request headers by then is closed.
+        body_timeout_s: a request body not received in full by then is refused with 408.
+        allowed_hosts: `Host` names served besides the loopback ones (`*`: any; `run_server` adds the bound host).
+        docs: serve `/docs` and `/openapi.json` (the page loads scripts from a CDN).
+        max_consecutive_failures: failed model calls in a row after which `/readyz` answers 503.
 
     Example:
         >>> tlearn.serve("ants.onnx", settings=ServeSettings(max_batch_size=16))  # doctest: +SKIP
@@ -60,42 +92,99 @@ class ServeSettings:
 
     max_request_bytes: int = 10 * 1024 * 1024
     max_files: int = 64
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_image_pixels: int = DEFAULT_UPLOAD_PIXELS
     max_batch_size: int = 32
     batch_wait_ms: float = 5.0
+    max_pending_requests: int = 32
+    decode_threads: int | None = None
+    retry_after_s: int = 1
+    limit_concurrency: int = 64
+    timeout_keep_alive_s: int = 5
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    allowed_hosts: tuple[str, ...] = ()
+    docs: bool = False
+    max_consecutive_failures: int = 3
 
 
 class _Service:
-    """What the routes share: the engine once loaded, its batcher, and why loading failed if it did."""
+    """What the routes share: the engine once loaded, its batcher, the decoders, and why loading failed."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
         self.engine: InferenceEngine | None = None
         self.batcher: MicroBatcher | None = None
         self.identity: dict[str, str] = {}
         self.failure: str | None = None
+        self.pending = 0  # requests admitted to decoding or the model queue
+        threads = settings.decode_threads or _cores()
+        self.decode_slots = asyncio.Semaphore(threads)
+        self.decoder = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tlearn-decode")
+        self._probing: asyncio.Task[str | None] | None = None
 
-    async def load(self, loader: Callable[[], InferenceEngine], settings: ServeSettings) -> None:
+    async def load(self, loader: Callable[[], InferenceEngine]) -> None:
         """Load the model off the event loop, run one warm-up batch, then start batching."""
+        settings = self.settings
         try:
             engine = await asyncio.to_thread(loader)
             height, width = engine.preprocessing.input_size
-            await asyncio.to_thread(engine.probabilities, np.zeros((1, height, width, 3), dtype=np.uint8))
+            warm_up = np.zeros((1, height, width, 3), dtype=np.uint8)
+            await asyncio.to_thread(engine.probabilities, warm_up)
         except Exception as error:  # any failure is reported by /readyz and logged; liveness stays up
-            self.failure = f"{type(error).__name__}: {error}"
+            self.failure = without_directories(f"{type(error).__name__}: {error}")
             logger.error("model failed to load: %s", self.failure)
             return
         self.identity = model_identity(engine)
         self.batcher = MicroBatcher(
-            engine.probabilities, max_batch_size=settings.max_batch_size, max_wait_s=settings.batch_wait_ms / 1000
+            engine.probabilities,
+            max_batch_size=settings.max_batch_size,
+            max_wait_s=settings.batch_wait_ms / 1000,
+            probe=warm_up,
+            max_consecutive_failures=settings.max_consecutive_failures,
         )
         await self.batcher.start()
         self.engine = engine
         logger.info("model %s (%s engine) ready", self.identity["name"], engine.engine)
 
+    async def close(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.stop()
+        self.decoder.shutdown(wait=False, cancel_futures=True)
+
     def ready_engine(self) -> tuple[InferenceEngine, MicroBatcher]:
         if self.engine is None or self.batcher is None:
             raise HTTPException(503, self.failure or "the model is still loading; retry when /readyz answers 200")
         return self.engine, self.batcher
+
+    def unready_reason(self) -> str | None:
+        """Why predictions cannot be made now (None: they can)."""
+        if self.engine is None or self.batcher is None:
+            return self.failure or "the model is still loading"
+        return self.batcher.failure
+
+    async def recheck(self) -> str | None:
+        """Probe a model that stopped answering (one probe at a time), so readiness can come back."""
+        if self.batcher is None or self.batcher.failure is None:
+            return self.unready_reason()
+        if self._probing is None or self._probing.done():
+            self._probing = asyncio.create_task(self.batcher.probe())
+        return await asyncio.shield(self._probing)
+
+    def busy(self) -> HTTPException:
+        return HTTPException(
+            503,
+            f"busy: {self.settings.max_pending_requests} requests are already being served; retry shortly",
+            headers={"Retry-After": str(self.settings.retry_after_s)},
+        )
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """Why one uploaded file cannot be used, and the HTTP status that says so."""
+
+    file: str
+    reason: str
+    status: int  # 413 too large, 415 not a usable image, 503 out of memory (retry)
 
 
 def create_app(loader: Callable[[], InferenceEngine], settings: ServeSettings = ServeSettings()) -> FastAPI:
@@ -104,22 +193,33 @@ def create_app(loader: Callable[[], InferenceEngine], settings: ServeSettings = 
     Example:
         >>> from fastapi.testclient import TestClient
         >>> app = create_app(lambda: load_engine("model.onnx"))  # doctest: +SKIP
-        >>> with TestClient(app) as client:  # doctest: +SKIP
+        >>> with TestClient(app, base_url="http://localhost") as client:  # doctest: +SKIP
         ...     client.post("/v1/predict", files=[("files", open("bee.jpg", "rb"))]).json()
     """
-    service = _Service()
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI):
-        loading = asyncio.create_task(service.load(loader, settings))
+    async def lifespan(app: FastAPI):
+        service = app.state.service = _Service(settings)  # made here: its semaphore belongs to the server's loop
+        loading = asyncio.create_task(service.load(loader))
         yield
         loading.cancel()
         await asyncio.gather(loading, return_exceptions=True)
-        if service.batcher is not None:
-            await service.batcher.stop()
+        await service.close()
 
-    app = FastAPI(title="tlearn", version=__version__, lifespan=lifespan)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    def current() -> _Service:
+        return app.state.service
+
+    docs = {} if settings.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="tlearn", version=__version__, lifespan=lifespan, **docs)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes, timeout_s=settings.body_timeout_s)
+    app.add_middleware(HostCheck, allowed=settings.allowed_hosts)
+
+    @app.exception_handler(MemoryError)
+    async def out_of_memory(_: Request, error: MemoryError) -> JSONResponse:
+        """Memory ran out serving this request: the next one may well fit, so the client is asked to retry."""
+        logger.error("out of memory while serving a request")
+        headers = {"Retry-After": str(settings.retry_after_s)}
+        return JSONResponse({"detail": "out of memory; retry shortly"}, status_code=503, headers=headers)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -128,17 +228,19 @@ def create_app(loader: Callable[[], InferenceEngine], settings: ServeSettings = 
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        """Readiness: 200 once the model is loaded and warmed up, 503 before (or if loading failed)."""
-        if service.engine is not None:
-            return JSONResponse({"status": "ready", "model": service.identity})
-        status = "failed" if service.failure else "loading"
-        return JSONResponse({"status": status, "error": service.failure}, status_code=503)
+        """Readiness: 200 once the model is loaded and answers; 503 before, if loading failed, or if the model
+        stopped answering (probed again on each call until it answers)."""
+        reason = await current().recheck()
+        if reason is None:
+            return JSONResponse({"status": "ready", "model": current().identity})
+        status = "loading" if current().engine is None and current().failure is None else "failed"
+        return JSONResponse({"status": status, "error": reason}, status_code=503)
 
     @app.get("/v1/model")
     async def model_info() -> dict[str, Any]:
         """Classes, backbone, input size and the metrics of the run the model came from."""
-        engine, _ = service.ready_engine()
-        return describe_model(engine, service.identity)
+        engine, _ = current().ready_engine()
+        return describe_model(engine, current().identity)
 
     @app.post("/v1/predict")
     async def predict(
@@ -147,15 +249,25 @@ def create_app(loader: Callable[[], InferenceEngine], settings: ServeSettings = 
     ) -> dict[str, Any]:
         """Top-k labels and probabilities for each uploaded image."""
         started = time.perf_counter()
+        service = current()
         engine, batcher = service.ready_engine()
         if len(files) > settings.max_files:
             raise HTTPException(413, f"too many files ({len(files)} > {settings.max_files} per request)")
-        contents = [(upload.filename or f"file {i + 1}", await upload.read()) for i, upload in enumerate(files)]
-        pixels = await run_in_threadpool(_decode_all, contents, engine, settings.max_image_pixels)
-        decoded = time.perf_counter()
-        probabilities, timing = await batcher.submit(pixels)
+        if service.pending >= settings.max_pending_requests:
+            raise service.busy()
+        service.pending += 1
+        try:
+            names = [file_name(upload.filename, index) for index, upload in enumerate(files)]
+            pixels = await _decode_all(service, engine.preprocessing, names, [upload.file for upload in files])
+            decoded = time.perf_counter()
+            try:
+                probabilities, timing = await batcher.submit(pixels)
+            except BatchError as error:
+                raise HTTPException(500, without_directories(str(error))) from None
+        finally:
+            service.pending -= 1
         predictions = []
-        for (name, _), row in zip(contents, probabilities, strict=True):
+        for name, row in zip(names, probabilities, strict=True):
             top = engine.top_k(name, row, top_k)
             predictions.append({"file": name, "labels": top.labels, "probabilities": top.probabilities})
         return {
@@ -167,6 +279,7 @@ def create_app(loader: Callable[[], InferenceEngine], settings: ServeSettings = 
                 "inference_ms": round(timing.inference_ms, 2),
                 "batch_images": timing.batch_images,
                 "batch_requests": timing.batch_requests,
+                "model_calls": timing.model_calls,
                 "total_ms": round(1000 * (time.perf_counter() - started), 2),
             },
         }
@@ -179,28 +292,80 @@ def create_app(loader: Callable[[], InferenceEngine], settings: ServeSettings = 
     return app
 
 
-def _decode_all(contents: list[tuple[str, bytes]], engine: InferenceEngine, max_pixels: int) -> np.ndarray:
-    """(n, H, W, 3) uint8 pixels of the uploads; any unusable file fails the request, naming every bad file.
+def file_name(given: str | None, index: int) -> str:
+    """The name an upload is answered under: its base name only (clients may send a whole path)."""
+    name = re.split(r"[/\\]", given or "")[-1]
+    return name or f"file {index + 1}"
+
+
+async def _decode_all(
+    service: _Service, preprocessing: Preprocessing, names: list[str], streams: list[BinaryIO]
+) -> np.ndarray:
+    """(n, H, W, 3) uint8 pixels of the uploads, at most `decode_threads` images decoded at once.
 
     Raises:
-        HTTPException: 413 when an image has too many pixels, else 415, with each bad file and its reason.
+        HTTPException: any unusable file fails the request, naming every bad file and its reason: 503 (with
+            Retry-After) if memory ran out, else 413 if one was too large, else 415.
     """
-    prep = EvalPreprocess(engine.preprocessing, max_pixels=max_pixels)
-    arrays, bad, too_large = [], [], False
-    for name, content in contents:
-        try:
-            arrays.append(prep.from_file(content))
-        except ImageDecodeError as error:
-            bad.append({"file": name, "reason": str(error)})
-            too_large |= isinstance(error, ImageTooLargeError)
-    if bad:
-        summary = "; ".join(f"{item['file']}: {item['reason']}" for item in bad)
-        raise HTTPException(413 if too_large else 415, {"message": f"unusable image(s): {summary}", "files": bad})
-    return np.stack(arrays)
+    loop = asyncio.get_running_loop()
+    max_pixels = service.settings.max_image_pixels
+
+    async def decode(name: str, stream: BinaryIO) -> np.ndarray | _Refusal:
+        async with service.decode_slots:
+            return await loop.run_in_executor(service.decoder, decode_upload, name, stream, preprocessing, max_pixels)
+
+    results = await asyncio.gather(*(decode(name, stream) for name, stream in zip(names, streams, strict=True)))
+    refused = [result for result in results if isinstance(result, _Refusal)]
+    if refused:
+        status = 503 if any(r.status == 503 for r in refused) else 413 if any(r.status == 413 for r in refused) else 415
+        summary = "; ".join(f"{item.file}: {item.reason}" for item in refused)
+        detail = {
+            "message": f"unusable image(s): {summary}",
+            "files": [{"file": item.file, "reason": item.reason, "status": item.status} for item in refused],
+        }
+        headers = {"Retry-After": str(service.settings.retry_after_s)} if status == 503 else None
+        raise HTTPException(status, detail, headers=headers)
+    return np.stack(results)
+
+
+def decode_upload(name: str, stream: BinaryIO, preprocessing: Preprocessing, max_pixels: int) -> np.ndarray | _Refusal:
+    """One upload's preprocessed (H, W, 3) uint8 pixels, or why it is refused; runs in a decoding thread.
+
+    The bytes are read here, inside the decoding slot, so only `decode_threads` uploads are in memory at once
+    (the others wait in the multipart parser's spool files).
+    """
+    try:
+        stream.seek(0)
+        content = stream.read()
+        # Decoded exactly as training and `tlearn predict` decode; the aspect ratio and the resized size are
+        # checked before the resize allocates anything.
+        return EvalPreprocess(preprocessing, max_pixels=max_pixels).from_file(content)
+    except ImageTooLargeError as error:
+        return _Refusal(name, str(error), 413)
+    except ImageDecodeError as error:  # a transient one (memory ran out) says nothing about the file: retry
+        return _Refusal(name, str(error), 503 if getattr(error, "transient", False) else 415)
+    except MemoryError:
+        return _Refusal(name, "not enough memory to decode it now; retry shortly", 503)
+    except Exception as error:  # a decoder bug must not fail the request's other files silently or crash: 415
+        logger.exception("unexpected error decoding %s", name)
+        return _Refusal(name, f"cannot be decoded ({type(error).__name__})", 415)
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~])(?:/[^\s/'\"():;,]+)+/?")
+
+
+def without_directories(text: str) -> str:
+    """`text` with every absolute path cut to its last part, so answers never reveal the server's folders.
+
+    Example:
+        >>> without_directories("/home/me/runs/ants.onnx: no such ONNX file")
+        'ants.onnx: no such ONNX file'
+    """
+    return _ABSOLUTE_PATH.sub(lambda match: match.group(0).rstrip("/").rsplit("/", 1)[-1], text)
 
 
 def describe_model(engine: InferenceEngine, identity: dict[str, str]) -> dict[str, Any]:
-    """What `GET /v1/model` answers."""
+    """What `GET /v1/model` answers (file names only: a path in the backbone's origin is cut to its name)."""
     config = engine.config
     return {
         **identity,
@@ -208,7 +373,7 @@ def describe_model(engine: InferenceEngine, identity: dict[str, str]) -> dict[st
         "precision": engine.precision,
         "classes": engine.classes,
         "arch": config.arch,
-        "backbone": config.backbone,
+        "backbone": {key: without_directories(str(value)) for key, value in config.backbone.items()},
         "input_size": list(engine.preprocessing.input_size),
         "preprocessing": engine.preprocessing.to_dict(),
         "mode": config.mode,
@@ -237,42 +402,31 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-class BodySizeLimit:
-    """ASGI middleware: 413 for a request body over `max_bytes`, declared (Content-Length) or streamed."""
+def server_config(app: ASGIApp, *, host: str, port: int, settings: ServeSettings, log_level: str = "info") -> Any:
+    """uvicorn's configuration with the service's connection limits and timeouts (a `uvicorn.Config`).
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
+    Example:
+        >>> config = server_config(app, host="127.0.0.1", port=8000, settings=ServeSettings())  # doctest: +SKIP
+        >>> uvicorn.Server(config).run()  # doctest: +SKIP
+    """
+    import uvicorn
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, send)
-            return
-        received = 0
-
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise HTTPException(413, self._message())  # FastAPI passes HTTPExceptions through body parsing
-            return message
-
-        await self.app(scope, counting_receive, send)
-
-    def _message(self) -> str:
-        return f"request too large (limit {self.max_bytes / 1024 / 1024:g} MB; see --max-request-mb)"
-
-    async def _refuse(self, scope: Scope, send: Send) -> None:
-        await JSONResponse({"detail": self._message()}, status_code=413)(scope, _no_body, send)
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        http=h11_with_header_deadline(settings.header_timeout_s),
+        limit_concurrency=settings.limit_concurrency,
+        timeout_keep_alive=settings.timeout_keep_alive_s,
+        timeout_graceful_shutdown=5,
+    )
 
 
-async def _no_body() -> Message:
-    return {"type": "http.request", "body": b"", "more_body": False}
+def serving_settings(settings: ServeSettings, host: str) -> ServeSettings:
+    """`settings` with the bound host allowed as a `Host` name (any name when bound to every interface)."""
+    bound = ANY_HOST if host in _WILDCARD_BINDS else host
+    return replace(settings, allowed_hosts=(*settings.allowed_hosts, bound))
 
 
 def run_server(
@@ -298,5 +452,6 @@ def run_server(
     from tlearn.engines.loading import check_engine, load_engine
 
     check_engine(model, engine=engine, device=device)
+    settings = serving_settings(settings, host)
     app = create_app(lambda: load_engine(model, engine=engine, device=device), settings)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    uvicorn.Server(server_config(app, host=host, port=port, settings=settings, log_level=log_level)).run()

@@ -3,6 +3,8 @@
 The ONNX file is self-describing: its metadata holds the model's `config.json` (classes, preprocessing,
 backbone, headline metrics) and how it was exported and verified, so the file alone is enough to serve it.
 The graph takes normalised float32 (B, 3, H, W) and returns calibrated probabilities (B, num_classes).
+Loading checks the metadata as a model directory's config is checked (`check_model_config`) and that the
+graph's input and output fit it, so a tampered or mismatched file is refused at load, not at the first request.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pydantic import ValidationError
 from tlearn.data.preprocess import normalize
 from tlearn.engines.base import InferenceEngine
 from tlearn.errors import ModelFileError
-from tlearn.runs.model_dir import ModelConfig
+from tlearn.runs.model_dir import ModelConfig, check_model_config, describe_validation
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "probabilities"
@@ -73,9 +75,15 @@ class OnnxClassifier(InferenceEngine):
         try:
             config = ModelConfig.model_validate(json.loads(metadata[CONFIG_KEY]))
             export_info = json.loads(metadata.get(EXPORT_KEY, "{}"))
-        except (ValueError, ValidationError) as error:
+        except ValidationError as error:
+            raise ModelFileError(f"{path}: invalid tlearn metadata ({describe_validation(error)})") from None
+        except ValueError as error:
             first = str(error).strip().splitlines()[0]
             raise ModelFileError(f"{path}: invalid tlearn metadata ({first})") from None
+        if not isinstance(export_info, dict):
+            raise ModelFileError(f"{path}: invalid tlearn metadata ({EXPORT_KEY} is not an object)")
+        check_model_config(config, f"{path} (metadata {CONFIG_KEY})")
+        _check_graph(session, config, path)
         return cls(session, config, export_info, path)
 
     @property
@@ -86,3 +94,36 @@ class OnnxClassifier(InferenceEngine):
     def _forward(self, pixels: np.ndarray) -> np.ndarray:
         batch = normalize(pixels, self.preprocessing)  # (B, 3, H, W) float32
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+
+
+def _check_graph(session: Any, config: ModelConfig, path: Path) -> None:
+    """The graph's input is (batch, 3, H, W) at the metadata's input size and its output has one column per class.
+
+    Raises:
+        ModelFileError: names or shapes that do not fit the metadata (the file was edited or mixed up).
+    """
+    inputs = {node.name: node.shape for node in session.get_inputs()}
+    outputs = {node.name: node.shape for node in session.get_outputs()}
+    if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
+        raise ModelFileError(
+            f"{path}: the graph has inputs {sorted(inputs)} and outputs {sorted(outputs)}, expected "
+            f"{INPUT_NAME!r} and {OUTPUT_NAME!r}; export it again with `tlearn export`"
+        )
+    height, width = config.preprocessing_spec().input_size
+    expected_input = [None, 3, height, width]
+    given_input = inputs[INPUT_NAME]
+    if len(given_input) != 4 or any(
+        isinstance(given, int) and expected is not None and given != expected
+        for given, expected in zip(given_input, expected_input, strict=True)
+    ):
+        raise ModelFileError(
+            f"{path}: the graph takes input of shape {given_input} but the metadata's preprocessing gives "
+            f"(batch, 3, {height}, {width}); export it again with `tlearn export`"
+        )
+    output = outputs[OUTPUT_NAME]
+    width_out = output[-1] if output else None
+    if len(output) != 2 or (isinstance(width_out, int) and width_out != len(config.classes)):
+        raise ModelFileError(
+            f"{path}: the graph outputs shape {output} but the metadata lists {len(config.classes)} classes; "
+            "the file's metadata and graph come from different models (export it again with `tlearn export`)"
+        )

@@ -66,6 +66,11 @@ class Classifier(InferenceEngine):
         return cls(model, config, resolve_device(device), folder)
 
     @property
+    def normalisation(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backbone's mean and std as (1, 3, 1, 1) tensors on the model's device."""
+        return self._mean, self._std
+
+    @property
     def accelerated(self) -> bool:
         return self.device.type == "cuda"
 

@@ -45,28 +45,45 @@ class Evaluation:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """How to evaluate a folder (the options of `tlearn evaluate`).
+
+    Attributes:
+        split: all, train, val or test; None: the test split of a pre-split folder (val without one), a
+            folder of classes as a whole.
+        tta: flip test-time augmentation (each image averaged with its mirror image).
+        follow_links: follow symbolic links leading outside the folder (else listed and skipped).
+        batch_size: images per model call.
+        workers: decoding processes (None: from the core count).
+    """
+
+    split: str | None = None
+    tta: bool = False
+    follow_links: bool = False
+    batch_size: int = 32
+    workers: int | None = None
+
+
 def evaluate_folder(
     engine: InferenceEngine,
     data: str | Path,
+    settings: EvaluationSettings = EvaluationSettings(),
     *,
-    split: str | None = None,
-    batch_size: int = 32,
-    workers: int | None = None,
-    tta: bool = False,
     progress: Progress | None = None,
 ) -> Evaluation:
     """Evaluate `engine` on a labelled folder.
 
     A pre-split folder is evaluated on its test split (val when there is no test); a folder of class
-    sub-folders as a whole, unless `split` names one of its hash splits. Unreadable files are skipped and
-    listed, not fatal. `tta` averages the probabilities of each image and its mirror image.
+    sub-folders as a whole, unless `settings.split` names one of its hash splits. Unreadable files are
+    skipped and listed, not fatal.
 
     Raises:
         DataError: the folder holds a class the model does not know, or no usable image.
     """
     progress = progress or Progress()
     started = time.perf_counter()
-    source, split_name = discover_for_evaluation(data, split=split)
+    source, split_name = discover_for_evaluation(data, split=settings.split, follow_links=settings.follow_links)
     unknown = sorted({image.label for image in source.images} - set(engine.classes))
     if unknown:
         raise DataError(
@@ -76,7 +93,7 @@ def evaluate_folder(
     index = {name: i for i, name in enumerate(engine.classes)}
     paths = [image.path for image in source.images]
     probabilities, failures = engine.predict_files_probabilities(
-        paths, batch_size=batch_size, workers=workers, flip=tta, progress=progress
+        paths, batch_size=settings.batch_size, workers=settings.workers, flip=settings.tta, progress=progress
     )
     usable = [position for position in range(len(paths)) if position not in failures]
     if not usable:
@@ -87,7 +104,8 @@ def evaluate_folder(
         [source.images[p].relpath for p in usable], labels, probabilities[usable], engine.classes
     )
     skipped = [{"path": source.images[p].relpath, "reason": reason} for p, reason in sorted(failures.items())]
-    return Evaluation(split_name, metrics, predictions, skipped, source, tta=tta, seconds=time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return Evaluation(split_name, metrics, predictions, skipped, source, tta=settings.tta, seconds=seconds)
 
 
 def write_evaluation(evaluation: Evaluation, out: Path, engine: InferenceEngine) -> None:

@@ -3,6 +3,9 @@
 Each folder is read back from its files (`tlearn.runs.records`): a training run, or a `tlearn evaluate`
 folder, whose time and epochs come from the training run that holds its model. The table prints as
 Markdown (aligned, so it also reads well in a terminal) and can be written as Markdown or HTML.
+
+Run folders and backbone names are the user's text: control characters are shown escaped (they would rewrite
+the terminal) and `|` is escaped in Markdown (it would split a cell); the HTML page escapes through Jinja.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from tlearn.errors import TlearnError
 from tlearn.runs.layout import RunFolder
 from tlearn.runs.records import RunRecords, read_run
 from tlearn.util import atomic
+from tlearn.util.text import printable
 
 COLUMNS = (
     "run",
@@ -49,14 +53,14 @@ class RunSummary:
     model_bytes: int | None
 
     def cells(self) -> list[str]:
-        """The row as text, in `COLUMNS` order."""
+        """The row as text, in `COLUMNS` order (control characters shown escaped)."""
         return [
-            self.run,
-            self.backbone,
-            self.mode,
+            printable(self.run),
+            printable(self.backbone),
+            printable(self.mode),
             _text(self.epochs, "{}"),
             _text(self.seconds, "{:.1f} s"),
-            self.split,
+            printable(self.split),
             str(self.images),
             f"{100 * self.accuracy:.1f}%",
             f"{self.macro_f1:.3f}",
@@ -105,7 +109,7 @@ def markdown_table(summaries: Sequence[RunSummary]) -> str:
     Example:
         >>> print(markdown_table([summarize_run("runs/a"), summarize_run("runs/b")]))  # doctest: +SKIP
     """
-    rows = [list(COLUMNS), *(summary.cells() for summary in summaries)]
+    rows = [list(COLUMNS), *([_markdown_cell(cell) for cell in summary.cells()] for summary in summaries)]
     widths = [max(len(row[column]) for row in rows) for column in range(len(COLUMNS))]
     numeric = [name in NUMERIC for name in COLUMNS]
 
@@ -179,6 +183,11 @@ def _training_run(records: RunRecords) -> RunRecords | None:
         return records
     run_folder = records.model_path.parent if records.model_path else None
     return read_run(run_folder) if run_folder and RunFolder(run_folder).summary.is_file() else None
+
+
+def _markdown_cell(text: str) -> str:
+    """A cell that cannot split the row: Markdown reads an unescaped `|` as a column border."""
+    return text.replace("\\", "\\\\").replace("|", "\\|")
 
 
 def _text(value: float | None, pattern: str) -> str:

@@ -3,18 +3,24 @@
 matplotlib's object API (`Figure`, no pyplot): no display, no global state, the Agg renderer. Each function
 takes plain data and returns the PNG, so the report decides where it goes (a file and the HTML page).
 matplotlib is imported here only, and this module only when a report is written, so the CLI starts fast.
+
+Class names come from folder names, which may hold `$`: matplotlib would read `$...$` as mathtext (and fail
+on `$^$`), so every figure is drawn with mathtext off and names render literally.
 """
 
 from __future__ import annotations
 
+import functools
 import io
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, ParamSpec
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
 from tlearn.evaluation.calibration import ReliabilityBins
+from tlearn.util.text import printable
 
 TRAIN_COLOUR = "#4c72b0"
 VAL_COLOUR = "#dd8452"
@@ -23,8 +29,23 @@ DPI = 110
 _ANNOTATED_CLASSES = 20  # confusion matrices with more classes show colours only, no numbers in the cells
 # Fixed margins for the fixed-size figures: a layout engine would draw each figure twice.
 _TWO_PANEL_MARGINS = {"left": 0.06, "right": 0.99, "bottom": 0.13, "top": 0.92, "wspace": 0.18}
+_LITERAL_TEXT = {"text.parse_math": False, "text.usetex": False}
+
+_Params = ParamSpec("_Params")
 
 
+def _literal_text(draw: Callable[_Params, bytes]) -> Callable[_Params, bytes]:
+    """Draw with mathtext and TeX off: every string (class names included) is rendered as written."""
+
+    @functools.wraps(draw)
+    def drawing(*args: _Params.args, **kwargs: _Params.kwargs) -> bytes:
+        with matplotlib.rc_context(_LITERAL_TEXT):
+            return draw(*args, **kwargs)
+
+    return drawing
+
+
+@_literal_text
 def training_curves(history: Sequence[dict[str, Any]], *, best_epoch: int | None = None) -> bytes:
     """Loss and accuracy per epoch, train and val, with the stages (linear head, unfreezing) shaded.
 
@@ -71,6 +92,7 @@ def training_curves(history: Sequence[dict[str, Any]], *, best_epoch: int | None
     return _png(figure)
 
 
+@_literal_text
 def head_search_curves(candidates: Sequence[dict[str, float]], chosen_c: float) -> bytes:
     """The linear head's "training curve": cross-validated loss and accuracy against the L2 strengths tried.
 
@@ -106,6 +128,7 @@ def head_search_curves(candidates: Sequence[dict[str, float]], chosen_c: float) 
     return _png(figure)
 
 
+@_literal_text
 def confusion_matrix_figure(matrix: np.ndarray, classes: Sequence[str], *, normalise: bool) -> bytes:
     """The confusion matrix (rows: true class) as counts or row-normalised, readable from 2 to 100 classes.
 
@@ -127,7 +150,8 @@ def confusion_matrix_figure(matrix: np.ndarray, classes: Sequence[str], *, norma
         values, top = counts, max(1.0, float(counts.max()))
     side = float(np.clip(1.2 + 0.14 * count, 3.5, 15.0))  # inches of matrix
     font = float(np.clip(0.6 * 72 * side / count, 5.0, 10.0))  # points: most of one cell's height
-    names = [name if len(name) <= 24 else name[:23] + "…" for name in classes]
+    shown = [printable(name) for name in classes]  # control characters as escapes: fonts have no glyph for them
+    names = [name if len(name) <= 24 else name[:23] + "…" for name in shown]
     upright = count > 8 or max(map(len, names)) > 10  # x labels vertical unless a few short names
     left = (max(map(len, names)) * 0.6 * font + 30) / 72  # inches for tick labels and axis title
     bottom = left if upright else (font + 30) / 72
@@ -157,6 +181,7 @@ def confusion_matrix_figure(matrix: np.ndarray, classes: Sequence[str], *, norma
     return _png(figure)
 
 
+@_literal_text
 def reliability_diagram(
     bins: ReliabilityBins, *, uncalibrated: ReliabilityBins | None = None, temperature: float = 1.0
 ) -> bytes:

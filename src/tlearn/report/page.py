@@ -26,6 +26,7 @@ import numpy as np
 from tlearn import __version__
 from tlearn.data.images import ImageDecodeError, load_rgb
 from tlearn.evaluation.calibration import apply_temperature, reliability_bins
+from tlearn.evaluation.intervals import smallest_detectable_difference
 from tlearn.evaluation.metrics import classification_metrics
 from tlearn.runs.layout import IMAGENET_FILE, RunFolder
 from tlearn.runs.records import RunRecords, read_run
@@ -81,6 +82,9 @@ def write_report(folder: str | Path, *, progress: Progress | None = None) -> Pat
         errors=sum(row["label"] != row["predicted"] for row in rows),
         before_after=_before_after(records, rows),
         dataset=_dataset_panel(records),
+        resolution=_resolution(records.metrics[split]),
+        choice=_choice_panel(records),
+        audit=_audit_panel(records),
         version=__version__,
         generated=time.strftime("%Y-%m-%d %H:%M"),
     )
@@ -118,8 +122,94 @@ def majority_baseline(records: RunRecords) -> dict[str, Any]:
 
 
 def split_description(split: str) -> str:
-    """How the report names a split: "the test split", or "the whole folder" for an evaluation's "all"."""
-    return "the whole folder" if split == "all" else f"the {split} split"
+    """How the report names a split: "the test split", "the whole folder" for an evaluation's "all", the
+    cross-validation for a linear head's "cv"."""
+    if split == "all":
+        return "the whole folder"
+    if split == "cv":
+        return "cross-validation over train + val"
+    return f"the {split} split"
+
+
+def _resolution(metrics: dict[str, Any]) -> str | None:
+    """Plain words on what this many images can tell apart (from the 95% Wilson interval's half width)."""
+    n = metrics.get("n", 0)
+    if not n:
+        return None
+    margin = smallest_detectable_difference(n, metrics["accuracy"])
+    sentence = (
+        f"With {n} images the true accuracy could be {100 * margin:.1f} points either side of this figure, so two "
+        f"models measured here whose accuracies differ by less than about that cannot be told apart."
+    )
+    if n < 100:
+        sentence += " That is too few images to rank close models: judge them on more data."
+    return sentence
+
+
+def _audit_panel(records: RunRecords) -> dict[str, Any] | None:
+    """What the run's data audit found: counts, the likeliest label errors as thumbnails, conflicting or
+    leaking near-duplicates and the classes hardest to tell apart (from audit.json; none for an evaluation)."""
+    audit = records.audit
+    if not audit:
+        return None
+    if "summary" not in audit:
+        return {"reason": audit.get("reason", "no audit"), "summary": None}
+    issues = []
+    for row in audit.get("label_issues", [])[:GALLERY_SIZE]:
+        issues.append({**row, "thumbnail": thumbnail(records.data_root / row["path"])})
+    duplicates = [
+        group for group in audit.get("near_duplicates", []) if group["conflicting_labels"] or group["cross_split"]
+    ]
+    return {
+        "reason": None,
+        "summary": audit["summary"],
+        "issues": issues,
+        "duplicates": duplicates[:LISTED_FILES],
+        "overlap": audit.get("class_overlap", [])[:5],
+    }
+
+
+def _choice_panel(records: RunRecords) -> dict[str, Any] | None:
+    """Linear head against fine-tuning: what each scored on the same validation images and which was kept."""
+    stages = records.summary.get("stages")
+    if not stages:
+        return None
+    final = {
+        "train+val": "The shipped model was then fitted again on train + val, with the same settings.",
+        "all": "The shipped model was then fitted again on every image, test split included, after the test split "
+        "had been measured: the test figures describe the model before that last fit.",
+        "train": "The shipped model is the one fitted on the training split (--final-fit train).",
+    }.get(records.summary.get("final_fit") or "", "")
+    linear = stages.get("linear", {})
+    if "selection" not in stages:
+        skipped = stages.get("finetune_skipped", "")
+        return {"lead": f"The linear head was kept; fine-tuning did not run: {skipped}.", "rows": [], "final": final}
+    selection, tuned = stages["selection"], stages.get("finetune", {})
+    rows = [
+        {
+            "name": f"linear head (C = {linear.get('c')}, cross-validated)",
+            "images": selection["images"],
+            "right": round(selection["linear_accuracy"] * selection["images"]),
+            "accuracy": selection["linear_accuracy"],
+            "loss": selection["linear_loss"],
+            "seconds": linear.get("seconds"),
+            "kept": selection["kept"] == "linear",
+        },
+        {
+            "name": f"fine-tuned ({tuned.get('epochs')} epochs, best epoch {tuned.get('best_epoch')})",
+            "images": selection["images"],
+            "right": round(selection["finetune_accuracy"] * selection["images"]),
+            "accuracy": selection["finetune_accuracy"],
+            "loss": selection["finetune_loss"],
+            "seconds": tuned.get("seconds"),
+            "kept": selection["kept"] == "finetune",
+        },
+    ]
+    reason = selection["reason"]
+    lead = f"Both candidates were scored on the same validation images. {reason[0].upper()}{reason[1:]}."
+    if selection["kept"] != selection["chosen"]:
+        lead += " The fine-tuned network was kept because --mode finetune asked for it."
+    return {"lead": lead, "rows": rows, "final": final}
 
 
 def worst_errors(rows: list[dict[str, str]], count: int = GALLERY_SIZE) -> list[dict[str, str]]:

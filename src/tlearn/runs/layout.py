@@ -12,6 +12,7 @@ report, `compare` and export all ask it. A run directory holds:
     config.yaml          the resolved configuration
     run.json             timings, head search, model size (an evaluation writes evaluation.json instead)
     imagenet.json        the original ImageNet model's answers for the report's sample images
+    audit.json           the data audit (likely label errors, near-duplicates, outliers), review.csv to edit
     report.html, figures/, tb/, checkpoints/
 """
 
@@ -34,11 +35,15 @@ CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "run.json"
 EVALUATION_FILE = "evaluation.json"
 IMAGENET_FILE = "imagenet.json"
+AUDIT_FILE = "audit.json"  # the data audit (a training run's, or `tlearn audit`'s)
+AUDIT_PAGE = "audit.html"
+REVIEW_FILE = "review.csv"
+SELECT_FILE = "select.json"  # `tlearn select`'s ranking
+SELECT_PAGE = "select.html"
 REPORT_FILE = "report.html"
 FIGURES_DIR = "figures"
 TRACKING_DIR = "tb"
-CHECKPOINTS_DIR = "checkpoints"
-LAST_CHECKPOINT = "last"
+CHECKPOINTS_DIR = "checkpoints"  # one folder per fine-tuning stage ("select", "refit")
 
 # Everything a training run may write.
 RUN_OUTPUTS = (
@@ -51,11 +56,15 @@ RUN_OUTPUTS = (
     CONFIG_FILE,
     SUMMARY_FILE,
     IMAGENET_FILE,
+    AUDIT_FILE,
+    REVIEW_FILE,
     REPORT_FILE,
     FIGURES_DIR,
     CHECKPOINTS_DIR,
     TRACKING_DIR,
 )
+AUDIT_OUTPUTS = (AUDIT_FILE, AUDIT_PAGE, REVIEW_FILE)  # `tlearn audit --out`
+SELECT_OUTPUTS = (SELECT_FILE, SELECT_PAGE)  # `tlearn select --out`
 # Everything an evaluation (`tlearn evaluate --out`) may write.
 EVALUATION_OUTPUTS = (
     METRICS_FILE,
@@ -120,6 +129,14 @@ class RunFolder:
         return self.root / IMAGENET_FILE
 
     @property
+    def audit(self) -> Path:
+        return self.root / AUDIT_FILE
+
+    @property
+    def review(self) -> Path:
+        return self.root / REVIEW_FILE
+
+    @property
     def report(self) -> Path:
         return self.root / REPORT_FILE
 
@@ -134,10 +151,6 @@ class RunFolder:
     @property
     def checkpoints(self) -> Path:
         return self.root / CHECKPOINTS_DIR
-
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.root / CHECKPOINTS_DIR / LAST_CHECKPOINT
 
     def figure(self, name: str) -> Path:
         """A report figure's PNG file."""
@@ -159,12 +172,13 @@ HISTORY_COLUMNS = [
 
 @dataclass(frozen=True)
 class HistoryRow:
-    """One row of `history.csv`; None leaves a cell empty (e.g. no learning rate for the closed-form head)."""
+    """One row of `history.csv`; None leaves a cell empty (no learning rate for the closed-form head, no
+    validation for the final refit on train + val)."""
 
     epoch: int
     stage: str
-    val_loss: float
-    val_accuracy: float
+    val_loss: float | None = None
+    val_accuracy: float | None = None
     seconds: float = 0.0
     train_loss: float | None = None
     train_accuracy: float | None = None
@@ -178,6 +192,17 @@ class HistoryRow:
         if self.images_per_second is not None:
             values["images_per_second"] = round(self.images_per_second, 2)
         return {column: values[column] for column in HISTORY_COLUMNS}
+
+
+def report_split(splits: Sequence[str]) -> str:
+    """The split a run is judged on: its test split when there is one, else the linear head's cross-validation
+    over train + val ("cv": more images than val alone), else val; an evaluation's only split otherwise.
+
+    Example:
+        >>> report_split(["cv", "val"]), report_split(["val", "test"]), report_split(["all"])
+        ('cv', 'test', 'all')
+    """
+    return next((name for name in ("test", "cv", "val") if name in splits), splits[0])
 
 
 def prediction_columns(classes: Sequence[str], *, with_split: bool) -> list[str]:

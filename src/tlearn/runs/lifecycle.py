@@ -26,20 +26,34 @@ from typing import Any, Literal
 from tlearn import __version__
 from tlearn.errors import RunDirError
 from tlearn.runs.layout import (
+    AUDIT_OUTPUTS,
     CHECKPOINTS_DIR,
     CONFIG_FILE,
     EVALUATION_FILE,
     EVALUATION_OUTPUTS,
-    LAST_CHECKPOINT,
     METRICS_FILE,
     MODEL_DIR,
     RUN_OUTPUTS,
+    SELECT_OUTPUTS,
 )
 from tlearn.util import atomic
 
 MARKER_FILE = ".tlearn-run.json"
 ASIDE_DIR = ".tlearn-previous"
-FolderKind = Literal["train", "evaluate"]
+FolderKind = Literal["train", "evaluate", "audit", "select"]
+# What each kind of folder may hold; `tlearn audit` and `tlearn select` folders follow the same rules.
+OUTPUTS: dict[str, tuple[str, ...]] = {
+    "train": RUN_OUTPUTS,
+    "evaluate": EVALUATION_OUTPUTS,
+    "audit": AUDIT_OUTPUTS,
+    "select": SELECT_OUTPUTS,
+}
+_HOLDS = {
+    "train": "a training run",
+    "evaluate": "an evaluation",
+    "audit": "a data audit",
+    "select": "a backbone selection",
+}
 
 
 def read_marker(folder: Path) -> dict[str, Any] | None:
@@ -119,7 +133,7 @@ class OutputFolder:
 
         Args:
             root: the folder (created if missing).
-            kind: "train" or "evaluate".
+            kind: "train", "evaluate", "audit" or "select" (which outputs the folder may hold).
             overwrite: replace the outputs of a previous run of the same kind (moved aside until success).
             resume: continue the incomplete run in `root` (training only).
             data: the data folder, which `root` may not overlap.
@@ -135,7 +149,7 @@ class OutputFolder:
             # checkpoint stays (unfinished, resumable); anything else leaves the folder as it found it.
             if folder._moved:
                 folder._restore_previous()
-            elif not (kind == "train" and (root / CHECKPOINTS_DIR / LAST_CHECKPOINT).is_dir()):
+            elif not (kind == "train" and any((root / CHECKPOINTS_DIR).glob("*/state.pt"))):
                 folder._remove_outputs()
                 (root / MARKER_FILE).unlink(missing_ok=True)
                 if folder._created and not any(root.iterdir()):
@@ -150,7 +164,7 @@ class OutputFolder:
         refuse_overlap(root, data)
         if root.exists() and not root.is_dir():
             raise RunDirError(f"{root}: exists and is not a directory")
-        outputs = RUN_OUTPUTS if kind == "train" else EVALUATION_OUTPUTS
+        outputs = OUTPUTS[kind]
         marker = (read_marker(root) or _legacy_marker(root)) if root.is_dir() else None
         entries = sorted(path.name for path in root.iterdir()) if root.is_dir() else []
         if resume:
@@ -166,10 +180,8 @@ class OutputFolder:
                 f"{', ...' if len(foreign) > 3 else ''}); choose an empty or new --out"
             )
         if marker is not None and marker.get("kind") != kind:
-            what = "a training run" if marker.get("kind") == "train" else "an evaluation"
-            raise RunDirError(
-                f"{root}: holds {what}; write this {'run' if kind == 'train' else 'evaluation'} elsewhere"
-            )
+            what = _HOLDS.get(marker.get("kind"), "another kind of tlearn output")
+            raise RunDirError(f"{root}: holds {what}; write this {_HOLDS[kind].split(' ', 1)[1]} elsewhere")
         ours = set(marker.get("outputs", [])) if marker else set()
         colliding = [name for name in foreign if name in outputs and name not in ours]
         if colliding:
@@ -198,7 +210,7 @@ class OutputFolder:
 
     def _complete(self) -> None:
         """Record exactly what this run wrote, mark it complete (written last), then drop the old outputs."""
-        outputs = RUN_OUTPUTS if self.kind == "train" else EVALUATION_OUTPUTS
+        outputs = OUTPUTS[self.kind]
         written = [name for name in outputs if (self.root / name).exists()]
         atomic.write_json(self.root / MARKER_FILE, _marker(self.kind, outputs=written, complete=True))
         if self._aside is not None:
@@ -206,7 +218,7 @@ class OutputFolder:
 
     def _remove_outputs(self) -> None:
         """Delete what this run wrote (only names of the run-folder contract: never anything else)."""
-        outputs: Sequence[str] = RUN_OUTPUTS if self.kind == "train" else EVALUATION_OUTPUTS
+        outputs: Sequence[str] = OUTPUTS[self.kind]
         for name in outputs:
             target = self.root / name
             if target.is_dir() and not target.is_symlink():

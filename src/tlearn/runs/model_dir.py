@@ -4,18 +4,24 @@ A tlearn model is an ordinary timm model: `timm.create_model(config["arch"], num
 loads `model.safetensors` strictly. `config.json` adds what timm does not know: the class names in order,
 the preprocessing, where the backbone came from, and the calibration temperature. Nothing here imports
 torch, so a linear head can be saved on the cached-embedding path.
+
+A model directory is checked when it is read, before any engine uses it: a zero or negative temperature, a
+preprocessing that would divide by zero or resize every image to gigapixels, or a classifier whose rows do
+not match the classes would otherwise fail later, far from the cause, or quietly give wrong answers.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as save_numpy_safetensors
 
 from tlearn import __version__
@@ -28,6 +34,10 @@ from tlearn.util import atomic
 MODEL_FORMAT = "tlearn-model"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+# What a loadable model's preprocessing may ask for: beyond these, an image would be resized to an absurd size
+# (timm's models use 32 to about 600 pixels, crop percentages 0.875 to 1.0).
+INPUT_SIDE_RANGE = (8, 4096)
+CROP_PCT_RANGE = (0.25, 2.0)
 
 
 class ModelConfig(BaseModel):
@@ -106,14 +116,110 @@ def model_folder(path: str | Path, *, require_complete: bool = True) -> Path:
 
 
 def read_config(path: str | Path, *, require_complete: bool = True) -> ModelConfig:
-    """Load and validate `config.json` of a model directory (see `model_folder` for `require_complete`)."""
+    """Load and validate `config.json` of a model directory (see `model_folder` for `require_complete`).
+
+    Raises:
+        ModelFileError: the config is missing, unreadable or holds values no model can run with
+            (`check_model_config`), or the weights are missing or do not fit the classes (`check_classifier`).
+    """
     folder = model_folder(path, require_complete=require_complete)
     config_path = folder / CONFIG_FILE
     try:
         config = ModelConfig.model_validate(json.loads(config_path.read_text(encoding="utf-8")))
-    except (ValueError, ValidationError) as error:
+    except ValidationError as error:
+        raise ModelFileError(f"{config_path}: not a valid tlearn model config ({describe_validation(error)})") from None
+    except ValueError as error:
         first = str(error).strip().splitlines()[0]
         raise ModelFileError(f"{config_path}: not a valid tlearn model config ({first})") from None
+    check_model_config(config, str(config_path))
     if not (folder / WEIGHTS_FILE).is_file():
         raise ModelFileError(f"{folder}: {WEIGHTS_FILE} is missing")
+    check_classifier(folder / WEIGHTS_FILE, config)
     return config
+
+
+def describe_validation(error: ValidationError) -> str:
+    """pydantic's errors as one line: `field: problem` for each (its own message spans several lines)."""
+    problems = [f"{'.'.join(map(str, item['loc'])) or 'config'}: {item['msg']}" for item in error.errors()]
+    return "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else "")
+
+
+def check_model_config(config: ModelConfig, where: str) -> None:
+    """Refuse values no model can run with, naming the value and the fix.
+
+    Args:
+        config: a model's config (from `config.json` or an ONNX file's metadata).
+        where: the file it came from, to start the message with.
+
+    Raises:
+        ModelFileError: a non-positive or non-finite temperature, duplicate class names, or a preprocessing
+            that cannot be applied (unknown interpolation, zero or absurd crop_pct, absurd input size, zero std).
+
+    Example:
+        >>> check_model_config(read_config("runs/ants/model"), "runs/ants/model/config.json")  # doctest: +SKIP
+    """
+    fix = "fix it in config.json or train the model again"
+    temperature = config.temperature
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise ModelFileError(
+            f"{where}: temperature {temperature} must be a positive number (logits are divided by it); "
+            "set it to 1.0 (no calibration) or calibrate again with `tlearn train --calibrate`"
+        )
+    duplicates = sorted({name for name in config.classes if config.classes.count(name) > 1})
+    if duplicates:
+        raise ModelFileError(f"{where}: class name(s) {', '.join(map(repr, duplicates))} listed twice; {fix}")
+    values = config.preprocessing
+    try:
+        preprocessing = config.preprocessing_spec()
+        size = [int(side) for side in preprocessing.input_size]
+        numbers = [float(value) for value in (preprocessing.crop_pct, *preprocessing.mean, *preprocessing.std)]
+    except (KeyError, TypeError, ValueError) as error:
+        reason = f"{type(error).__name__}: {error}"
+        raise ModelFileError(f"{where}: unusable preprocessing {values} ({reason}); {fix}") from None
+    low, high = INPUT_SIDE_RANGE
+    if len(size) != 2 or size != list(preprocessing.input_size) or not all(low <= side <= high for side in size):
+        raise ModelFileError(
+            f"{where}: preprocessing input_size {values.get('input_size')} must be (height, width) in whole pixels "
+            f"between {low} and {high}; {fix}"
+        )
+    if not all(math.isfinite(number) for number in numbers) or len(preprocessing.mean) != 3:
+        raise ModelFileError(f"{where}: preprocessing crop_pct, mean and std must be finite numbers; {fix}")
+    low_crop, high_crop = CROP_PCT_RANGE
+    if not low_crop <= preprocessing.crop_pct <= high_crop:
+        raise ModelFileError(
+            f"{where}: preprocessing crop_pct {preprocessing.crop_pct} must be between {low_crop} and {high_crop} "
+            f"(the share of the resized image kept by the centre crop; timm's models use 0.875 to 1.0); {fix}"
+        )
+    if len(preprocessing.std) != 3 or min(preprocessing.std) <= 0:
+        std = list(preprocessing.std)
+        raise ModelFileError(f"{where}: preprocessing std {std} must be three positive numbers; {fix}")
+
+
+def check_classifier(weights: Path, config: ModelConfig) -> None:
+    """Refuse weights whose classifier has a different number of rows than the config has classes.
+
+    Reads only the safetensors header (a few kB, no tensor, no torch): the loader would otherwise fail deep in
+    timm, or an ONNX/torch engine would map outputs to the wrong names.
+
+    Raises:
+        ModelFileError: the weights are unreadable, lack the classifier, or have one row per other class count.
+    """
+    weight_key, bias_key = config.classifier_keys
+    try:
+        with safe_open(str(weights), framework="numpy") as stored:
+            keys = set(stored.keys())
+            missing = [key for key in (weight_key, bias_key) if key not in keys]
+            if missing:
+                raise ModelFileError(
+                    f"{weights}: no classifier {', '.join(missing)} (config.json names it); "
+                    "the weights and config.json come from different models"
+                )
+            rows = stored.get_slice(weight_key).get_shape()[0]
+            bias = stored.get_slice(bias_key).get_shape()
+    except (SafetensorError, OSError) as error:
+        raise ModelFileError(f"{weights}: unreadable weights ({error})") from None
+    if rows != len(config.classes) or list(bias) != [len(config.classes)]:
+        raise ModelFileError(
+            f"{weights}: the classifier has {rows} output rows but config.json lists {len(config.classes)} classes; "
+            "the weights and config.json come from different models (train again, or restore the matching pair)"
+        )

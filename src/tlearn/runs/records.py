@@ -10,7 +10,6 @@ which names the model it evaluated and carries that model's config.
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +19,9 @@ import numpy as np
 import yaml
 
 from tlearn.errors import ModelFileError, TlearnError
-from tlearn.runs.layout import RunFolder
+from tlearn.runs.layout import RunFolder, report_split
 from tlearn.runs.model_dir import WEIGHTS_FILE, ModelConfig, read_config
+from tlearn.util import atomic
 
 # One sample image's answer from the original ImageNet model: (class name, probability) pairs, best first.
 ImagenetAnswer = list[tuple[str, float]]
@@ -46,6 +46,7 @@ class RunRecords:
     model_path: Path | None  # the model directory (or an evaluation's exported model file), if known
     model_config: ModelConfig | None
     imagenet: dict[str, Any]  # imagenet.json: {"answers": {relpath: ImagenetAnswer}} or {"reason": why none}
+    audit: dict[str, Any]  # audit.json of a training run (empty for an evaluation or an older run)
 
     @property
     def is_evaluation(self) -> bool:
@@ -54,8 +55,8 @@ class RunRecords:
 
     @property
     def split(self) -> str:
-        """The split the run is judged on: test when there is one, else val (an evaluation has one split)."""
-        return next((name for name in ("test", "val") if name in self.metrics), next(iter(self.metrics)))
+        """The split the run is judged on (see `tlearn.runs.layout.report_split`)."""
+        return report_split(list(self.metrics))
 
     @property
     def classes(self) -> list[str]:
@@ -123,6 +124,7 @@ def read_run(folder: str | Path) -> RunRecords:
         model_path=model_path,
         model_config=model_config,
         imagenet=_json(files.imagenet),
+        audit=_json(files.audit),
     )
 
 
@@ -147,10 +149,8 @@ def _json(path: Path) -> dict[str, Any]:
 
 
 def _csv(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with open(path, encoding="utf-8", newline="") as handle:
-        return list(csv.DictReader(handle))
+    """Rows as they were before writing (`atomic.write_csv` neutralises cells a spreadsheet would execute)."""
+    return atomic.read_csv(path) if path.is_file() else []
 
 
 def _parse_history_row(row: dict[str, str]) -> dict[str, Any]:

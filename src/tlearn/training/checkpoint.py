@@ -1,8 +1,9 @@
 """Fine-tuning checkpoints: everything needed to continue a run exactly where it stopped (imports torch).
 
-`RUN/checkpoints/last/` holds the model and best-so-far weights as safetensors, the optimizer, scheduler,
-grad-scaler and RNG states plus the history in `state.pt`, which is read back with `weights_only=True` (plain
-containers of tensors and numbers — nothing that could run code), and the epoch in `progress.json` for people.
+A stage's checkpoint folder (`RUN/checkpoints/<stage>/`) holds the model and best-so-far weights as
+safetensors, the optimizer, scheduler, grad-scaler and RNG states plus the history in `state.pt`, which is
+read back with `weights_only=True` (plain containers of tensors and numbers — nothing that could run code),
+and the epoch in `progress.json` for people.
 The directory is replaced atomically, so a crash at any moment leaves the previous complete checkpoint or the
 new one.
 """
@@ -20,7 +21,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tlearn.errors import RunDirError
-from tlearn.runs.layout import RunFolder
 from tlearn.util.atomic import replace_directory
 
 
@@ -28,7 +28,8 @@ from tlearn.util.atomic import replace_directory
 class TrainingState:
     """Plain data of a fine-tuning run between epochs."""
 
-    epoch: int  # last completed epoch (0: only the linear warm start)
+    epoch: int  # last completed epoch (0: only the starting model)
+    planned_epochs: int  # the plan, possibly shortened by the time budget after the first epoch
     history: list[dict[str, Any]]
     best_score: tuple[float, float]  # (val accuracy, -val loss)
     best_epoch: int
@@ -38,7 +39,7 @@ class TrainingState:
 
 
 def save_checkpoint(
-    run_dir: Path,
+    folder: Path,
     *,
     model_state: dict[str, torch.Tensor],
     best_state: dict[str, torch.Tensor],
@@ -47,8 +48,7 @@ def save_checkpoint(
     scaler: torch.amp.GradScaler,
     state: TrainingState,
 ) -> Path:
-    """Write the checkpoint directory atomically; returns its path."""
-    folder = RunFolder(run_dir).last_checkpoint
+    """Write the checkpoint folder atomically; returns its path."""
     with replace_directory(folder) as staging:
         save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, staging / "model.safetensors")
         save_file({k: v.detach().cpu().contiguous() for k, v in best_state.items()}, staging / "best.safetensors")
@@ -89,20 +89,19 @@ class LoadedCheckpoint:
             torch.cuda.set_rng_state_all(self.rng["cuda"])
 
 
-def has_checkpoint(run_dir: Path) -> bool:
-    """Whether a complete checkpoint exists (its directory only appears once fully written)."""
-    return (RunFolder(run_dir).last_checkpoint / "state.pt").is_file()
+def has_checkpoint(folder: Path) -> bool:
+    """Whether a complete checkpoint exists in `folder` (it only appears once fully written)."""
+    return (folder / "state.pt").is_file()
 
 
-def load_checkpoint(run_dir: Path) -> LoadedCheckpoint:
+def load_checkpoint(folder: Path) -> LoadedCheckpoint:
     """Read the last checkpoint without unpickling objects.
 
     Raises:
         RunDirError: no checkpoint, or it cannot be read.
     """
-    folder = RunFolder(run_dir).last_checkpoint
-    if not has_checkpoint(run_dir):
-        raise RunDirError(f"{run_dir}: no checkpoint to resume from (expected {folder})")
+    if not has_checkpoint(folder):
+        raise RunDirError(f"{folder}: no checkpoint to resume from")
     try:
         payload = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
         model_state = load_file(folder / "model.safetensors")

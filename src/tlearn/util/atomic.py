@@ -2,6 +2,12 @@
 
 Everything tlearn writes (models, metrics, cache entries) goes to a temporary file in the same folder and is
 then renamed over the final name: readers see the old file or the new one, never a torn one.
+
+Text is written as UTF-8 whatever it holds: a file name that is not valid UTF-8 (`caf\\xe9.jpg`, which Python
+reads as the lone surrogate `\\udce9`) is written as the escape `\\udce9`, which is exactly JSON's escape for
+it, so JSON files read back to the same name. CSV files are meant to be opened in spreadsheets, which run a
+cell that starts with `=`, `+`, `-` or `@` as a formula (CSV injection): such text cells are written with a
+leading `'`, and `read_csv` takes it off again.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -50,8 +57,12 @@ def write_bytes(path: str | Path, data: bytes, *, durable: bool = True) -> None:
 
 
 def write_text(path: str | Path, text: str) -> None:
-    """Atomically write a UTF-8 text file."""
-    write_bytes(path, text.encode("utf-8"))
+    """Atomically write a UTF-8 text file.
+
+    Lone surrogates (from file names that are not UTF-8) become `\\udcXX` escapes instead of failing the write:
+    the only characters UTF-8 cannot encode, so nothing else changes.
+    """
+    write_bytes(path, text.encode("utf-8", errors="backslashreplace"))
 
 
 def write_json(path: str | Path, payload: Any) -> None:
@@ -59,13 +70,60 @@ def write_json(path: str | Path, payload: Any) -> None:
     write_text(path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
 
 
+# Spreadsheets treat a cell starting with one of these as a formula (tab and CR too, per OWASP); the quote
+# itself is included so that `restore_cell` can always take the added quote off again.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+_SURROGATE_ESCAPE = re.compile(r"\\udc([89a-f][0-9a-f])")
+
+
+def neutralise_cell(value: Any) -> Any:
+    """A CSV cell that no spreadsheet runs as a formula: text starting with = + - @ (or ') gets a leading '.
+
+    Numbers are left alone (a negative number is data, not a formula).
+
+    Example:
+        >>> neutralise_cell("=1+1"), neutralise_cell("-cmd"), neutralise_cell(-0.5), neutralise_cell("ants")
+        ("'=1+1", "'-cmd", -0.5, 'ants')
+    """
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def restore_cell(text: str) -> str:
+    """Inverse of `neutralise_cell` (and of the `\\udcXX` escape of non-UTF-8 file names) for a cell read back.
+
+    Example:
+        >>> restore_cell("'=1+1"), restore_cell("ants")
+        ('=1+1', 'ants')
+    """
+    if text.startswith("'") and text[1:].startswith(_FORMULA_STARTS):
+        text = text[1:]
+    if "\\udc" in text:
+        text = _SURROGATE_ESCAPE.sub(lambda match: chr(0xDC00 + int(match.group(1), 16)), text)
+    return text
+
+
 def write_csv(path: str | Path, rows: Iterable[Mapping[str, Any]], columns: list[str]) -> None:
-    """Atomically write rows as CSV with the given column order."""
+    """Atomically write rows as CSV with the given column order; text cells are neutralised (`neutralise_cell`)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([neutralise_cell(column) for column in columns])
+    writer.writerows([neutralise_cell(row.get(column, "")) for column in columns] for row in rows)
     write_text(path, buffer.getvalue())
+
+
+def read_csv(path: str | Path) -> list[dict[str, str]]:
+    """Rows of a CSV file written by `write_csv`, with every cell as it was before writing (as text).
+
+    Example:
+        >>> read_csv("runs/ants/predictions.csv")[0]["path"]  # doctest: +SKIP
+        'ants/0013035.jpg'
+    """
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle)
+        header = [restore_cell(cell) for cell in next(reader, [])]
+        return [dict(zip(header, (restore_cell(cell) for cell in row), strict=False)) for row in reader]
 
 
 @contextmanager

@@ -1,0 +1,95 @@
+"""Choosing between the linear head and the fine-tuned network on the same validation images (NumPy only).
+
+Both candidates are scored on the validation split: the linear head through its cross-validation (each
+validation image scored by a head that never saw it), the fine-tuned network after training on the training
+split alone. Fine-tuning is kept only when it answers more validation images right, or as many with a clearly
+lower loss (by LOSS_MARGIN), and only if it improved on its own starting point; the comparison says how many
+images each got right where the other did not, and McNemar's exact test tells whether the difference is more
+than chance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tlearn.evaluation.intervals import mcnemar_p_value
+from tlearn.util.numeric import cross_entropy
+
+LOSS_MARGIN = 0.9  # on a tie in right answers, fine-tuning's loss must be below this share of the linear head's
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Which candidate was kept and why, in numbers and in one sentence."""
+
+    chosen: str  # "linear" or "finetune"
+    images: int
+    linear_accuracy: float
+    finetune_accuracy: float
+    linear_loss: float
+    finetune_loss: float
+    only_linear_right: int
+    only_finetune_right: int
+    p_value: float
+    reason: str
+
+    def to_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def choose(linear: np.ndarray, finetuned: np.ndarray, labels: np.ndarray, *, improved: bool = True) -> Choice:
+    """Compare two candidates' (N, C) validation probabilities on the same images (N,).
+
+    `improved` is False when fine-tuning's best epoch was its starting point (the linear head it began from):
+    it then brought nothing, whatever the numbers, and the linear head is kept.
+
+    Example:
+        >>> labels = np.array([0, 1, 1, 0])
+        >>> choose(np.eye(2)[[0, 0, 1, 0]], np.eye(2)[[0, 1, 1, 0]], labels).chosen
+        'finetune'
+    """
+    linear_right = linear.argmax(1) == labels
+    finetune_right = finetuned.argmax(1) == labels
+    only_linear, only_finetune = (
+        int((linear_right & ~finetune_right).sum()),
+        int((finetune_right & ~linear_right).sum()),
+    )
+    linear_loss, finetune_loss = cross_entropy(linear, labels), cross_entropy(finetuned, labels)
+    better = improved and (
+        finetune_right.sum() > linear_right.sum()
+        or (finetune_right.sum() == linear_right.sum() and finetune_loss < LOSS_MARGIN * linear_loss)
+    )
+    p_value = mcnemar_p_value(only_finetune, only_linear)
+    n = len(labels)
+    verdict = "more than chance" if p_value < 0.05 else "within chance on this many images"
+    if not improved:
+        reason = (
+            f"fine-tuning never did better on validation than the linear head it started from, so the linear "
+            f"head is kept ({int(linear_right.sum())}/{n} validation images right)"
+        )
+    elif better:
+        reason = (
+            f"fine-tuning answered {int(finetune_right.sum())}/{n} validation images right, the linear head "
+            f"{int(linear_right.sum())}/{n} (fine-tuning alone right on {only_finetune}, linear alone on "
+            f"{only_linear}; McNemar p = {p_value:.3g}: {verdict})"
+        )
+    else:
+        reason = (
+            f"the linear head answered {int(linear_right.sum())}/{n} validation images right, fine-tuning "
+            f"{int(finetune_right.sum())}/{n}, so the cheaper linear head is kept (fine-tuning alone right on "
+            f"{only_finetune}, linear alone on {only_linear}; McNemar p = {p_value:.3g}: {verdict})"
+        )
+    return Choice(
+        "finetune" if better else "linear",
+        n,
+        float(linear_right.mean()),
+        float(finetune_right.mean()),
+        linear_loss,
+        finetune_loss,
+        only_linear,
+        only_finetune,
+        p_value,
+        reason,
+    )

@@ -1,0 +1,399 @@
+"""`tlearn serve` against hostile requests and careless clients: bounded memory and time, clear 4xx/5xx
+answers, and the service answers the next request every time."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from helpers import colour_image, png_with_size, run_cli
+from tlearn.data.images import ImageDecodeError, ImageTooLargeError
+from tlearn.deploy import serving
+from tlearn.deploy.serving import DEFAULT_UPLOAD_PIXELS, ServeSettings, create_app, server_config
+from tlearn.engines.loading import load_engine
+
+LOCAL = "http://localhost"
+
+
+def png(picture: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+RED = png(colour_image((220, 30, 30), size=64))
+BLUE = png(colour_image((30, 30, 220), size=64, shape="circle"))
+THIN = png(Image.new("L", (100_000, 1)))  # a few hundred bytes; resized to 182 pixels high it would be 3 gigapixels
+
+
+class ControlledEngine:
+    """The real engine, with its model calls counted, and on demand held at a gate, failing or answering badly."""
+
+    def __init__(self, engine) -> None:
+        self._engine = engine
+        self.batch_sizes: list[int] = []
+        self.failure: str | None = None  # None, "raise", "rows" or "memory"
+        self.gate: threading.Event | None = None
+        self.entered = threading.Event()
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
+
+    def probabilities(self, pixels: np.ndarray, *, flip: bool = False) -> np.ndarray:
+        self.batch_sizes.append(len(pixels))
+        if self.gate is not None:
+            self.entered.set()
+            assert self.gate.wait(30), "the test never opened the gate"
+        if self.failure == "raise":
+            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code")
+        if self.failure == "memory":
+            raise MemoryError
+        answer = self._engine.probabilities(pixels, flip=flip)
+        return answer[:-1] if self.failure == "rows" else answer
+
+
+@pytest.fixture(scope="module")
+def engine(exported_model):
+    return load_engine(exported_model.onnx)
+
+
+@pytest.fixture
+def controlled(engine) -> ControlledEngine:
+    return ControlledEngine(engine)
+
+
+@contextmanager
+def serving_app(loader, settings: ServeSettings | None = None, **client_options) -> Iterator[TestClient]:
+    app = create_app(loader, settings or ServeSettings())
+    with TestClient(app, base_url=LOCAL, **client_options) as client:
+        while client.get("/readyz").json()["status"] == "loading":
+            time.sleep(0.01)  # loading happens in a background thread
+        yield client
+
+
+def post(client, *files: tuple[str, bytes], query: str = "") -> httpx.Response:
+    return client.post(
+        f"/v1/predict{query}", files=[("files", (name, content, "image/png")) for name, content in files]
+    )
+
+
+def still_serves(client) -> bool:
+    answer = post(client, ("red.png", RED), query="?top_k=1")
+    return answer.status_code == 200 and answer.json()["predictions"][0]["labels"] == ["red"]
+
+
+# --- images refused before they are allocated ---------------------------------------------------------------
+
+
+def test_an_extreme_aspect_ratio_is_refused_before_resizing(engine):
+    with serving_app(lambda: engine) as client:
+        answer = post(client, ("thin.png", THIN), ("red.png", RED))
+        assert answer.status_code == 413, answer.text
+        files = answer.json()["detail"]["files"]
+        assert files == [{"file": "thin.png", "reason": files[0]["reason"], "status": 413}]
+        assert "aspect ratio" in files[0]["reason"] and "100000" in files[0]["reason"]
+        assert still_serves(client)
+
+
+def test_uploads_have_a_lower_pixel_limit_that_a_setting_raises(engine, capsys, monkeypatch):
+    header_42mp = png_with_size(7000, 6000)  # a valid header with no pixel data behind it
+    with serving_app(lambda: engine) as client:
+        answer = post(client, ("big.png", header_42mp))
+        assert answer.status_code == 413 and "limit 40,000,000" in answer.text
+    with serving_app(lambda: engine, ServeSettings(max_image_pixels=50_000_000)) as client:
+        answer = post(client, ("big.png", header_42mp))
+        assert answer.status_code == 415 and "too many pixels" not in answer.text  # decoded, found truncated
+    given = {}
+    monkeypatch.setattr("tlearn.api.serve", lambda model, **options: given.update(options))
+    assert run_cli(capsys, "serve", "m.onnx", "--max-image-mp", "50")[0] == 0
+    assert given["settings"].max_image_pixels == 50_000_000
+    assert ServeSettings().max_image_pixels == DEFAULT_UPLOAD_PIXELS == 40_000_000
+
+
+class ColourModeError(ImageDecodeError):
+    """A subclass the decoding library may add (any ImageDecodeError is a per-file 415)."""
+
+
+class AspectRatioError(ImageTooLargeError):
+    """Likewise for refusals of size (413)."""
+
+
+class OutOfMemoryWhileDecoding(ImageDecodeError):
+    """A failure of this attempt, not of the file (`transient`): the client is asked to retry (503)."""
+
+    transient = True
+
+
+@pytest.mark.parametrize(
+    "raised, status, words",
+    [
+        (ColourModeError("unsupported colour mode"), 415, "unsupported colour mode"),
+        (AspectRatioError("extreme aspect ratio"), 413, "extreme aspect ratio"),
+        (MemoryError(), 503, "not enough memory"),
+        (OutOfMemoryWhileDecoding("out of memory while decoding"), 503, "out of memory while decoding"),
+        (RuntimeError("a decoder bug"), 415, "cannot be decoded (RuntimeError)"),
+    ],
+)
+def test_any_decoding_failure_is_a_per_file_answer_and_the_next_request_is_served(
+    engine, monkeypatch, raised, status, words
+):
+    real_decode = serving.EvalPreprocess.from_file
+
+    def decode(preprocess, content):
+        if content == BLUE:
+            raise raised
+        return real_decode(preprocess, content)
+
+    monkeypatch.setattr(serving.EvalPreprocess, "from_file", decode)
+    with serving_app(lambda: engine) as client:
+        answer = post(client, ("fine.png", RED), ("bad.png", BLUE))
+        assert answer.status_code == status and words in answer.text
+        assert [item["file"] for item in answer.json()["detail"]["files"]] == ["bad.png"]
+        assert ("retry-after" in answer.headers) == (status == 503)
+        assert still_serves(client)
+
+
+def test_running_out_of_memory_anywhere_in_a_request_is_503_not_a_crash(engine, monkeypatch):
+    async def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    with serving_app(lambda: engine, raise_server_exceptions=False) as client:
+        monkeypatch.setattr(serving, "_decode_all", no_memory)
+        answer = post(client, ("red.png", RED))
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+        monkeypatch.undo()
+        assert still_serves(client)
+
+
+# --- the micro-batcher survives any failure; readiness follows the model ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "failure, reason",
+    [
+        ("raise", "RuntimeError: [ONNXRuntimeError]"),
+        ("rows", "expected 1 rows of probabilities, got (0, 2)"),
+        ("memory", "MemoryError"),
+    ],
+)
+def test_a_failing_model_call_is_500_with_the_reason_and_the_next_request_is_served(controlled, failure, reason):
+    with serving_app(lambda: controlled) as client:
+        controlled.failure = failure
+        answer = post(client, ("red.png", RED))
+        assert answer.status_code == 500 and reason in answer.json()["detail"]
+        controlled.failure = None
+        assert still_serves(client)
+        assert client.get("/readyz").status_code == 200
+
+
+def test_readiness_turns_503_while_the_model_cannot_answer_and_comes_back(controlled):
+    with serving_app(lambda: controlled) as client:
+        controlled.failure = "raise"  # every call fails now, the health probe too
+        assert post(client, ("red.png", RED)).status_code == 500
+        readiness = client.get("/readyz")
+        assert readiness.status_code == 503 and "fails on a known-good input" in readiness.json()["error"]
+        assert client.get("/healthz").status_code == 200
+        controlled.failure = None  # the model recovers: the next readiness check probes it again
+        assert client.get("/readyz").status_code == 200
+        assert still_serves(client)
+
+
+def test_a_large_request_is_split_into_model_calls_of_at_most_the_batch_size(controlled):
+    settings = ServeSettings(max_batch_size=8, batch_wait_ms=0)
+    with serving_app(lambda: controlled, settings) as client:
+        controlled.batch_sizes.clear()
+        answer = post(client, *[(f"{i}.png", RED if i % 2 else BLUE) for i in range(64)], query="?top_k=1")
+    assert answer.status_code == 200
+    assert sorted(controlled.batch_sizes) == [8] * 8
+    body = answer.json()
+    assert [p["labels"][0] for p in body["predictions"]] == ["blue", "red"] * 32
+    assert body["timing"]["model_calls"] == 8 and body["timing"]["batch_images"] == 8
+
+
+def test_a_full_queue_answers_503_with_retry_after(controlled):
+    settings = ServeSettings(max_pending_requests=1)
+    with serving_app(lambda: controlled, settings) as client, ThreadPoolExecutor(1) as pool:
+        controlled.gate = threading.Event()
+        first = pool.submit(post, client, ("red.png", RED))
+        assert controlled.entered.wait(30)  # the first request holds the only slot, inside the model
+        second = post(client, ("blue.png", BLUE))
+        assert second.status_code == 503 and second.headers["retry-after"] == "1" and "busy" in second.text
+        controlled.gate.set()
+        assert first.result().status_code == 200
+        assert still_serves(client)
+
+
+# --- what answers reveal, and who may ask ------------------------------------------------------------------
+
+
+def test_answers_name_files_never_directories(exported_model, engine):
+    with serving_app(lambda: engine) as client:
+        answer = post(client, ("/home/someone/private/red.png", RED), ("C:\\Users\\someone\\blue.png", BLUE))
+        assert [p["file"] for p in answer.json()["predictions"]] == ["red.png", "blue.png"]
+        model = client.get("/v1/model")
+        assert model.status_code == 200 and model.json()["backbone"]["weights_path"] == "test_efficientnet.safetensors"
+        root = str(exported_model.run.parent)
+        for route in ("/v1/model", "/readyz"):
+            assert root not in client.get(route).text
+        assert root not in answer.text
+
+
+def test_docs_and_openapi_are_off_unless_asked_for(engine):
+    with serving_app(lambda: engine) as client:
+        assert [client.get(route).status_code for route in ("/docs", "/redoc", "/openapi.json")] == [404] * 3
+    with serving_app(lambda: engine, ServeSettings(docs=True)) as client:
+        assert client.get("/openapi.json").status_code == 200 and client.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "host, allowed, status",
+    [
+        ("localhost", (), 200),
+        ("localhost:8000", (), 200),
+        ("127.0.0.1:8000", (), 200),
+        ("[::1]:8000", (), 200),
+        ("evil.example", (), 421),
+        ("evil.example:8000", (), 421),
+        ("127.0.0.1.evil.example", (), 421),
+        ("myhost.lan:8000", ("myhost.lan",), 200),
+        ("anything.example", ("*",), 200),
+    ],
+)
+def test_a_foreign_host_header_is_refused(engine, host, allowed, status):
+    """DNS rebinding: a page on evil.example resolves its own name to 127.0.0.1 and calls the service."""
+    with serving_app(lambda: engine, ServeSettings(allowed_hosts=allowed)) as client:
+        for route in ("/v1/model", "/"):
+            answer = client.get(route, headers={"host": host})
+            assert answer.status_code == status, (route, answer.text)
+        if status == 421:
+            assert "--allow-host" in answer.text
+            assert post(client, ("red.png", RED)).status_code == 200
+
+
+def test_serve_flags_reach_the_service_settings(capsys, monkeypatch):
+    given = {}
+    monkeypatch.setattr("tlearn.api.serve", lambda model, **options: given.update(options))
+    flags = ["--max-queue", "8", "--allow-host", "box.lan", "--allow-host", "box", "--docs", "--max-request-mb", "2"]
+    assert run_cli(capsys, "serve", "m.onnx", *flags)[0] == 0
+    settings = given["settings"]
+    assert (settings.max_pending_requests, settings.allowed_hosts, settings.docs) == (8, ("box.lan", "box"), True)
+    assert settings.max_request_bytes == 2 * 1024 * 1024
+    assert run_cli(capsys, "serve", "m.onnx")[0] == 0
+    assert given["settings"] == ServeSettings(max_request_bytes=10 * 1024 * 1024)  # the defaults, nothing else
+
+
+def test_serve_binds_its_own_host_and_everything_when_public():
+    assert "10.0.0.5" in serving.serving_settings(ServeSettings(), "10.0.0.5").allowed_hosts
+    assert "*" in serving.serving_settings(ServeSettings(), "0.0.0.0").allowed_hosts
+
+
+# --- slow and greedy clients, on a real socket ------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def real_server(engine, settings: ServeSettings) -> Iterator[int]:
+    """The app under uvicorn with the service's own connection settings, in a thread; yields its port."""
+    port = free_port()
+    server = uvicorn.Server(
+        server_config(
+            create_app(lambda: engine, settings), host="127.0.0.1", port=port, settings=settings, log_level="warning"
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.01)
+        while httpx.get(f"http://127.0.0.1:{port}/readyz").status_code != 200:
+            time.sleep(0.01)
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def raw_connection(port: int, payload: bytes) -> socket.socket:
+    connection = socket.create_connection(("127.0.0.1", port), timeout=20)
+    connection.sendall(payload)
+    return connection
+
+
+def read_all(connection: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (blocks until it does)."""
+    chunks = []
+    while chunk := connection.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_a_client_that_stops_sending_its_body_gets_408_and_others_are_served(engine):
+    settings = ServeSettings(body_timeout_s=0.5)
+    with real_server(engine, settings) as port:
+        head = (
+            b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+            b"Content-Length: 100000\r\n\r\n--x\r\n"
+        )
+        stalled = raw_connection(port, head)
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200  # meanwhile
+        with stalled:
+            answer = read_all(stalled)
+        assert answer.startswith(b"HTTP/1.1 408") and b"request body not received within 0.5 s" in answer
+        files = [("files", ("red.png", RED, "image/png"))]
+        assert httpx.post(f"http://127.0.0.1:{port}/v1/predict", files=files, timeout=30).status_code == 200
+
+
+def test_connections_that_never_finish_their_headers_are_closed_so_they_cannot_hold_the_service(engine):
+    settings = ServeSettings(header_timeout_s=0.5, limit_concurrency=4)
+    with real_server(engine, settings) as port:
+        slow = [raw_connection(port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n") for _ in range(4)]
+        try:
+            # every allowed connection is taken: a new request is turned away by uvicorn's limit_concurrency...
+            assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 503
+            # ...until the header deadline closes the slow ones (each read returns at the close: no sleeping)
+            assert [read_all(connection) for connection in slow] == [b""] * 4
+        finally:
+            for connection in slow:
+                connection.close()
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+
+
+def test_the_web_page_waits_and_retries_when_the_service_is_busy(controlled, browser, tmp_path):
+    image = tmp_path / "circle.png"
+    image.write_bytes(BLUE)
+    with real_server(controlled, ServeSettings(max_pending_requests=1)) as port, ThreadPoolExecutor(1) as pool:
+        controlled.gate = threading.Event()
+        files = [("files", ("red.png", RED, "image/png"))]
+        holding = pool.submit(httpx.post, f"http://127.0.0.1:{port}/v1/predict", files=files, timeout=60)
+        assert controlled.entered.wait(30)  # the only slot is taken: the page's upload is answered 503
+        page = browser.new_page()
+        try:
+            page.goto(f"http://127.0.0.1:{port}")
+            page.wait_for_selector("#model:has-text('2 classes')", timeout=30_000)
+            page.set_input_files("#picker", str(image))
+            page.wait_for_selector("#status:has-text('busy')", timeout=30_000)  # it read Retry-After and waits
+            controlled.gate.set()
+            top = page.wait_for_selector(".card .bar", timeout=30_000)  # ...then its retry is answered
+            assert top.get_attribute("data-label") == "blue"
+        finally:
+            page.close()
+        assert holding.result().status_code == 200
