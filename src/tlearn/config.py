@@ -17,6 +17,8 @@ from tlearn.backbones.registry import DEFAULT_BACKBONE
 from tlearn.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from tlearn.errors import TlearnError
 
+DEFAULT_EPOCHS = 12  # fine-tuning epochs when `epochs` is not set (raised for very small folders)
+
 
 class TrainConfig(BaseModel):
     """Everything that decides what a training run computes.
@@ -71,7 +73,11 @@ class TrainConfig(BaseModel):
         json_schema_extra={"cli_type": "str"},
     )
     cv_folds: int = Field(5, ge=2, description="Cross-validation folds for the linear head's choices.")
-    epochs: int = Field(12, ge=1, description="Fine-tuning epochs (the linear head is fitted in closed form).")
+    epochs: int | None = Field(
+        None,
+        ge=1,
+        description="Fine-tuning epochs (none: 12, more for folders too small to make 60 optimizer steps in 12).",
+    )
     batch_size: int = Field(32, ge=1, description="Images per batch.")
     lr: float = Field(1e-3, gt=0, description="Peak fine-tuning learning rate of the top layer group.")
     layer_decay: float = Field(
@@ -86,12 +92,12 @@ class TrainConfig(BaseModel):
         description="Layer groups (from the top; the classifier is one) fine-tuning may unfreeze (none: all).",
     )
     bn: Literal["train", "frozen", "adapt"] = Field(
-        "frozen",
+        "train",
         description="Batch norm while fine-tuning: train (batch statistics), frozen (ImageNet's), adapt "
         "(re-estimated once on the training images, then kept).",
     )
     head_init: Literal["linear", "zero"] = Field(
-        "linear", description="Fine-tuning starts from the fitted linear head, or from a zero classifier."
+        "zero", description="Fine-tuning starts from the fitted linear head, or from a zero classifier."
     )
     train_size: int | None = Field(
         None, ge=32, description="Training crop size (none: the backbone's input size; evaluation always uses it)."

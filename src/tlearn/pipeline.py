@@ -236,8 +236,10 @@ def _pick_candidate(
         improved=tuned.summary["best_epoch"] > 0,
     )
     kept = tuned if config.mode == "finetune" or choice.chosen == "finetune" else linear
-    forced = " (--mode finetune)" if kept is tuned and choice.chosen == "linear" else ""
-    progress.info(f"kept the {'fine-tuned network' if kept is tuned else 'linear head'}{forced}: {choice.reason}")
+    if kept is tuned and choice.chosen == "linear":
+        progress.info(f"kept the fine-tuned network because of --mode finetune; in auto mode: {choice.reason}")
+    else:
+        progress.info(f"kept the {'fine-tuned network' if kept is tuned else 'linear head'}: {choice.reason}")
     selection = {**choice.to_dict(), "kept": "finetune" if kept is tuned else "linear"}
     return kept, {**stages, "finetune": tuned.summary, "selection": selection}
 

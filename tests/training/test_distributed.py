@@ -32,6 +32,9 @@ def test_two_processes_train_one_model_like_one_process(tmp_path):
     weights = tiny_backbone_weights(tmp_path)
     common = ["--backbone", TINY_BACKBONE, "--weights", str(weights), "--mode", "finetune", "--final-fit", "train"]
     common += ["--epochs", "3", "--workers", "0", "--seed", "7", "--lr", "3e-4", "-q"]
+    # ImageNet's batch-norm statistics and the linear start: with batch statistics (the default, `--bn train`)
+    # each rank normalises over its own 4 images, not the 8 of one process, so the two would drift apart.
+    common += ["--bn", "frozen", "--head-init", "linear"]
 
     def train(out: str, *flags: str) -> subprocess.CompletedProcess:
         command = [sys.executable, "-m", "tlearn", "train", str(data), "--out", str(tmp_path / out), *common, *flags]

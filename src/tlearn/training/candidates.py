@@ -17,7 +17,7 @@ import numpy as np
 
 from tlearn.backbones.features import FeatureExtractor
 from tlearn.backbones.registry import BackboneInfo, BackboneRef
-from tlearn.config import TrainConfig
+from tlearn.config import DEFAULT_EPOCHS, TrainConfig
 from tlearn.data.checks import CheckedData, LabelledFiles
 from tlearn.errors import RunDirError
 from tlearn.runs.layout import HistoryRow
@@ -271,7 +271,7 @@ def _refit_finetuned(
     from tlearn.training.finetune import finetune  # deferred: imports torch
 
     config = context.config
-    epochs = max(1, tuned.summary.get("epochs") or config.epochs)
+    epochs = max(1, tuned.summary.get("epochs") or config.epochs or DEFAULT_EPOCHS)
     refit_config = config.model_copy(update={"epochs": epochs, "patience": epochs + 1})
     head = _fit_linear_on(config, prepared, linear, splits)
     files = {"train": prepared.files(*splits)}
