@@ -75,17 +75,27 @@ def fastai_script(data_set: str, work: Path) -> None:
     Resize(224), batch 32 as in tlearn), then accuracy on the held-out folder. Prints one JSON line."""
     import numpy as np
     import torch
-    from fastai.vision.all import ImageDataLoaders, Resize, accuracy, vision_learner
+    from fastai.vision.all import ImageDataLoaders, Normalize, Resize, accuracy, vision_learner
 
     from tlearn.backbones.registry import resolve_backbone
     from tlearn.evaluation.intervals import wilson_interval
 
     torch.manual_seed(0)
     train = SHARED / data_set / "train"
+    # The weights' own normalisation ((x - 0.5) / 0.5, as timm's tf_efficientnet_lite0 config says): fastai adds
+    # a Normalize only for pretrained=True, and pretrained=True would download the weights from the hub.
+    lite0_stats = ([0.5] * 3, [0.5] * 3)
     dls = ImageDataLoaders.from_folder(
-        train, train=".", valid_pct=0.2, seed=0, item_tfms=Resize(224), bs=32, num_workers=1
+        train,
+        train=".",
+        valid_pct=0.2,
+        seed=0,
+        item_tfms=Resize(224),
+        batch_tfms=Normalize.from_stats(*lite0_stats),
+        bs=32,
+        num_workers=1,
     )
-    learn = vision_learner(dls, "tf_efficientnet_lite0", pretrained=False, metrics=accuracy)
+    learn = vision_learner(dls, "tf_efficientnet_lite0", pretrained=False, normalize=False, metrics=accuracy)
     packaged = torch.load(resolve_backbone("lite0").weights_path, map_location="cpu", weights_only=True)
     import timm
 

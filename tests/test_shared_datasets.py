@@ -22,7 +22,7 @@ def _subset(source, target, per_class: int):
 def test_hymenoptera_subset_end_to_end(tmp_path):
     train = _subset(HYMENOPTERA / "train", tmp_path / "train", 24)
     val = _subset(HYMENOPTERA / "val", tmp_path / "val", 20)
-    run = tlearn.train(train, out=tmp_path / "run", quiet=True, follow_links=True)
+    run = tlearn.train(train, out=tmp_path / "run", quiet=True, follow_links=True, mode="linear")
     evaluation = tlearn.evaluate(run.model_path, val, out=tmp_path / "eval", quiet=True, follow_links=True)
     assert evaluation.split == "all" and evaluation.metrics["all"]["n"] == 40
     assert evaluation.metrics["all"]["accuracy"] >= 0.85

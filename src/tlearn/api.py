@@ -85,7 +85,8 @@ def train(
             resolved = _best_backbone(resolved)
     if out is None:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = Path("runs") / f"{Path(resolved.data).resolve().name}-{resolved.mode}-{stamp}"
+        data = Path(resolved.data).resolve()
+        out = Path("runs") / f"{data.stem if data.is_file() else data.name}-{resolved.mode}-{stamp}"
     return run_training(resolved, out=out, overwrite=overwrite, resume=resume, progress=Progress(quiet=quiet))
 
 

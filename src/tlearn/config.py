@@ -32,7 +32,10 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # What to learn from
-    data: Path = Field(description="DATA/<class>/* or DATA/{train,val[,test]}/<class>/*.")
+    data: Path = Field(
+        description="DATA/<class>/*, DATA/{train,val[,test]}/<class>/*, or a label file (path,label[,split] .csv, "
+        ".json or .jsonl)."
+    )
     split: tuple[float, float, float] | None = Field(
         None,
         description="train,val,test fractions for DATA/<class>/* (e.g. 70,15,15); default: 64,16,20, or 80,20,0 "
@@ -79,7 +82,7 @@ class TrainConfig(BaseModel):
         description="Fine-tuning epochs (none: 12, more for folders too small to make 60 optimizer steps in 12).",
     )
     batch_size: int = Field(32, ge=1, description="Images per batch.")
-    lr: float = Field(1e-3, gt=0, description="Peak fine-tuning learning rate of the top layer group.")
+    lr: float = Field(2e-3, gt=0, description="Peak fine-tuning learning rate of the top layer group.")
     layer_decay: float = Field(
         0.8, gt=0, le=1, description="Learning-rate factor from one layer group to the next lower one."
     )

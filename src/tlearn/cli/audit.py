@@ -10,7 +10,7 @@ import typer
 
 from tlearn.cli.app import DeviceOption, QuietOption, app
 
-DataArgument = Annotated[Path, typer.Argument(help="DATA/<class>/* or DATA/{train,val[,test]}/<class>/*.")]
+DataArgument = Annotated[Path, typer.Argument(help="DATA/<class>/*, DATA/{train,val}/<class>/* or a label file.")]
 OverwriteOption = Annotated[bool, typer.Option(help="Replace a previous result in --out.")]
 
 

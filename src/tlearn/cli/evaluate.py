@@ -14,7 +14,7 @@ from tlearn.cli.app import DeviceOption, EngineOption, ModelArgument, QuietOptio
 @app.command()
 def evaluate(
     model: ModelArgument,
-    data: Annotated[Path, typer.Argument(help="Labelled folder; its test (or val) split when pre-split.")],
+    data: Annotated[Path, typer.Argument(help="Labelled folder or label file; its test (or val) split if any.")],
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write metrics, predictions and report.html here.")
     ] = None,

@@ -121,6 +121,9 @@ def check_data(source: DataSource, content_hashes: list[str | None], failures: d
         "leakage": leakage,
         "label_conflicts": [group for group in duplicates if len(group["labels"]) > 1],
     }
+    if source.label_file is not None:
+        checked.report["label_file"] = str(source.label_file)
+        checked.report["label_file_problems"] = source.problems
     return checked
 
 

@@ -18,6 +18,7 @@ Python reads them (with surrogate escapes): they open, hash and split like any o
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections import Counter
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tlearn.data.images import is_hidden_name, is_image_name
+from tlearn.data.label_files import LabelRow, is_label_file, read_label_file
 from tlearn.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -55,11 +57,13 @@ class DataSource:
     """The labelled images found under a data folder, before any file is opened."""
 
     root: Path
-    layout: str  # "class_folders" or "pre_split"
+    layout: str  # "class_folders", "pre_split" or "label_file"
     classes: list[str]
     images: list[LabelledImage]
     ignored: list[str] = field(default_factory=list)  # relpaths that are not image files
     split_fractions: tuple[float, float, float] | None = None  # for hash-split layouts
+    label_file: Path | None = None  # the CSV/JSON the labels came from ("label_file" layout; root is its folder)
+    problems: list[str] = field(default_factory=list)  # label-file rows left out, with their line numbers
 
     def in_split(self, split: str) -> list[LabelledImage]:
         """The images assigned to one split, in a stable order."""
@@ -126,6 +130,10 @@ def discover(
         >>> source = discover("data/")  # doctest: +SKIP
         >>> source.classes, len(source.in_split("train"))  # doctest: +SKIP
     """
+    if is_label_file(root):
+        source = _discover_label_file(Path(root).expanduser(), split_fractions)
+        _check_classes(source, _Walk(source.root, follow_links))
+        return source
     root = _existing_folder(root)
     walk = _Walk(root, follow_links)
     if (root / "train").is_dir():
@@ -150,6 +158,8 @@ def discover_for_evaluation(
     sub-folders is evaluated as a whole (split "all") unless `split` picks one of its hash splits. Symbolic
     links are handled as by `discover`.
     """
+    if is_label_file(root):
+        return _label_file_for_evaluation(Path(root).expanduser(), split)
     root = _existing_folder(root)
     walk = _Walk(root, follow_links)
     if (root / "train").is_dir():
@@ -390,13 +400,63 @@ def _key(stat: os.stat_result) -> FileKey:
     return stat.st_dev, stat.st_ino
 
 
+def _discover_label_file(path: Path, split_fractions: tuple[float, float, float] | None) -> DataSource:
+    """The images a label file lists, split as the file says, else by path hash like a class folder.
+
+    Rows without a split are assigned by their path hash (the automatic fractions for their number, or
+    `split_fractions`); when no row ends up in val, validation is carved out of train by the same hash, as for
+    a pre-split folder without `val/`.
+    """
+    rows, problems = _usable_rows(path)
+    unsplit = [row for row in rows if row.split is None]
+    fractions = check_split_fractions(split_fractions or auto_split_fractions(len(unsplit) or len(rows)))
+    images = [_labelled(row, row.split or assign_split(row.relpath, fractions)) for row in rows]
+    if not any(image.split == "val" for image in images):
+        carve = check_split_fractions((fractions[0], fractions[1], 0.0))
+        images = [
+            _with_split(image, assign_split(image.relpath, carve)) if image.split == "train" else image
+            for image in images
+        ]
+    classes = sorted({row.label for row in rows})
+    return DataSource(path.resolve().parent, "label_file", classes, images, [], fractions, path, problems)
+
+
+def _label_file_for_evaluation(path: Path, split: str | None) -> tuple[DataSource, str]:
+    """Evaluation images of a label file: its test (else val) rows when it gives splits, else all rows."""
+    rows, problems = _usable_rows(path)
+    given = [name for name in SPLITS if any(row.split == name for row in rows)]
+    chosen = split or ("test" if "test" in given else "val" if "val" in given else "all")
+    if chosen not in (*SPLITS, "all"):
+        raise DataError(f"unknown split {split!r}; expected one of all, train, val, test")
+    if chosen != "all" and not given:
+        fractions = check_split_fractions(DEFAULT_SPLIT_FRACTIONS)
+        rows = [dataclasses.replace(row, split=assign_split(row.relpath, fractions)) for row in rows]
+    images = [_labelled(row, "all" if chosen == "all" else row.split or "train") for row in rows]
+    images = [image for image in images if image.split == chosen]
+    if not images:
+        raise DataError(f"{path}: split {chosen!r} holds no images")
+    classes = sorted({image.label for image in images})
+    return DataSource(path.resolve().parent, "label_file", classes, images, [], None, path, problems), chosen
+
+
+def _usable_rows(path: Path) -> tuple[list[LabelRow], list[str]]:
+    rows, problems = read_label_file(path)
+    if not rows:
+        first = f"; the first: {problems[0]}" if problems else ""
+        raise DataError(f"{path}: no usable rows ({len(problems)} left out{first})")
+    return rows, problems
+
+
+def _labelled(row: LabelRow, split: str) -> LabelledImage:
+    return LabelledImage(path=row.path, relpath=row.relpath, label=row.label, split=split)
+
+
 def _with_split(image: LabelledImage, split: str) -> LabelledImage:
     return LabelledImage(path=image.path, relpath=image.relpath, label=image.label, split=split)
 
 
 def _only_split(source: DataSource, split: str) -> DataSource:
-    kept = [image for image in source.images if image.split == split]
-    return DataSource(source.root, source.layout, source.classes, kept, source.ignored, source.split_fractions)
+    return dataclasses.replace(source, images=[image for image in source.images if image.split == split])
 
 
 def _check_classes(source: DataSource, walk: _Walk) -> None:
@@ -405,6 +465,8 @@ def _check_classes(source: DataSource, walk: _Walk) -> None:
     hint = f" ({links} symbolic link(s) were not followed; see --follow-links)" if links else ""
     if len(source.classes) < 2:
         found = f"only {source.classes[0]!r}" if source.classes else "none"
+        if source.label_file is not None:
+            raise DataError(f"{source.label_file}: need at least two labels, found {found}")
         raise DataError(
             f"{where}: need at least two class folders, found {found}{hint}. Expected {where}/<class>/*.jpg"
         )
