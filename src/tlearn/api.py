@@ -84,10 +84,15 @@ def train(
         if resolved.backbone == "best":
             resolved = _best_backbone(resolved)
     if out is None:
-        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        data = Path(resolved.data).resolve()
-        out = Path("runs") / f"{data.stem if data.is_file() else data.name}-{resolved.mode}-{stamp}"
+        out = _default_out(resolved.data, resolved.mode)
     return run_training(resolved, out=out, overwrite=overwrite, resume=resume, progress=Progress(quiet=quiet))
+
+
+def _default_out(data: str | Path, kind: str) -> Path:
+    """runs/<data folder or label file's stem>-<kind>-<time>: where results go when no --out is given."""
+    source = Path(data).expanduser().resolve()
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{source.stem if source.is_file() else source.name}-{kind}-{stamp}"
 
 
 def _best_backbone(config: TrainConfig) -> TrainConfig:
@@ -460,8 +465,7 @@ def audit(
     from tlearn.audits.folder import audit_folder  # deferred: only audits need it
 
     if out is None:
-        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = Path("runs") / f"{Path(data).expanduser().resolve().name}-audit-{stamp}"
+        out = _default_out(data, "audit")
     progress = Progress(quiet=quiet)
     return audit_folder(
         data,

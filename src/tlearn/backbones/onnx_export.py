@@ -43,6 +43,24 @@ class _EmbeddingGraph(nn.Module):
         return self.model.forward_head(self.model.forward_features(batch), pre_logits=True)
 
 
+def export_dynamic_batch(graph: nn.Module, input_size: tuple[int, int], *, opset: int, names: tuple[str, str]) -> Any:
+    """`graph` as an ONNX ModelProto from torch's torch.export-based exporter: the batch dimension is dynamic,
+    height and width are fixed at `input_size`; `names` are the (input, output) names. Raises whatever the
+    exporter raises (callers decide whether to fall back or to explain)."""
+    height, width = input_size
+    program = torch.onnx.export(
+        graph,
+        (torch.zeros(2, 3, height, width),),
+        dynamo=True,
+        opset_version=opset,
+        input_names=[names[0]],
+        output_names=[names[1]],
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+        verbose=False,
+    )
+    return program.model_proto
+
+
 def export_embedding_graph(backbone: Backbone) -> tuple[bytes, str]:
     """The backbone's embedding graph as ONNX bytes, and the exporter that made it.
 
@@ -53,17 +71,8 @@ def export_embedding_graph(backbone: Backbone) -> tuple[bytes, str]:
     height, width = backbone.info.preprocessing.input_size
     example = torch.zeros(2, 3, height, width)
     try:
-        program = torch.onnx.export(
-            graph,
-            (example,),
-            dynamo=True,
-            opset_version=OPSET,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-            verbose=False,
-        )
-        return program.model_proto.SerializeToString(), "torch.export"
+        proto = export_dynamic_batch(graph, (height, width), opset=OPSET, names=(INPUT_NAME, OUTPUT_NAME))
+        return proto.SerializeToString(), "torch.export"
     except Exception as error:  # the exporter raises many types; the fallback below gets its chance
         dynamo_failure = f"{type(error).__name__}: {_first_line(error)}"
     buffer = io.BytesIO()

@@ -33,6 +33,7 @@ from torch import nn
 
 from tlearn import __version__
 from tlearn.backbones.fusion import fold_batchnorm
+from tlearn.backbones.onnx_export import export_dynamic_batch
 from tlearn.data.decoding import BatchDecoder, default_workers
 from tlearn.data.discovery import list_image_files
 from tlearn.data.preprocess import Preprocessing, normalize
@@ -265,25 +266,13 @@ def _describe(proto: onnx.ModelProto, classifier: Classifier, export_info: dict[
 
 def _onnx_proto(graph: nn.Module, preprocessing: Preprocessing, opset: int) -> onnx.ModelProto:
     """The fp32 ONNX graph (torch.export based exporter); batch is dynamic, height and width are fixed."""
-    height, width = preprocessing.input_size
-    example = torch.zeros(2, 3, height, width)
     try:
-        program = torch.onnx.export(
-            graph,
-            (example,),
-            dynamo=True,
-            opset_version=opset,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-            verbose=False,
-        )
+        return export_dynamic_batch(graph, preprocessing.input_size, opset=opset, names=(INPUT_NAME, OUTPUT_NAME))
     except Exception as error:  # the exporter raises many types; the user needs the first line
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ExportError(
             f"this model cannot be exported to ONNX ({type(error).__name__}: {first}); try --format torchscript"
         ) from None
-    return program.model_proto
 
 
 def _quantize(
