@@ -47,6 +47,14 @@ class TrainConfig(BaseModel):
     review: Path | None = Field(
         None, description="A review list from `tlearn audit` (path,given,suggested,action): relabel or drop images."
     )
+    label_sep: str = Field(
+        "|", min_length=1, description="Separator of several labels in one label-file cell (multi-label)."
+    )
+    task: Literal["auto", "multiclass", "multilabel"] = Field(
+        "auto",
+        description="multilabel: any number of classes per image (sigmoid per class, thresholds chosen on val); "
+        "auto: multilabel when any image has several labels in a label file.",
+    )
     max_image_pixels: int = Field(
         DEFAULT_MAX_IMAGE_PIXELS, gt=0, description="Images with more pixels are skipped (decompression bombs)."
     )
@@ -116,6 +124,21 @@ class TrainConfig(BaseModel):
     seed: int = Field(0, description="Random seed (shuffling, augmentation, solver).")
     calibrate: bool = Field(
         False, description="Fit a temperature on val (temperature scaling) and store it in the model."
+    )
+    reject: Literal["off", "knn", "confidence"] = Field(
+        "off",
+        description="Answer 'unknown' for images unlike the training images: knn (similarity of the embedding to "
+        "the training embeddings) or confidence (top-class probability); threshold chosen on val.",
+    )
+    target_accuracy: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="With --reject: the threshold keeps this accuracy on the answered val images (default 0.95 "
+        "unless --target-coverage is given).",
+    )
+    target_coverage: float | None = Field(
+        None, gt=0, le=1, description="With --reject: the threshold answers this share of the val images."
     )
     # Where and how to compute
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")

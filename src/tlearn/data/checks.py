@@ -53,6 +53,14 @@ class CheckedData:
         index = {name: i for i, name in enumerate(self.source.classes)}
         return [index[self.source.images[p].label] for p in self.positions[split]]
 
+    def targets(self, split: str) -> np.ndarray:
+        """(N, num_classes) float32 indicator matrix of a split's images: 1 for every label an image carries."""
+        index = {name: i for i, name in enumerate(self.source.classes)}
+        matrix = np.zeros((len(self.positions[split]), len(index)), dtype=np.float32)
+        for row, position in enumerate(self.positions[split]):
+            matrix[row, [index[name] for name in self.source.images[position].labels]] = 1.0
+        return matrix
+
     def relpaths(self, split: str) -> list[str]:
         """Paths (relative to the data folder) of a split's images."""
         return [self.source.images[p].relpath for p in self.positions[split]]

@@ -48,8 +48,14 @@ class LabelledImage:
 
     path: Path
     relpath: str
-    label: str
+    label: str  # the first (for single-label data, the only) label
     split: str
+    extra_labels: tuple[str, ...] = ()  # the image's other labels (multi-label data from a label file)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Every label of the image, the first one first."""
+        return (self.label, *self.extra_labels)
 
 
 @dataclass
@@ -64,6 +70,11 @@ class DataSource:
     split_fractions: tuple[float, float, float] | None = None  # for hash-split layouts
     label_file: Path | None = None  # the CSV/JSON the labels came from ("label_file" layout; root is its folder)
     problems: list[str] = field(default_factory=list)  # label-file rows left out, with their line numbers
+
+    @property
+    def multilabel(self) -> bool:
+        """Whether any image carries several labels."""
+        return any(image.extra_labels for image in self.images)
 
     def in_split(self, split: str) -> list[LabelledImage]:
         """The images assigned to one split, in a stable order."""

@@ -40,6 +40,23 @@ INPUT_SIDE_RANGE = (8, 4096)
 CROP_PCT_RANGE = (0.25, 2.0)
 
 
+class RejectRule(BaseModel):
+    """When a model answers "unknown" instead of a class: its score of an image is below `threshold`.
+
+    `score` "knn": cosine similarity of the image's embedding (standardised) to its k-th nearest training
+    embedding, stored in `reject.safetensors` beside the weights (see `tlearn.engines.answers`); "confidence":
+    the calibrated probability of the top class. `target` records what the threshold was chosen for on
+    validation images ({"accuracy": 0.95} of the answered images, or {"coverage": 0.9} of images answered).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    score: Literal["knn", "confidence"]
+    threshold: float
+    k: int = Field(default=5, ge=1)
+    target: dict[str, float] = Field(default_factory=dict)
+
+
 class ModelConfig(BaseModel):
     """Contents of a model directory's `config.json`."""
 
@@ -56,6 +73,10 @@ class ModelConfig(BaseModel):
     classifier_keys: tuple[str, str]
     mode: Literal["linear", "finetune"]
     temperature: float = 1.0  # divide logits by this before the softmax (calibration)
+    # "multilabel": one sigmoid per class, an image gets every class whose probability reaches its threshold.
+    task: Literal["multiclass", "multilabel"] = "multiclass"
+    thresholds: list[float] | None = None  # per class, in class order (multilabel only)
+    reject: RejectRule | None = None  # None: the model always answers one of its classes
     created: str = Field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     metrics: dict[str, dict[str, float]] = Field(default_factory=dict)  # split → headline figures
 
@@ -75,8 +96,17 @@ def linear_model_state(
     return state
 
 
-def save_model(folder: str | Path, state: Mapping[str, np.ndarray], config: ModelConfig) -> Path:
-    """Write the model directory atomically (a crash leaves the previous model or none, never half)."""
+def save_model(
+    folder: str | Path,
+    state: Mapping[str, np.ndarray],
+    config: ModelConfig,
+    extra_files: Mapping[str, bytes] | None = None,
+) -> Path:
+    """Write the model directory atomically (a crash leaves the previous model or none, never half).
+
+    `extra_files` ({name: bytes}) land in the same directory in the same step, e.g. the reject rule's
+    reference embeddings (`tlearn.engines.answers.REFERENCES_FILE`).
+    """
     folder = Path(folder)
     payload = save_numpy_safetensors(
         {name: np.ascontiguousarray(value) for name, value in state.items()}, metadata={"format": "pt"}
@@ -84,6 +114,8 @@ def save_model(folder: str | Path, state: Mapping[str, np.ndarray], config: Mode
     with atomic.replace_directory(folder) as staging:
         (staging / WEIGHTS_FILE).write_bytes(payload)
         (staging / CONFIG_FILE).write_text(config.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        for name, content in (extra_files or {}).items():
+            (staging / name).write_bytes(content)
     return folder
 
 
@@ -168,6 +200,7 @@ def check_model_config(config: ModelConfig, where: str) -> None:
     duplicates = sorted({name for name in config.classes if config.classes.count(name) > 1})
     if duplicates:
         raise ModelFileError(f"{where}: class name(s) {', '.join(map(repr, duplicates))} listed twice; {fix}")
+    _check_answers(config, where, fix)
     values = config.preprocessing
     try:
         preprocessing = config.preprocessing_spec()
@@ -193,6 +226,23 @@ def check_model_config(config: ModelConfig, where: str) -> None:
     if len(preprocessing.std) != 3 or min(preprocessing.std) <= 0:
         std = list(preprocessing.std)
         raise ModelFileError(f"{where}: preprocessing std {std} must be three positive numbers; {fix}")
+
+
+def _check_answers(config: ModelConfig, where: str, fix: str) -> None:
+    """A multi-label model needs one threshold in [0, 1] per class; a reject threshold must be a number."""
+    thresholds = config.thresholds
+    if config.task == "multilabel":
+        if thresholds is None or len(thresholds) != len(config.classes):
+            count = "none" if thresholds is None else len(thresholds)
+            raise ModelFileError(
+                f"{where}: a multilabel model needs one threshold per class ({len(config.classes)}), got {count}; {fix}"
+            )
+        if not all(math.isfinite(value) and 0.0 <= value <= 1.0 for value in thresholds):
+            raise ModelFileError(f"{where}: thresholds must be probabilities between 0 and 1, got {thresholds}; {fix}")
+    elif thresholds is not None:
+        raise ModelFileError(f"{where}: thresholds are only used by task multilabel (this model is {config.task}); {fix}")
+    if config.reject is not None and not math.isfinite(config.reject.threshold):
+        raise ModelFileError(f"{where}: reject threshold {config.reject.threshold} must be a finite number; {fix}")
 
 
 def check_classifier(weights: Path, config: ModelConfig) -> None:
