@@ -32,12 +32,11 @@ from scipy.stats import kendalltau
 
 import tlearn
 from _common import SHARED, require_shared, run_tlearn, save
-from tlearn.audits.findings import one_blas_thread
 from tlearn.backbones.cache import cache_root
 from tlearn.backbones.features import FeatureExtractor
 from tlearn.backbones.registry import resolve_backbone
 from tlearn.data.discovery import discover_for_evaluation
-from tlearn.training.head import fit_head, select_c
+from tlearn.training.head import fit_head, one_blas_thread, select_c
 from tlearn.util.progress import Progress
 
 BACKBONES = ("lite0", "lite1", "lite2")

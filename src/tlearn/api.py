@@ -184,17 +184,20 @@ class Model:
         batch_size: int = 32,
         workers: int | None = None,
         quiet: bool = True,
+        reject: bool = True,
     ) -> list[Prediction]:
-        """Top-k labels for files (decoded in parallel), PIL images or RGB arrays, in input order.
+        """Answers for files (decoded in parallel), PIL images or RGB arrays, in input order.
 
         A file that cannot be decoded gets a `Prediction` with `error` set; the others are still predicted.
+        A multi-label model's answers hold label sets; a model with a reject rule answers "unknown" for
+        images it does not recognise, unless `reject` is False.
 
         Example:
             >>> [(p.label, round(p.probabilities[0], 2)) for p in clf.predict(["bee.jpg", picture])]  # doctest: +SKIP
             [('bees', 0.97), ('ants', 0.88)]
         """
         return self.backend.predict(
-            images, top_k=top_k, batch_size=batch_size, workers=workers, progress=Progress(quiet=quiet)
+            images, top_k=top_k, batch_size=batch_size, workers=workers, progress=Progress(quiet=quiet), reject=reject
         )
 
     def evaluate(self, data: str | Path, **options: Any) -> Evaluation:
@@ -304,10 +307,13 @@ def predict(
     engine: str | None = None,
     workers: int | None = None,
     quiet: bool = True,
+    reject: bool = True,
 ) -> Iterator[Prediction]:
-    """Top-k labels for image files and folders (searched recursively), yielded as they are computed.
+    """Answers for image files and folders (searched recursively), yielded as they are computed.
 
     Memory stays constant on folders of any size; a file that cannot be read gets a `Prediction` with `error`.
+    Each answer holds the top-k labels, a multi-label model's label set, and under a reject rule the score and
+    whether the image is "unknown" (`reject=False`: the best class anyway).
 
     Raises:
         DataError: a path does not exist, or no image file was found.
@@ -320,7 +326,9 @@ def predict(
     if not files:
         raise DataError(f"no image files found in {', '.join(map(str, sources))}")
     backend = _backend(model, device=device, engine=engine)
-    return backend.iter_file_predictions(files, top_k=top_k, workers=workers, progress=Progress(quiet=quiet))
+    return backend.iter_file_predictions(
+        files, top_k=top_k, workers=workers, progress=Progress(quiet=quiet), reject=reject
+    )
 
 
 def export(

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from tlearn import __version__
-from tlearn.audits.findings import ImageTable, audit_embeddings
+from tlearn.audits.findings import AuditSettings, ImageTable, audit_embeddings
 from tlearn.audits.review import apply_review, review_rows, write_review
 from tlearn.backbones.cache import cache_root
 from tlearn.backbones.features import FeatureExtractor
@@ -31,11 +31,13 @@ from tlearn.engines.imagenet import imagenet_answers
 from tlearn.errors import BackboneError, DataError
 from tlearn.evaluation.calibration import apply_temperature, fit_temperature
 from tlearn.evaluation.metrics import classification_metrics
+from tlearn.evaluation.multilabel import multilabel_metrics
 from tlearn.report.display import RunReport
 from tlearn.report.page import write_report
 from tlearn.runs.layout import (
     HISTORY_COLUMNS,
     RunFolder,
+    multilabel_prediction_rows,
     prediction_columns,
     prediction_rows,
     report_split,
@@ -54,7 +56,8 @@ from tlearn.training.candidates import (
 )
 from tlearn.training.context import TrainingContext
 from tlearn.training.distributed import DistributedContext
-from tlearn.training.selection import choose
+from tlearn.training.rejection import fit_reject
+from tlearn.training.selection import choose, choose_multilabel
 from tlearn.training.tracking import Tracker
 from tlearn.util import atomic
 from tlearn.util.background import import_in_background
@@ -136,7 +139,13 @@ def run_training(
     progress = (progress or Progress()) if dist.is_main else Progress(quiet=True)
     run = RunFolder(Path(out).expanduser())
     # Data folder and backbone are checked before --out is created, so a mistyped command leaves nothing behind.
-    source = discover(config.data, split_fractions=config.split, follow_links=config.follow_links)
+    source = discover(
+        config.data,
+        split_fractions=config.split,
+        follow_links=config.follow_links,
+        label_sep=config.label_sep,
+        task=config.task,
+    )
     review = None
     if config.review is not None:
         source, review = apply_review(source, config.review)
@@ -167,10 +176,7 @@ def run_training(
                 _write_run(context, prepared, result, metrics, summary)
                 write_report(run.root, progress=progress)
                 for split in metrics:
-                    progress.info(
-                        f"{split}: accuracy {metrics[split]['accuracy']:.3f}, macro F1 "
-                        f"{metrics[split]['macro_f1']:.3f} (n={metrics[split]['n']})"
-                    )
+                    progress.info(f"{split}: {_headline_line(metrics[split])}")
     dist.barrier()
     dist.close()
     return Run(run.root, config, metrics, result.history, prepared.checked.report, summary, rank=dist.rank)
@@ -187,21 +193,26 @@ def _train_and_measure(
     result, stages = _pick_candidate(context, prepared, linear)
     result = final_fit(context, prepared, linear, result)
     temperature = 1.0
-    if config.calibrate:  # temperature scaling: fitted on val, stored in the model, applied to every split
+    if config.calibrate and prepared.multilabel:
+        progress.info("calibration: skipped (multi-label thresholds are chosen on the probabilities as they are)")
+    elif config.calibrate:  # temperature scaling: fitted on val, stored in the model, applied to every split
         temperature = fit_temperature(result.probabilities["val"], prepared.labels["val"])
         result.probabilities = {
             split: apply_temperature(values, temperature) for split, values in result.probabilities.items()
         }
         progress.info(f"calibration: temperature {temperature:.3f} fitted on val (1 when val has no errors)")
     result.model_config = result.model_config.model_copy(update={"temperature": temperature})
-    labels = {**prepared.labels, "cv": prepared.stack("train", "val")[1]}
-    metrics = {
-        split: classification_metrics(labels[split], result.probabilities[split], prepared.classes)
-        for split in ("val", "test", "cv")
-        if split in result.probabilities
-    }
+    metrics = _metrics(prepared, result)
+    if config.reject != "off":
+        rejection = fit_reject(context, prepared, result)
+        result.model_config = result.model_config.model_copy(update={"reject": rejection.rule})
+        result.extra_files = rejection.files
+        for split, block in rejection.metrics.items():
+            metrics[split]["reject"] = block
+        progress.info(rejection.summary_line)
     summary = {
         "tlearn_version": __version__,
+        "task": result.model_config.task,
         "mode": config.mode,
         "model": result.model_config.mode,
         "final_fit": result.summary.get("final_fit"),
@@ -214,6 +225,39 @@ def _train_and_measure(
         "stages": stages,
     }
     return metrics, result, prepared, summary
+
+
+def _metrics(prepared: PreparedData, result: Candidate) -> dict[str, dict[str, Any]]:
+    """metrics.json: every evaluated split's figures ("cv": the linear head's cross-validation over train+val)."""
+    splits = [split for split in ("val", "test", "cv") if split in result.probabilities]
+    if prepared.multilabel:
+        thresholds = result.model_config.thresholds or []
+        targets = {**prepared.targets, "cv": prepared.answers("train", "val")}
+        return {
+            split: multilabel_metrics(targets[split], result.probabilities[split], thresholds, prepared.classes)
+            for split in splits
+        }
+    labels = {**prepared.labels, "cv": prepared.stack("train", "val")[1]}
+    return {
+        split: classification_metrics(labels[split], result.probabilities[split], prepared.classes) for split in splits
+    }
+
+
+def _headline_line(metrics: dict[str, Any]) -> str:
+    """One console line of a split's figures."""
+    if metrics.get("task") == "multilabel":
+        return (
+            f"mAP {metrics['mAP']:.3f}, subset accuracy {metrics['subset_accuracy']:.3f}, micro F1 "
+            f"{metrics['micro_f1']:.3f}, macro F1 {metrics['macro_f1']:.3f} (n={metrics['n']})"
+        )
+    line = f"accuracy {metrics['accuracy']:.3f}, macro F1 {metrics['macro_f1']:.3f} (n={metrics['n']})"
+    reject = metrics.get("reject")
+    if reject and reject["selective_accuracy"] is not None:
+        line += (
+            f"; answering {reject['coverage']:.0%} of images ({reject['score']} score >= {reject['threshold']:.3g}): "
+            f"accuracy {reject['selective_accuracy']:.3f}"
+        )
+    return line
 
 
 def _pick_candidate(
@@ -229,12 +273,20 @@ def _pick_candidate(
         return linear, {**stages, "finetune_skipped": skip}
     guard_resumed_data(context, prepared)
     tuned = finetune_candidate(context, prepared, linear)
-    choice = choose(
-        linear.probabilities["val"],
-        tuned.probabilities["val"],
-        prepared.labels["val"],
-        improved=tuned.summary["best_epoch"] > 0,
-    )
+    improved = tuned.summary["best_epoch"] > 0
+    if prepared.multilabel:
+        thresholds = (linear.model_config.thresholds or [], tuned.model_config.thresholds or [])
+        choice = choose_multilabel(
+            linear.probabilities["val"],
+            tuned.probabilities["val"],
+            prepared.answers("val"),
+            thresholds,
+            improved=improved,
+        )
+    else:
+        choice = choose(
+            linear.probabilities["val"], tuned.probabilities["val"], prepared.labels["val"], improved=improved
+        )
     kept = tuned if config.mode == "finetune" or choice.chosen == "finetune" else linear
     if kept is tuned and choice.chosen == "linear":
         progress.info(f"kept the fine-tuned network because of --mode finetune; in auto mode: {choice.reason}")
@@ -272,6 +324,12 @@ def _embed_and_check(context: TrainingContext, source: DataSource, ref: Backbone
     _require_trainable(checked)
     splits = ("train", "val", "test")
     labels = {split: np.asarray(checked.labels(split), dtype=np.int64) for split in splits}
+    multilabel = config.task == "multilabel" or (config.task == "auto" and source.multilabel)
+    if multilabel and config.reject != "off":
+        raise DataError(
+            f"{source.root}: --reject is for single-label models; a multi-label model already answers no label "
+            "when no class reaches its threshold"
+        )
     balanced = config.balance == "on" or (config.balance == "auto" and checked.report["imbalance"]["imbalanced"])
     return PreparedData(
         ref=ref,
@@ -292,6 +350,7 @@ def _embed_and_check(context: TrainingContext, source: DataSource, ref: Backbone
             "onnx_exported": embedded.onnx_exported,
         },
         balanced=balanced,
+        targets={split: checked.targets(split) for split in splits} if multilabel else None,
     )
 
 
@@ -304,7 +363,12 @@ def _write_run(
 ) -> None:
     """Save the model and every output file (rank 0 only), log final metrics, drop the checkpoint."""
     run, config, tracker = context.run, context.config, context.tracker
-    save_model(run.model, result.state, result.model_config.model_copy(update={"metrics": _headline(metrics)}))
+    save_model(
+        run.model,
+        result.state,
+        result.model_config.model_copy(update={"metrics": _headline(metrics)}),
+        extra_files=result.extra_files,
+    )
     summary["model_bytes"] = (run.model / WEIGHTS_FILE).stat().st_size
     checked, classes = prepared.checked, prepared.classes
     atomic.write_json(run.metrics, metrics)
@@ -313,19 +377,14 @@ def _write_run(
     atomic.write_json(run.splits, {split: checked.relpaths(split) for split in ("train", "val", "test")})
     atomic.write_text(run.config, config.to_yaml())
     atomic.write_json(run.summary, summary)
-    rows = {
-        split: prediction_rows(
-            _relpaths(checked, split), _labels(checked, split), result.probabilities[split], classes, split=split
-        )
-        for split in result.probabilities
-    }
+    rows = {split: _prediction_rows(prepared, result, split) for split in result.probabilities}
     atomic.write_csv(
         run.predictions,
         [row for split_rows in rows.values() for row in split_rows],
         prediction_columns(classes, with_split=True),
     )
     atomic.write_json(run.imagenet, _imagenet_samples(prepared, rows))
-    audit = _audit(prepared)
+    audit = {"reason": "the audit is for single-label data"} if prepared.multilabel else _audit(prepared, summary)
     atomic.write_json(run.audit, audit)
     if "summary" in audit:
         write_review(run.review, review_rows(audit))
@@ -334,7 +393,8 @@ def _write_run(
         {
             f"{split}/{key}": values[key]
             for split, values in metrics.items()
-            for key in ("accuracy", "balanced_accuracy", "macro_f1", "loss")
+            for key in ("accuracy", "balanced_accuracy", "macro_f1", "loss", "mAP", "micro_f1", "hamming_loss")
+            if key in values
         },
         step=result.history[-1]["epoch"],
     )
@@ -342,9 +402,10 @@ def _write_run(
     shutil.rmtree(run.checkpoints, ignore_errors=True)  # the run is complete; the model is the artefact
 
 
-def _audit(prepared: PreparedData) -> dict[str, Any]:
+def _audit(prepared: PreparedData, summary: dict[str, Any]) -> dict[str, Any]:
     """The data audit of every usable image (likely label errors, near-duplicates, outliers), from the
-    embeddings in hand; folders beyond AUDIT_LIMIT images are left to `tlearn audit`."""
+    embeddings in hand, with the L2 strength the linear head chose (no second search); folders beyond
+    AUDIT_LIMIT images are left to `tlearn audit`."""
     splits = [split for split in ("train", "val", "test") if len(prepared.labels[split])]
     images = sum(len(prepared.labels[split]) for split in splits)
     if images > AUDIT_LIMIT:
@@ -358,10 +419,25 @@ def _audit(prepared: PreparedData) -> dict[str, Any]:
         content_hashes=[checked.content_hashes[p] for split in splits for p in checked.positions[split]],
     )
     try:
-        findings = audit_embeddings(np.concatenate([prepared.features[split] for split in splits]), table)
+        findings = audit_embeddings(
+            np.concatenate([prepared.features[split] for split in splits]),
+            table,
+            AuditSettings(c=summary["head"]["c"]),
+        )
     except DataError as error:
         return {"reason": str(error)}
     return {**findings.payload, "data": str(checked.source.root), "backbone": prepared.ref.describe()}
+
+
+def _prediction_rows(prepared: PreparedData, result: Candidate, split: str) -> list[dict[str, Any]]:
+    """predictions.csv rows of one split (label sets for a multi-label model)."""
+    checked, classes = prepared.checked, prepared.classes
+    relpaths, probabilities = _relpaths(checked, split), result.probabilities[split]
+    if prepared.multilabel:
+        targets = prepared.answers("train", "val") if split == "cv" else prepared.answers(split)
+        thresholds = result.model_config.thresholds or []
+        return multilabel_prediction_rows(relpaths, targets, probabilities, thresholds, classes, split=split)
+    return prediction_rows(relpaths, _labels(checked, split), probabilities, classes, split=split)
 
 
 def _relpaths(checked: CheckedData, split: str) -> list[str]:
@@ -404,7 +480,5 @@ def _require_trainable(checked: CheckedData) -> None:
 
 
 def _headline(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
-    return {
-        split: {key: values[key] for key in ("accuracy", "balanced_accuracy", "macro_f1", "n")}
-        for split, values in metrics.items()
-    }
+    keys = ("accuracy", "balanced_accuracy", "macro_f1", "mAP", "micro_f1", "n")
+    return {split: {key: values[key] for key in keys if key in values} for split, values in metrics.items()}

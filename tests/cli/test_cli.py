@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -118,3 +121,58 @@ def test_python_dash_m_is_the_same_cli_and_errors_have_no_traceback(tmp_path):
     )
     assert failed.returncode == 2 and failed.stderr.strip().count("\n") == 0
     assert failed.stderr.startswith("error:") and "no such folder" in failed.stderr
+
+
+@pytest.fixture(scope="module")
+def answering(exported_model, tmp_path_factory):
+    """Models with label sets and a reject rule (tests/answer_models.py)."""
+    from answer_models import answer_models
+
+    return answer_models(exported_model, tmp_path_factory)
+
+
+def test_predict_answers_unknown_with_its_score_in_every_format_unless_told_not_to(capsys, answering):
+    unseen, red = answering.unseen, answering.data / "red"
+    code, out, _ = run_cli(capsys, "predict", answering.knn, unseen, red, "-k", "1", "-q")
+    answers = [line.split("\t")[1] for line in out.strip().splitlines()]
+    assert code == 0 and len(answers) == 4 + 14
+    assert all(re.fullmatch(r"unknown \(score 0\.[0-5]\d\d\)", answer) for answer in answers[:4]), answers[:4]
+    assert all(re.fullmatch(r"red \(score 0\.[6-9]\d\d\)", answer) for answer in answers[4:]), answers[4:]
+    code, out, _ = run_cli(capsys, "predict", answering.knn_onnx, unseen, "--no-reject", "-k", "1", "-q")
+    assert code == 0 and all(re.match(r"(blue|red) \(score 0\.[0-5]", line.split("\t")[1]) for line in out.splitlines())
+    code, out, _ = run_cli(capsys, "predict", answering.knn, unseen, "--format", "csv", "-k", "2", "-q")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert list(rows[0]) == ["source", "rank", "label", "probability", "error", "answer", "reject_score"]
+    assert len(rows) == 8 and {row["answer"] for row in rows} == {"unknown"}
+    assert all(0 < float(row["reject_score"]) < 0.6 for row in rows) and {row["label"] for row in rows} == {
+        "blue",
+        "red",
+    }
+    code, out, _ = run_cli(capsys, "predict", answering.knn, unseen, "--format", "json", "-q")
+    first = json.loads(out)[0]
+    assert first["label"] == "unknown" and first["unknown"] is True and first["reject_score"] < 0.6
+
+
+def test_predict_gives_the_same_label_sets_on_the_onnx_file_as_on_the_model_directory(capsys, answering):
+    outputs = {}
+    for model in (answering.multilabel, answering.multilabel_onnx):
+        code, out, _ = run_cli(capsys, "predict", model, answering.data, "--format", "json", "-k", "1", "-q")
+        assert code == 0
+        outputs[model] = [(item["source"], item["label_set"]) for item in json.loads(out)]
+    directory, onnx_file = outputs.values()
+    assert directory == onnx_file and any(len(label_set) == 2 for _, label_set in directory)
+    code, out, _ = run_cli(capsys, "predict", answering.multilabel_onnx, answering.data, "--format", "csv", "-q")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    expected = {source: "|".join(label_set) for source, label_set in directory}
+    assert all(row["answer"] == expected[row["source"]] and row["reject_score"] == "" for row in rows)
+    code, out, _ = run_cli(capsys, "predict", answering.multilabel, answering.data, "-k", "1", "-q")
+    assert {line.split("\t")[1] for line in out.splitlines()} == {"|".join(s) for _, s in directory}
+
+
+def test_predict_prints_a_plain_models_answers_as_before(capsys, exported_model):
+    code, out, _ = run_cli(
+        capsys, "predict", exported_model.onnx, exported_model.data / "red", "--format", "json", "-q"
+    )
+    assert code == 0 and all(set(item) == {"source", "labels", "probabilities", "error"} for item in json.loads(out))
+    code, out, _ = run_cli(capsys, "predict", exported_model.onnx, exported_model.data / "red", "-k", "1", "-q")
+    assert all(re.fullmatch(r"\S+\tred [01]\.\d{3}", line) for line in out.splitlines())

@@ -10,6 +10,7 @@ import pytest
 
 import tlearn
 from helpers import make_class_folder, run_cli
+from tlearn.data.checks import check_data
 from tlearn.data.discovery import discover, discover_for_evaluation
 from tlearn.data.label_files import read_label_file
 from tlearn.errors import DataError
@@ -64,20 +65,32 @@ def test_csv_edge_cases_bom_quotes_windows_paths_and_spaces(tmp_path):
 def test_problem_rows_are_listed_with_their_line_and_left_out(tmp_path):
     data = make_class_folder(tmp_path / "data", {"red": 4, "blue": 4})
     rows = [
-        ("red/img_000.png", "red"),
+        ("red/img_000.png", "red", "train"),
         ("red/missing.png", "red"),  # line 3
         ("red/img_001.png", ""),  # line 4
-        ("red/img_002.png", "red|blue"),  # line 5: several labels
-        ("red/img_000.png", "blue"),  # line 6: listed again, another label
+        ("red/img_002.png", "red|blue"),  # line 5: several labels (kept: multi-label)
+        ("red/img_000.png", "blue", "test"),  # line 6: another label, but another split
         ("blue/img_000.png", "blue", "sometimes"),  # line 7: unknown split
+        ("red/img_000.png", "red"),  # line 8: the same (path, label) again
+        ("", "red"),  # line 9: no path
         *((f"blue/img_{n:03d}.png", "blue", "") for n in (1, 2, 3)),
     ]
     labels = _write_csv(data / "labels.csv", rows, header="path,label,split")
     found, problems = read_label_file(labels)
-    assert [row.relpath for row in found] == ["red/img_000.png", *(f"blue/img_{n:03d}.png" for n in (1, 2, 3))]
-    assert [problem.split(": ", 1)[0] for problem in problems] == [f"{labels} line {n}" for n in (3, 4, 5, 6, 7)]
-    assert "no such file" in problems[0] and "no label" in problems[1] and "several labels" in problems[2]
-    assert "already listed at line 2" in problems[3] and "unknown split 'sometimes'" in problems[4]
+    assert [(row.relpath, row.labels, row.split) for row in found] == [
+        ("red/img_000.png", ("red",), "train"),
+        ("red/img_002.png", ("red", "blue"), None),
+        *((f"blue/img_{n:03d}.png", ("blue",), None) for n in (1, 2, 3)),
+    ]
+    assert [problem.split(": ", 1)[0] for problem in problems] == [f"{labels} line {n}" for n in (3, 4, 6, 7, 8, 9)]
+    assert problems[0] == f"{labels} line 3: red/missing.png: no such file; row left out"
+    assert problems[1] == f"{labels} line 4: red/img_001.png: no label; row left out"
+    assert problems[2] == f"{labels} line 6: red/img_000.png: split 'test' here but 'train' at line 2; row left out"
+    assert problems[3] == (
+        f"{labels} line 7: blue/img_000.png: unknown split 'sometimes' (expected train, val or test); row left out"
+    )
+    assert problems[4] == f"{labels} line 8: red/img_000.png: label 'red' (first at line 2) given again; kept once"
+    assert problems[5] == f"{labels} line 9: no path; row left out"
 
 
 def test_given_splits_are_kept_and_val_is_carved_from_train_when_absent(tmp_path):
@@ -121,3 +134,228 @@ def test_unusable_label_files_are_one_line_errors(tmp_path, capsys, content, mes
         discover(data / "labels.csv")
     code, _, err = run_cli(capsys, "train", data / "labels.csv", "--out", tmp_path / "run")
     assert code == 2 and message in err and err.count("\n") == 1
+
+
+def _labels_of(source) -> dict[str, tuple[str, ...]]:
+    return {image.relpath: image.labels for image in source.images}
+
+
+def _write_text(path: Path, text: str) -> Path:
+    path.write_bytes(text.encode("utf-8"))  # bytes: the line endings stay as written
+    return path
+
+
+def test_csv_spaces_around_cells_and_in_names_with_crlf(tmp_path):
+    data = make_class_folder(tmp_path / "data", {"red": 2, "blue": 2})
+    (data / "red" / "img_000.png").rename(data / "red" / "my photo.png")
+    (data / "blue" / "img_000.png").rename(data / "blue" / "a, b.png")
+    text = (
+        "\ufeff Path , Label , Split \r\n"
+        "  red/my photo.png ,  red  , train \r\n"
+        'blue\\img_001.png, "blue , red" ,val\r\n'  # a quoted cell after a space: one label, not two
+        "red/img_001.png,red, TRAIN\r\n"
+        ' "blue/a, b.png" , blue ,\r\n'
+    )
+    found, problems = read_label_file(_write_text(data / "labels.csv", text))
+    assert problems == []
+    assert [(row.relpath, row.labels, row.split) for row in found] == [
+        ("red/my photo.png", ("red",), "train"),
+        ("blue/img_001.png", ("blue , red",), "val"),
+        ("red/img_001.png", ("red",), "train"),
+        ("blue/a, b.png", ("blue",), None),
+    ]
+    assert found[0].path == data / "red" / "my photo.png" and found[0].path.is_file()
+
+
+@pytest.mark.parametrize(
+    "header, missing",
+    [("file,label", "path"), ("path,class", "label"), ("image;tag", "path, label"), ("", "path, label")],
+)
+def test_missing_columns_are_one_line_errors_naming_the_file(tmp_path, header, missing):
+    labels = _write_text(tmp_path / "labels.csv", f"{header}\nred/img_000.png,red\n" if header else "")
+    with pytest.raises(DataError) as caught:
+        read_label_file(labels)
+    message = str(caught.value)
+    assert message == f"{labels}: missing column(s) {missing}; expected a header such as path,label[,split]"
+    assert "\n" not in message
+
+
+def _multilabel_listing(data: Path) -> dict[str, tuple[str, ...]]:
+    """red images 0-3 are also 'round', blue images 0-1 also 'round' and 'big'; the rest carry one label."""
+    expected = {relpath: (label,) for relpath, label in _listing(data)}
+    for n in range(4):
+        expected[f"red/img_{n:03d}.png"] = ("red", "round")
+    for n in range(2):
+        expected[f"blue/img_{n:03d}.png"] = ("blue", "round", "big")
+    return expected
+
+
+def test_multilabel_cells_rows_custom_separator_and_json_lists_agree(tmp_path):
+    data = make_class_folder(tmp_path / "data", {"red": 8, "blue": 8})
+    expected = _multilabel_listing(data)
+    piped = _write_csv(data / "piped.csv", [(path, f'"{"|".join(labels)}"') for path, labels in expected.items()])
+    semicolons = _write_csv(data / "semi.csv", [(path, ";".join(labels)) for path, labels in expected.items()])
+    repeated = _write_csv(data / "rows.csv", [(path, label) for path, labels in expected.items() for label in labels])
+    listed = data / "labels.json"
+    listed.write_text(json.dumps([{"path": path, "label": list(labels)} for path, labels in expected.items()]))
+    sources = [discover(piped), discover(semicolons, label_sep=";"), discover(repeated), discover(listed)]
+    for source in sources:
+        assert _labels_of(source) == expected
+        assert source.classes == ["big", "blue", "red", "round"]
+        assert source.multilabel and source.problems == []
+    assert _as_rows(sources[0]) == _as_rows(sources[1]) == _as_rows(sources[2]) == _as_rows(sources[3])
+    # The separator matters: read with the default one, 'red;round' is a single label of its own.
+    assert _labels_of(discover(semicolons))["red/img_000.png"] == ("red;round",)
+
+
+def test_multilabel_images_keep_the_stable_hash_split_of_the_class_folder(tmp_path):
+    data = make_class_folder(tmp_path / "data", {"red": 10, "blue": 10})
+    expected = _multilabel_listing(data)
+    multi = discover(_write_csv(data / "labels.csv", [(path, "|".join(labels)) for path, labels in expected.items()]))
+    folder = discover(data)
+    assert {image.relpath: image.split for image in multi.images} == {
+        image.relpath: image.split for image in folder.images
+    }
+    assert {image.relpath: image.label for image in multi.images} == {
+        image.relpath: image.label for image in folder.images
+    }
+    # Given only train rows, val is carved out of them by the same hash, labels and all.
+    rows = [(path, "|".join(labels), "train") for path, labels in expected.items()]
+    carved = discover(_write_csv(data / "train.csv", rows, header="path,label,split"))
+    assert _labels_of(carved) == expected and len(carved.in_split("val")) > 0
+    assert any(len(image.labels) > 1 for image in carved.in_split("val"))
+
+
+def test_rows_of_one_image_merge_in_first_seen_order_and_inherit_a_given_split(tmp_path):
+    data = make_class_folder(tmp_path / "data", {"red": 2, "blue": 2})
+    rows = [
+        ("red/img_000.png", "zebra", ""),
+        ("blue/img_000.png", "blue", "test"),
+        ("red/img_000.png", "red|apple", "val"),  # an empty split before: this one is taken
+        ("red/img_000.png", "zebra", "val"),  # line 5: the same (path, label) again
+        ("blue/img_000.png", "red", "train"),  # line 6: conflicting split
+        ("red/img_001.png", "red|red", ""),  # line 7: repeated inside one cell
+    ]
+    labels = _write_csv(data / "labels.csv", rows, header="path,label,split")
+    found, problems = read_label_file(labels)
+    assert [(row.relpath, row.labels, row.split) for row in found] == [
+        ("red/img_000.png", ("zebra", "red", "apple"), "val"),
+        ("blue/img_000.png", ("blue",), "test"),
+        ("red/img_001.png", ("red",), None),
+    ]
+    assert problems == [
+        f"{labels} line 5: red/img_000.png: label 'zebra' (first at line 2) given again; kept once",
+        f"{labels} line 6: blue/img_000.png: split 'train' here but 'test' at line 3; row left out",
+        f"{labels} line 7: red/img_001.png: label 'red' (first at line 7) given again; kept once",
+    ]
+
+
+def test_multiclass_task_leaves_out_images_with_several_labels(tmp_path):
+    data = make_class_folder(tmp_path / "data", {"red": 4, "blue": 4})
+    rows = [
+        ("red/img_000.png", "red"),
+        ("red/img_001.png", "red|blue"),  # line 3: several labels in one cell
+        ("red/img_000.png", "blue"),  # line 4: a second label for line 2's image
+        ("red/img_000.png", "red"),  # line 5: an image already left out
+        *((f"red/img_{n:03d}.png", "red") for n in (2, 3)),
+        *((f"blue/img_{n:03d}.png", "blue") for n in range(4)),
+    ]
+    labels = _write_csv(data / "labels.csv", rows)
+    found, problems = read_label_file(labels, task="multiclass")
+    assert [row.relpath for row in found] == ["red/img_002.png", "red/img_003.png"] + [
+        f"blue/img_{n:03d}.png" for n in range(4)
+    ]
+    assert all(len(row.labels) == 1 for row in found)
+    advice = "but --task multiclass takes one per image; use --task multilabel, or keep one label; image left out"
+    assert problems == [
+        f"{labels} line 3: red/img_001.png: several labels (red, blue) {advice}",
+        f"{labels} line 4: red/img_000.png: several labels (red, blue) {advice}",
+        f"{labels} line 5: red/img_000.png: already left out at line 4 (several labels); row left out",
+    ]
+    source = discover(labels, task="multiclass")
+    assert not source.multilabel and source.problems == problems and len(source.images) == 6
+    evaluated, _ = discover_for_evaluation(labels, task="multiclass")
+    assert sorted(image.relpath for image in evaluated.images) == sorted(row.relpath for row in found)
+    # "auto" and "multilabel" keep both images with their two labels.
+    for task in ("auto", "multilabel"):
+        kept = _labels_of(discover(labels, task=task))
+        assert kept["red/img_000.png"] == kept["red/img_001.png"] == ("red", "blue")
+
+
+def test_evaluation_reads_a_custom_separator(tmp_path):
+    data = make_class_folder(tmp_path / "data", {"red": 3, "blue": 3})
+    rows = [(path, f"{label};shape") for path, label in _listing(data)]
+    labels = _write_csv(data / "labels.csv", rows)
+    evaluated, chosen = discover_for_evaluation(labels, label_sep=";")
+    assert chosen == "all" and evaluated.classes == ["blue", "red", "shape"]
+    assert {image.labels for image in evaluated.images} == {("red", "shape"), ("blue", "shape")}
+
+
+def test_single_label_file_is_not_multilabel(tmp_path):
+    data = make_class_folder(tmp_path / "data", {"red": 3, "blue": 3})
+    source = discover(_write_csv(data / "labels.csv", _listing(data)))
+    assert not source.multilabel
+    assert all(image.extra_labels == () for image in source.images)
+
+
+def test_a_class_that_is_only_ever_a_second_label_counts_as_trained(tmp_path):
+    data = make_class_folder(tmp_path / "data", {"red": 4, "blue": 4})
+    rows = [(path, f"{label}|round" if label == "red" else label, "train") for path, label in _listing(data)]
+    rows += [("red/img_004.png", "red", "val"), ("blue/img_004.png", "blue", "val")]
+    make_class_folder(data, {"red": 1, "blue": 1}, start=4)
+    source = discover(_write_csv(data / "labels.csv", rows, header="path,label,split"))
+    assert source.classes == ["blue", "red", "round"]
+    assert sum("round" in image.labels for image in source.in_split("train")) == 4
+    assert not any("round" in image.labels for image in source.in_split("val"))
+
+
+def test_checked_multilabel_data_counts_every_label(tmp_path):
+    data = make_class_folder(tmp_path / "data", {"red": 4, "blue": 4})
+    rows = [
+        (path, f"{label}|round" if path.endswith(("_000.png", "_001.png")) else label, "train")
+        for path, label in _listing(data)
+    ]
+    rows += [("red/img_003.png", "red", "val"), ("blue/img_003.png", "blue|round", "val")]
+    rows = [row for row in rows if not (row[0].endswith("_003.png") and row[2] == "train")]
+    source = discover(_write_csv(data / "labels.csv", rows, header="path,label,split"))
+    checked = check_data(source, [f"hash-{n}" for n in range(len(source.images))], {})
+    assert source.classes == ["blue", "red", "round"]
+    assert checked.counts("train") == {"blue": 3, "red": 3, "round": 4}
+    assert checked.counts("val") == {"blue": 1, "red": 1, "round": 1}
+    assert checked.report["counts"]["train"] == {"blue": 3, "red": 3, "round": 4}
+    assert checked.report["imbalance"]["majority"] == "round" and checked.report["imbalance"]["ratio"] == 1.333
+    assert checked.relpaths("val") == ["red/img_003.png", "blue/img_003.png"]
+    assert checked.targets("val").tolist() == [[0.0, 1.0, 0.0], [1.0, 0.0, 1.0]]
+    train = dict(zip(checked.relpaths("train"), checked.targets("train").tolist(), strict=True))
+    assert train["red/img_000.png"] == [0.0, 1.0, 1.0] and train["blue/img_002.png"] == [1.0, 0.0, 0.0]
+    assert checked.labels("val") == [1, 0]  # the first label's index
+
+
+def test_identical_copies_conflict_only_when_their_label_sets_differ(tmp_path):
+    data = make_class_folder(tmp_path / "data", {"red": 4, "blue": 4})
+    rows = [("red/img_000.png", "red|round"), ("red/img_001.png", "round|red"), ("red/img_002.png", "red")]
+    rows += [row for row in _listing(data) if row[0] not in {"red/img_000.png", "red/img_001.png", "red/img_002.png"}]
+    source = discover(_write_csv(data / "labels.csv", rows))
+    position = {image.relpath: n for n, image in enumerate(source.images)}
+    hashes = [f"hash-{n}" for n in range(len(source.images))]
+    hashes[position["red/img_001.png"]] = hashes[position["red/img_000.png"]]  # the same set, in another order
+    agreeing = check_data(source, hashes, {}).report
+    assert len(agreeing["duplicates"]) == 1 and agreeing["label_conflicts"] == []
+    assert agreeing["duplicates"][0]["labels"] == ["red", "round"]
+    hashes[position["red/img_002.png"]] = hashes[position["red/img_000.png"]]  # a copy without 'round'
+    conflicting = check_data(source, hashes, {}).report
+    assert conflicting["label_conflicts"] == conflicting["duplicates"] and len(conflicting["duplicates"]) == 1
+
+
+def test_training_passes_the_separator_and_task_to_the_label_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TLEARN_CACHE_DIR", str(tmp_path / "cache"))
+    data = make_class_folder(tmp_path / "data", {"red": 8, "blue": 8})
+    rows = [(path, f"{label};blue" if path == "red/img_000.png" else label) for path, label in _listing(data)]
+    labels = _write_csv(data / "labels.csv", rows)
+    tlearn.train(labels, out=tmp_path / "run", mode="linear", quiet=True, label_sep=";", task="multiclass")
+    report = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    assert report["label_file_problems"] == [
+        f"{labels.resolve()} line 10: red/img_000.png: several labels (red, blue) but --task multiclass takes one "
+        "per image; use --task multilabel, or keep one label; image left out"
+    ]
+    assert sum(sum(table.values()) for table in report["counts"].values()) == 15

@@ -152,8 +152,9 @@ class _SkewedOnnx:
             def __getattr__(self, name):
                 return getattr(model, name)
 
-            def probabilities(self, pixels, **flip):
-                return skew(model.probabilities(pixels, **flip))
+            def scored_probabilities(self, pixels, **flip):
+                probabilities, scores = model.scored_probabilities(pixels, **flip)
+                return skew(probabilities), scores
 
         return Skewed()
 

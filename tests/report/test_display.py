@@ -17,7 +17,9 @@ def test_html_holds_every_split_and_the_runs_own_figures(exported_model):
     assert page.count("<tr>") == 1 + len(metrics)  # heading + one row per evaluated split
     for split, values in metrics.items():
         assert f">{split}" in page and f"{100 * values['accuracy']:.1f}%" in page
-    for name in INLINE_FIGURES:
+    shown = [name for name in INLINE_FIGURES if RunFolder(exported_model.run).figure(name).is_file()]
+    assert shown == ["training_curves", "confusion_counts"]  # a single-label run without a reject rule
+    for name in shown:
         png = RunFolder(exported_model.run).figure(name).read_bytes()
         assert data_uri(png, "image/png") in page
     assert "<html" not in page and "<style" not in page  # a fragment that cannot restyle the notebook

@@ -10,6 +10,7 @@ from tlearn.backbones.cache import cache_root
 from tlearn.backbones.features import FeatureExtractor
 from tlearn.backbones.registry import BackboneInfo, BackboneRef
 from tlearn.data.discovery import DataSource
+from tlearn.errors import DataError
 from tlearn.util.progress import Progress
 
 
@@ -50,6 +51,11 @@ def embed_source(
         >>> embedded.embeddings.shape  # doctest: +SKIP
         (245, 1280)
     """
+    if source.multilabel:
+        raise DataError(
+            f"{source.root}: images with several labels: audit and select work on single-label data "
+            "(one class per image)"
+        )
     images = [image for image in source.images if splits is None or image.split in splits]
     extractor = FeatureExtractor(ref, cache_root(), device=device)
     result = extractor.embed_files([image.path for image in images], progress=progress)

@@ -8,8 +8,6 @@ page, the review list and a training report's Audit section are all written from
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -22,7 +20,7 @@ from tlearn.audits.overlap import class_overlap
 from tlearn.data.discovery import SPLITS
 from tlearn.errors import DataError
 from tlearn.evaluation.intervals import wilson_interval
-from tlearn.training.head import DEFAULT_FOLDS, select_c
+from tlearn.training.head import DEFAULT_FOLDS, one_blas_thread, select_c
 
 AUDIT_FORMAT = "tlearn-audit"
 AUDIT_VERSION = 1
@@ -42,6 +40,7 @@ class AuditSettings:
     relabel_confidence: float = RELABEL_CONFIDENCE  # review.csv: relabel at this out-of-fold probability, else drop
     folds: int = DEFAULT_FOLDS  # cross-validation folds for the out-of-fold probabilities
     seed: int = 0
+    c: float | None = None  # the heads' L2 strength; None: chosen by cross-validation (a training run gives its own)
 
 
 @dataclass
@@ -92,7 +91,8 @@ def audit_embeddings(embeddings: np.ndarray, table: ImageTable, settings: AuditS
             f"class {name!r} has {counts.min()} readable image(s); the audit cross-validates and needs 2 per class"
         )
     with one_blas_thread():
-        selection = select_c(embeddings, labels, len(classes), folds=settings.folds, seed=settings.seed)
+        grid = {"c_grid": (settings.c,)} if settings.c is not None else {}
+        selection = select_c(embeddings, labels, len(classes), folds=settings.folds, seed=settings.seed, **grid)
         probabilities = selection.out_of_fold
         cross_validated = time.perf_counter()
         issues = find_label_issues(probabilities, labels)
@@ -182,18 +182,3 @@ def _duplicate_group(
         "conflicting_labels": len(labels) > 1,
         "consensus": table.classes[consensus],
     }
-
-
-@contextmanager
-def one_blas_thread() -> Iterator[None]:
-    """Run the audit's linear algebra on one BLAS thread.
-
-    Its matrices are small (a few hundred rows after the head's SVD), where a multi-threaded BLAS spends more
-    time waking and spinning threads than computing; on the shared 2-core machine cross-validating the head
-    on signs (325 images, 10 classes) took 43 s with the default threads and 0.9 s with one.
-    """
-    import sklearn.linear_model  # noqa: F401 - loads scipy's BLAS now: the limit only covers libraries loaded
-    from threadpoolctl import threadpool_limits  # installed with scikit-learn, which depends on it
-
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield

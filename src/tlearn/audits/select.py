@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 
 from tlearn.audits.embedded import EmbeddedImages, embed_source
-from tlearn.audits.findings import one_blas_thread
 from tlearn.audits.page import write_select_page
 from tlearn.audits.transferability import knn_accuracy, logme
 from tlearn.backbones.cache import cache_root
@@ -44,7 +43,7 @@ from tlearn.errors import BackboneError, DataError, TlearnError
 from tlearn.evaluation.intervals import mcnemar_p_value, wilson_interval
 from tlearn.runs.layout import SELECT_FILE, SELECT_PAGE
 from tlearn.runs.lifecycle import OutputFolder
-from tlearn.training.head import select_c
+from tlearn.training.head import one_blas_thread, select_c
 from tlearn.util import atomic
 from tlearn.util.numeric import cross_entropy
 from tlearn.util.progress import Progress

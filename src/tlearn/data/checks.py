@@ -66,8 +66,8 @@ class CheckedData:
         return [self.source.images[p].relpath for p in self.positions[split]]
 
     def counts(self, split: str) -> dict[str, int]:
-        """{class: images} of a split, every class listed."""
-        per_class = Counter(self.source.images[p].label for p in self.positions[split])
+        """{class: images} of a split, every class listed; an image with several labels counts for each."""
+        per_class = Counter(label for p in self.positions[split] for label in self.source.images[p].labels)
         return {name: per_class.get(name, 0) for name in self.source.classes}
 
 
@@ -80,7 +80,7 @@ def check_data(source: DataSource, content_hashes: list[str | None], failures: d
             groups[content_hash].append(position)
 
     excluded: set[int] = set()
-    duplicates, leakage = [], []
+    duplicates, leakage, label_conflicts = [], [], []
     for content_hash, members in groups.items():
         if len(members) < 2:
             continue
@@ -90,9 +90,11 @@ def check_data(source: DataSource, content_hashes: list[str | None], failures: d
                 "sha256": content_hash,
                 "paths": [image.relpath for image in images],
                 "splits": sorted({image.split for image in images}, key=SPLITS.index),
-                "labels": sorted({image.label for image in images}),
+                "labels": sorted({label for image in images for label in image.labels}),
             }
         )
+        if len({frozenset(image.labels) for image in images}) > 1:  # copies labelled differently
+            label_conflicts.append(duplicates[-1])
         earliest = min(SPLITS.index(image.split) for image in images)
         leaking = [p for p in members if SPLITS.index(source.images[p].split) > earliest]
         if leaking:
@@ -117,6 +119,7 @@ def check_data(source: DataSource, content_hashes: list[str | None], failures: d
         "layout": source.layout,
         "classes": source.classes,
         "counts": {split: checked.counts(split) for split in SPLITS if positions[split]},
+        "images": {split: len(positions[split]) for split in SPLITS if positions[split]},
         "imbalance": {
             "ratio": round(largest / smallest, 3) if smallest else None,
             "majority": max(train_counts, key=train_counts.get),
@@ -127,7 +130,7 @@ def check_data(source: DataSource, content_hashes: list[str | None], failures: d
         "ignored": source.ignored,
         "duplicates": duplicates,
         "leakage": leakage,
-        "label_conflicts": [group for group in duplicates if len(group["labels"]) > 1],
+        "label_conflicts": label_conflicts,
     }
     if source.label_file is not None:
         checked.report["label_file"] = str(source.label_file)
@@ -138,7 +141,8 @@ def check_data(source: DataSource, content_hashes: list[str | None], failures: d
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """Human-readable one-liners for the console."""
     counts = report["counts"]
-    per_split = ", ".join(f"{split} {sum(table.values())}" for split, table in counts.items())
+    images = report.get("images") or {split: sum(table.values()) for split, table in counts.items()}
+    per_split = ", ".join(f"{split} {images[split]}" for split in counts)
     lines = [f"data: {len(report['classes'])} classes ({', '.join(report['classes'])}); {per_split} images"]
     if report["skipped"]:
         first = report["skipped"][0]

@@ -7,6 +7,10 @@ Two layouts are accepted:
 * `DATA/train/<class>/...`, `DATA/val/<class>/...` and optionally `DATA/test/<class>/...`: the user's own
   split. Without `val`, a validation split is carved out of `train` by the same path hash.
 
+A third source is a label file (`labels.csv`, `.json`, `.jsonl`; see `tlearn.data.label_files`): its rows give
+the images, their labels (several per image for multi-label data) and optionally their splits; rows without a
+split are split by the same path hash as a class folder.
+
 Nothing here decodes an image; that happens later, once per file content, with the outcome cached.
 
 Symbolic links: a walk never loops (a folder reached again through a link is not walked again), a link that
@@ -27,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tlearn.data.images import is_hidden_name, is_image_name
-from tlearn.data.label_files import LabelRow, is_label_file, read_label_file
+from tlearn.data.label_files import LABEL_SEPARATOR, LabelRow, LabelTask, is_label_file, read_label_file
 from tlearn.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -123,16 +127,23 @@ def auto_split_fractions(images: int) -> tuple[float, float, float]:
 
 
 def discover(
-    root: str | Path, *, split_fractions: tuple[float, float, float] | None = None, follow_links: bool = False
+    root: str | Path,
+    *,
+    split_fractions: tuple[float, float, float] | None = None,
+    follow_links: bool = False,
+    label_sep: str = LABEL_SEPARATOR,
+    task: LabelTask = "auto",
 ) -> DataSource:
     """Find the labelled images under `root` and assign each to train / val / test.
 
     Args:
-        root: `DATA/<class>/*` or `DATA/{train,val[,test]}/<class>/*`.
+        root: `DATA/<class>/*`, `DATA/{train,val[,test]}/<class>/*`, or a label file (`.csv`, `.json`, `.jsonl`).
         split_fractions: (train, val, test) for a folder of classes (and train : val when carving validation
             out of a pre-split `train`); None: `auto_split_fractions` of the number of images.
         follow_links: also follow symbolic links that lead outside `root` (else they are skipped and listed
             in `ignored`). Links inside `root` are always followed.
+        label_sep: a label file's separator of several labels in one cell.
+        task: "multiclass" leaves out (and reports) a label file's images with several labels.
 
     Raises:
         DataError: the folder does not exist, holds fewer than two classes, or a class holds no image.
@@ -142,7 +153,7 @@ def discover(
         >>> source.classes, len(source.in_split("train"))  # doctest: +SKIP
     """
     if is_label_file(root):
-        source = _discover_label_file(Path(root).expanduser(), split_fractions)
+        source = _discover_label_file(Path(root).expanduser(), split_fractions, label_sep=label_sep, task=task)
         _check_classes(source, _Walk(source.root, follow_links))
         return source
     root = _existing_folder(root)
@@ -161,16 +172,21 @@ def discover(
 
 
 def discover_for_evaluation(
-    root: str | Path, *, split: str | None = None, follow_links: bool = False
+    root: str | Path,
+    *,
+    split: str | None = None,
+    follow_links: bool = False,
+    label_sep: str = LABEL_SEPARATOR,
+    task: LabelTask = "auto",
 ) -> tuple[DataSource, str]:
     """The labelled images to evaluate a model on, and the name of the split they come from.
 
     A pre-split folder is evaluated on its `test` split (or `val` when there is no test); a folder of class
     sub-folders is evaluated as a whole (split "all") unless `split` picks one of its hash splits. Symbolic
-    links are handled as by `discover`.
+    links, `label_sep` and `task` are handled as by `discover`.
     """
     if is_label_file(root):
-        return _label_file_for_evaluation(Path(root).expanduser(), split)
+        return _label_file_for_evaluation(Path(root).expanduser(), split, label_sep=label_sep, task=task)
     root = _existing_folder(root)
     walk = _Walk(root, follow_links)
     if (root / "train").is_dir():
@@ -411,14 +427,16 @@ def _key(stat: os.stat_result) -> FileKey:
     return stat.st_dev, stat.st_ino
 
 
-def _discover_label_file(path: Path, split_fractions: tuple[float, float, float] | None) -> DataSource:
+def _discover_label_file(
+    path: Path, split_fractions: tuple[float, float, float] | None, *, label_sep: str, task: LabelTask
+) -> DataSource:
     """The images a label file lists, split as the file says, else by path hash like a class folder.
 
     Rows without a split are assigned by their path hash (the automatic fractions for their number, or
     `split_fractions`); when no row ends up in val, validation is carved out of train by the same hash, as for
-    a pre-split folder without `val/`.
+    a pre-split folder without `val/`. The classes are every label any row gives.
     """
-    rows, problems = _usable_rows(path)
+    rows, problems = _usable_rows(path, label_sep=label_sep, task=task)
     unsplit = [row for row in rows if row.split is None]
     fractions = check_split_fractions(split_fractions or auto_split_fractions(len(unsplit) or len(rows)))
     images = [_labelled(row, row.split or assign_split(row.relpath, fractions)) for row in rows]
@@ -428,13 +446,15 @@ def _discover_label_file(path: Path, split_fractions: tuple[float, float, float]
             _with_split(image, assign_split(image.relpath, carve)) if image.split == "train" else image
             for image in images
         ]
-    classes = sorted({row.label for row in rows})
+    classes = sorted({label for row in rows for label in row.labels})
     return DataSource(path.resolve().parent, "label_file", classes, images, [], fractions, path, problems)
 
 
-def _label_file_for_evaluation(path: Path, split: str | None) -> tuple[DataSource, str]:
+def _label_file_for_evaluation(
+    path: Path, split: str | None, *, label_sep: str, task: LabelTask
+) -> tuple[DataSource, str]:
     """Evaluation images of a label file: its test (else val) rows when it gives splits, else all rows."""
-    rows, problems = _usable_rows(path)
+    rows, problems = _usable_rows(path, label_sep=label_sep, task=task)
     given = [name for name in SPLITS if any(row.split == name for row in rows)]
     chosen = split or ("test" if "test" in given else "val" if "val" in given else "all")
     if chosen not in (*SPLITS, "all"):
@@ -446,12 +466,12 @@ def _label_file_for_evaluation(path: Path, split: str | None) -> tuple[DataSourc
     images = [image for image in images if image.split == chosen]
     if not images:
         raise DataError(f"{path}: split {chosen!r} holds no images")
-    classes = sorted({image.label for image in images})
+    classes = sorted({label for image in images for label in image.labels})
     return DataSource(path.resolve().parent, "label_file", classes, images, [], None, path, problems), chosen
 
 
-def _usable_rows(path: Path) -> tuple[list[LabelRow], list[str]]:
-    rows, problems = read_label_file(path)
+def _usable_rows(path: Path, *, label_sep: str, task: LabelTask) -> tuple[list[LabelRow], list[str]]:
+    rows, problems = read_label_file(path, label_sep=label_sep, task=task)
     if not rows:
         first = f"; the first: {problems[0]}" if problems else ""
         raise DataError(f"{path}: no usable rows ({len(problems)} left out{first})")
@@ -459,11 +479,13 @@ def _usable_rows(path: Path) -> tuple[list[LabelRow], list[str]]:
 
 
 def _labelled(row: LabelRow, split: str) -> LabelledImage:
-    return LabelledImage(path=row.path, relpath=row.relpath, label=row.label, split=split)
+    return LabelledImage(
+        path=row.path, relpath=row.relpath, label=row.labels[0], split=split, extra_labels=row.labels[1:]
+    )
 
 
 def _with_split(image: LabelledImage, split: str) -> LabelledImage:
-    return LabelledImage(path=image.path, relpath=image.relpath, label=image.label, split=split)
+    return dataclasses.replace(image, split=split)
 
 
 def _only_split(source: DataSource, split: str) -> DataSource:
@@ -481,10 +503,10 @@ def _check_classes(source: DataSource, walk: _Walk) -> None:
         raise DataError(
             f"{where}: need at least two class folders, found {found}{hint}. Expected {where}/<class>/*.jpg"
         )
-    per_class = Counter(image.label for image in source.images if image.split == "train")
+    per_class = Counter(label for image in source.images if image.split == "train" for label in image.labels)
     for name in source.classes:
         if per_class.get(name, 0) == 0:
-            total = sum(1 for image in source.images if image.label == name)
+            total = sum(1 for image in source.images if name in image.labels)
             if total == 0:
                 raise DataError(
                     f"{where / name}: class {name!r} has no images (supported: jpg, png, bmp, gif, webp, tif){hint}"

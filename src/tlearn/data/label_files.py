@@ -6,37 +6,50 @@ relative to the label file's folder (or absolute); Windows separators are accept
 comes from that relative path, exactly as for a class folder, so `DATA/<class>/<file>` and a CSV listing
 `<class>/<file>,<class>` give the same splits, model and metrics.
 
-Nothing in a label file is fatal row by row: a missing file, an empty label, an unknown split, a path listed
-twice with different labels, or several labels for one image (multi-label training is not available yet)
-each become one line of `problems`, with the file's line number, and the row is left out. Only a file that
-cannot be read, lacks the columns, or leaves fewer than two classes stops the run.
+Several labels per image (multi-label data) come either in one cell joined by the separator (`a|b`,
+`--label-sep` to change it), as a JSON list (`"label": ["a", "b"]`), or as one row per (path, label): rows
+of the same path are merged into one image carrying all their labels, in the order first seen.
+
+Nothing in a label file is fatal row by row: a missing file, an empty label, an unknown split, a path given
+again with another split, or a (path, label) pair given twice each become one line of `problems`, with the
+file's line number (the repeated pair is kept once, the other rows are left out). With `task="multiclass"` an
+image with several labels is such a problem too, and is left out. Only a file that cannot be read, lacks the
+columns, or leaves fewer than two classes stops the run.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
-from typing import Any
+from typing import Any, Literal
 
 from tlearn.errors import DataError
 
 LABEL_FILE_SUFFIXES = (".csv", ".json", ".jsonl")
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
-LABEL_SEPARATOR = "|"  # several labels in one cell (multi-label; reported, not trained on yet)
+LABEL_SEPARATOR = "|"  # several labels in one cell (multi-label data); `--label-sep` changes it
+LabelTask = Literal["auto", "multiclass", "multilabel"]
+LABEL_TASKS = ("auto", "multiclass", "multilabel")
 
 
 @dataclass(frozen=True)
 class LabelRow:
-    """One usable row: the image, its path relative to the label file's folder, its label and given split."""
+    """One usable image: the file, its path relative to the label file's folder, its labels and given split."""
 
     path: Path
     relpath: str
-    label: str
+    labels: tuple[str, ...]  # in the order first seen; one label for single-label data
     split: str | None  # None: assigned by the path hash
+
+    @property
+    def label(self) -> str:
+        """The first (for single-label data, the only) label."""
+        return self.labels[0]
 
 
 def is_label_file(path: str | Path) -> bool:
@@ -44,36 +57,88 @@ def is_label_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in LABEL_FILE_SUFFIXES and not Path(path).is_dir()
 
 
-def read_label_file(path: Path) -> tuple[list[LabelRow], list[str]]:
-    """The usable rows of a label file, in file order, and one message per row left out.
+def read_label_file(
+    path: Path, *, label_sep: str = LABEL_SEPARATOR, task: LabelTask = "auto"
+) -> tuple[list[LabelRow], list[str]]:
+    """The usable images of a label file, in the order first listed, and one message per problem row.
+
+    Args:
+        path: a `.csv`, `.json` or `.jsonl` label file.
+        label_sep: what joins several labels in one cell (`a|b`).
+        task: "multiclass" leaves out (and reports) every image with several labels; "auto" and "multilabel"
+            keep them.
 
     Raises:
         DataError: the file is missing, unreadable, not CSV/JSON, or lacks the `path` / `label` columns.
+        ValueError: an empty `label_sep` or an unknown `task` (the configuration checks both first).
 
     Example:
         >>> rows, problems = read_label_file(Path("photos/labels.csv"))  # doctest: +SKIP
-        >>> rows[0].relpath, rows[0].label, problems[:1]  # doctest: +SKIP
-        ('ants/0013035.jpg', 'ants', ['photos/labels.csv line 7: ants/gone.jpg: no such file; row left out'])
+        >>> rows[0].relpath, rows[0].labels, problems[:1]  # doctest: +SKIP
+        ('ants/0013035.jpg', ('ants',), ['photos/labels.csv line 7: ants/gone.jpg: no such file; row left out'])
     """
+    if not label_sep:
+        raise ValueError("label_sep must not be empty")
+    if task not in LABEL_TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(LABEL_TASKS)}")
     if not path.is_file():
         raise DataError(f"{path}: no such label file")
     folder = path.resolve().parent
-    rows: list[LabelRow] = []
+    images: dict[str, _Image] = {}  # relpath -> the image its rows describe, in the order first listed
     problems: list[str] = []
-    seen: dict[str, tuple[str, str]] = {}  # relpath -> (label, where it was first listed)
     for where, record in _records(path):
-        row, problem = _row(record, folder)
-        if row is not None and row.relpath in seen:
-            first_label, first_where = seen[row.relpath]
-            same = "the same label" if first_label == row.label else f"label {first_label!r}, not {row.label!r}"
-            problem, row = f"{row.relpath} is already listed at {first_where} with {same}", None
-        if problem:
+        row, problem = _row(record, folder, label_sep)
+        if row is None:
             problems.append(f"{path} {where}: {problem}; row left out")
             continue
-        assert row is not None
-        seen[row.relpath] = (row.label, where)
-        rows.append(row)
+        image = images.setdefault(row.relpath, _Image(row.path, row.relpath, row.split, where))
+        problem = image.add(row, where, multiclass=task == "multiclass")
+        if problem:
+            problems.append(f"{path} {where}: {problem}")
+    rows = [
+        LabelRow(image.path, image.relpath, tuple(image.labels), image.split)
+        for image in images.values()
+        if image.left_out is None
+    ]
     return rows, problems
+
+
+@dataclass
+class _Image:
+    """One image while its rows are merged: its labels so far and where each was given."""
+
+    path: Path
+    relpath: str
+    split: str | None
+    split_where: str  # where its split was given (where it was first listed when none was)
+    labels: dict[str, str] = field(default_factory=dict)  # label -> where it was given, in the order first seen
+    left_out: str | None = None  # where it was left out (multiclass task, several labels)
+
+    def add(self, row: LabelRow, where: str, *, multiclass: bool) -> str | None:
+        """Merge one row of this image; the problem it raises (with what became of the row), if any."""
+        name = self.relpath
+        if self.left_out is not None:
+            return f"{name}: already left out at {self.left_out} (several labels); row left out"
+        if row.split is not None and self.split is not None and row.split != self.split:
+            return f"{name}: split {row.split!r} here but {self.split!r} at {self.split_where}; row left out"
+        if self.split is None and row.split is not None:
+            self.split, self.split_where = row.split, where
+        repeated = []
+        for label in row.labels:
+            if label in self.labels:
+                repeated.append(label)
+            else:
+                self.labels[label] = where
+        if multiclass and len(self.labels) > 1:
+            self.left_out = where
+            return (
+                f"{name}: several labels ({', '.join(self.labels)}) but --task multiclass takes one per image; "
+                "use --task multilabel, or keep one label; image left out"
+            )
+        if repeated:
+            given = ", ".join(f"{label!r} (first at {self.labels[label]})" for label in dict.fromkeys(repeated))
+            return f"{name}: label {given} given again; kept once"
+        return None
 
 
 def _records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -101,14 +166,21 @@ def _records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def _csv_records(path: Path, text: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    reader = csv.DictReader(text.splitlines())
-    columns = {name.strip().lower(): name for name in reader.fieldnames or [] if name}
+    # skipinitialspace: `red, "a, b.png"` is a quoted cell after a space, as people write by hand.
+    reader = csv.DictReader(io.StringIO(text), skipinitialspace=True)
+    try:
+        fieldnames = reader.fieldnames or []
+    except csv.Error as error:
+        raise DataError(f"{path}: not a readable CSV header ({error})") from None
+    columns = {name.strip().lower(): name for name in fieldnames if name}
     missing = [name for name in ("path", "label") if name not in columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}; expected a header such as path,label[,split]")
-    for record in reader:
-        line = reader.line_num
-        yield f"line {line}", {key: record.get(original) for key, original in columns.items()}
+    try:
+        for record in reader:
+            yield f"line {reader.line_num}", {key: record.get(original) for key, original in columns.items()}
+    except csv.Error as error:
+        raise DataError(f"{path} line {reader.line_num}: not valid CSV ({error})") from None
 
 
 def _json_object(path: Path, line: str, where: str) -> dict[str, Any]:
@@ -119,16 +191,14 @@ def _json_object(path: Path, line: str, where: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _row(record: dict[str, Any], folder: Path) -> tuple[LabelRow | None, str | None]:
-    """The row, or why it is left out."""
+def _row(record: dict[str, Any], folder: Path, label_sep: str) -> tuple[LabelRow | None, str | None]:
+    """The row (its labels as given, repeats included), or why it is left out."""
     raw_path, raw_label, raw_split = record.get("path"), record.get("label"), record.get("split")
     if not isinstance(raw_path, str) or not raw_path.strip():
         return None, "no path"
-    name, labels = raw_path.strip(), _labels(raw_label)
+    name, labels = raw_path.strip(), _labels(raw_label, label_sep)
     if not labels:
         return None, f"{name}: no label"
-    if len(labels) > 1:
-        return None, f"{name}: several labels ({', '.join(labels)}); multi-label training is not available yet"
     split = None
     if raw_split not in (None, ""):
         split = SPLIT_NAMES.get(str(raw_split).strip().lower())
@@ -137,17 +207,18 @@ def _row(record: dict[str, Any], folder: Path) -> tuple[LabelRow | None, str | N
     file, relpath = _resolve(name, folder)
     if not file.is_file():
         return None, f"{name}: no such file"
-    return LabelRow(file, relpath, labels[0], split), None
+    return LabelRow(file, relpath, tuple(labels), split), None
 
 
-def _labels(value: Any) -> list[str]:
+def _labels(value: Any, label_sep: str) -> list[str]:
+    """The labels of one cell: a JSON list as given, else the text split at `label_sep`; blanks dropped."""
     if isinstance(value, list):
-        parts = [str(item) for item in value]
+        parts = [str(item) for item in value if item is not None]
     elif value is None:
         parts = []
     else:
-        parts = str(value).split(LABEL_SEPARATOR)
-    return list(dict.fromkeys(part.strip() for part in parts if part.strip()))
+        parts = str(value).split(label_sep)
+    return [part.strip() for part in parts if part.strip()]
 
 
 def _resolve(raw_path: str, folder: Path) -> tuple[Path, str]:

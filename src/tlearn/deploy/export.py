@@ -1,18 +1,32 @@
 """Exporting a trained model to ONNX (fp32 or INT8) or TorchScript, verified before anything is written.
 
 The exported graph is the whole classifier: normalised float32 (B, 3, H, W) in, calibrated probabilities
-(softmax of logits / temperature) out, with a dynamic batch dimension. Batch norm is folded into the
-convolutions first. The model's `config.json` (classes, preprocessing, backbone, metrics) travels inside the
-file — ONNX metadata or TorchScript extra files — so the file alone describes how to feed it.
+out (softmax of logits / temperature; one sigmoid per class for a multi-label model), with a dynamic batch
+dimension. Batch norm is folded into the convolutions first. The model's `config.json` (classes,
+preprocessing, backbone, metrics, a multi-label model's thresholds, the reject rule) travels inside the file —
+ONNX metadata or TorchScript extra files — so the file alone describes how to feed it and how to answer.
 
-Every export is run next to the PyTorch model on the same images and must agree (see `ExportLimits`); a
-failed check raises `ExportError` and leaves no file behind (files are written atomically, only after the
-check). INT8 is onnxruntime's quantization: static (QDQ, per-channel weights, calibrated on real images)
-with `calibration_data`, dynamic (MatMul/Gemm weights only) without. Imports torch.
+A "knn" reject rule needs each image's embedding and the training references. The graph gets a second output,
+the embeddings (B, D) its classifier reads, and the references travel in the file as they are in the model
+directory (`reject.safetensors`: base64 in the ONNX metadata, an extra file in TorchScript). The score itself
+is computed outside the graph, by the same `tlearn.engines.answers.KnnReferences.similarity` that chose the
+threshold at training and that the PyTorch engine runs, rather than as a MatMul + TopK inside the graph
+against the references as a constant: the answer then cannot depend on the runtime (onnxruntime's TopK and
+matmul order against NumPy's partition), the references keep their float16 storage (an fp32 constant doubles
+them: 25 MB at 5000 x 1280), INT8 quantization cannot reach the kNN part (nothing of it is in the graph),
+and the file still exposes the embeddings for other uses.
+
+Every export is run next to the PyTorch model on the same images and must agree (see `ExportLimits`) on the
+probabilities, the reject scores and the answers (label sets, "unknown"); a failed check raises
+`ExportError` and leaves no file behind (files are written atomically, only after the check). INT8 is
+onnxruntime's quantization: static (QDQ, per-channel weights, calibrated on real images) with
+`calibration_data`, dynamic (MatMul/Gemm weights only) without; the classifier and the softmax or sigmoid
+after it stay fp32 in static INT8. Imports torch.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import io
 import json
@@ -37,7 +51,16 @@ from tlearn.backbones.onnx_export import export_dynamic_batch
 from tlearn.data.decoding import BatchDecoder, default_workers
 from tlearn.data.discovery import list_image_files
 from tlearn.data.preprocess import Preprocessing, normalize
-from tlearn.engines.onnx_engine import CONFIG_KEY, EXPORT_KEY, INPUT_NAME, OUTPUT_NAME, OnnxClassifier
+from tlearn.engines.answers import REFERENCES_FILE, answer_keys, needs_embeddings, reject_scores
+from tlearn.engines.onnx_engine import (
+    CONFIG_KEY,
+    EMBEDDINGS_NAME,
+    EXPORT_KEY,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    REFERENCES_KEY,
+    OnnxClassifier,
+)
 from tlearn.engines.torch_engine import Classifier
 from tlearn.errors import ExportError
 from tlearn.runs.layout import MODEL_DIR
@@ -58,10 +81,14 @@ class ExportLimits:
 
     Attributes:
         max_abs_diff: largest allowed |Δprobability| between an fp32 export (ONNX or TorchScript) and PyTorch.
-        min_int8_agreement: smallest allowed share of real images whose top-1 class INT8 and fp32 agree on.
+        max_score_diff: largest allowed |Δreject score| between an fp32 export and PyTorch (a reject rule's
+            score; "knn" standardises the embeddings, which magnifies their differences a little).
+        min_int8_agreement: smallest allowed share of real images INT8 and fp32 give the same answer (top-1
+            class; the label set or "unknown" for models that answer so).
     """
 
     max_abs_diff: float = 1e-4
+    max_score_diff: float = 1e-3
     min_int8_agreement: float = 0.99
 
 
@@ -76,12 +103,17 @@ class ExportCheck:
     top1_agreement: float
     limit: str
     passed: bool
+    max_score_diff: float | None = None  # largest |Δreject score| (models with a reject rule)
+    answer_agreement: float | None = None  # share of images given the same label set / "unknown" answer
 
     def summary(self) -> str:
         verdict = "ok" if self.passed else "FAILED"
+        extra = "" if self.max_score_diff is None else f", max |Δscore| {self.max_score_diff:.2e}"
+        if self.answer_agreement is not None:
+            extra += f", same answer {100 * self.answer_agreement:.2f}%"
         return (
             f"check {self.name}: {self.images} images ({self.image_source}): max |Δprob| {self.max_abs_diff:.2e}, "
-            f"top-1 agreement {100 * self.top1_agreement:.2f}%  [{self.limit}] {verdict}"
+            f"top-1 agreement {100 * self.top1_agreement:.2f}%{extra}  [{self.limit}] {verdict}"
         )
 
 
@@ -185,22 +217,37 @@ def export_model(
 
 
 class _ProbabilityGraph(nn.Module):
-    """The classifier with its calibrated softmax: (B, 3, H, W) normalised → (B, num_classes) probabilities."""
+    """The classifier with its calibration: (B, 3, H, W) normalised → (B, num_classes) probabilities (softmax, or
+    a sigmoid per class when `multilabel`), and with `embeddings` also the (B, D) features the classifier reads."""
 
-    def __init__(self, model: nn.Module, temperature: float) -> None:
+    def __init__(self, model: nn.Module, temperature: float, *, multilabel: bool, embeddings: bool) -> None:
         super().__init__()
         self.model = model
         self.temperature = temperature
+        self.multilabel = multilabel
+        self.embeddings = embeddings
 
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(batch) / self.temperature, dim=1)
+    def forward(self, batch: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if not self.embeddings:
+            return self._calibrated(self.model(batch))
+        features = self.model.forward_features(batch)
+        pre_logits = self.model.forward_head(features, pre_logits=True)  # (B, D)
+        return self._calibrated(self.model.forward_head(features)), pre_logits
+
+    def _calibrated(self, logits: torch.Tensor) -> torch.Tensor:
+        scaled = logits / self.temperature
+        return torch.sigmoid(scaled) if self.multilabel else torch.softmax(scaled, dim=1)
 
 
 def probability_graph(classifier: Classifier) -> nn.Module:
-    """An inference copy of the classifier (batch norm folded) that outputs calibrated probabilities."""
+    """An inference copy of the classifier (batch norm folded) that outputs calibrated probabilities, and the
+    embeddings as well for a "knn" reject rule."""
     model = copy.deepcopy(classifier.model).eval().to(memory_format=torch.contiguous_format)
     fold_batchnorm(model)
-    return _ProbabilityGraph(model, classifier.config.temperature).eval()
+    config = classifier.config
+    return _ProbabilityGraph(
+        model, config.temperature, multilabel=config.task == "multilabel", embeddings=needs_embeddings(config)
+    ).eval()
 
 
 def _onnx(
@@ -217,22 +264,31 @@ def _onnx(
     with tempfile.TemporaryDirectory(prefix="tlearn-export-") as work:
         fp32_path = Path(work) / "fp32.onnx"
         fp32_proto = _onnx_proto(graph, classifier.preprocessing, opset)
+        if needs_embeddings(classifier.config):
+            _name_second_output(fp32_proto.graph, EMBEDDINGS_NAME)
         _describe(fp32_proto, classifier, {"format": "onnx", "precision": "fp32", "opset": opset})
         fp32_path.write_bytes(fp32_proto.SerializeToString())
         fp32 = OnnxClassifier.load(fp32_path)
-        fp32_probabilities = check_set.run(fp32.probabilities)
-        checks = [check_set.compare("onnx fp32 vs pytorch", fp32_probabilities, max_abs_diff=limits.max_abs_diff)]
+        fp32_outputs = check_set.run(fp32.scored_probabilities)
+        checks = [
+            check_set.compare(
+                "onnx fp32 vs pytorch",
+                fp32_outputs,
+                max_abs_diff=limits.max_abs_diff,
+                max_score_diff=limits.max_score_diff,
+            )
+        ]
         _raise_if_failed(checks)
         final_path, precision, notes = fp32_path, "fp32", []
         if options.int8:
             final_path = Path(work) / "int8.onnx"
             precision, notes = _quantize(fp32_path, final_path, calibration_files, classifier.preprocessing, progress)
-            int8_probabilities = check_set.run(OnnxClassifier.load(final_path).probabilities)
+            int8_outputs = check_set.run(OnnxClassifier.load(final_path).scored_probabilities)
             checks.append(
                 check_set.compare(
                     f"onnx {precision} vs onnx fp32",
-                    int8_probabilities,
-                    reference=fp32_probabilities,
+                    int8_outputs,
+                    reference=fp32_outputs,
                     min_agreement=limits.min_int8_agreement if check_set.real else None,
                 )
             )
@@ -247,21 +303,48 @@ def _onnx(
 
 
 def _describe(proto: onnx.ModelProto, classifier: Classifier, export_info: dict[str, Any]) -> None:
-    """Store the model's config, the export's facts and a plain description of input and output in `proto`."""
+    """Store the model's config, the export's facts, a "knn" rule's references and a plain description of
+    input and output in `proto`."""
     export_info = {**export_info, "tlearn_version": __version__, "torch_version": torch.__version__}
-    onnx.helper.set_model_props(
-        proto,
-        {
-            CONFIG_KEY: classifier.config.model_dump_json(),
-            EXPORT_KEY: json.dumps(export_info),
-            "classes": json.dumps(classifier.classes),
-            "preprocessing": json.dumps(classifier.preprocessing.to_dict()),
-            "input": _input_description(classifier.preprocessing),
-            "output": f"{OUTPUT_NAME}: float32 (batch, {len(classifier.classes)}), softmax(logits / "
-            f"{classifier.config.temperature:g}), columns in the order of 'classes'",
-        },
+    config = classifier.config
+    function = "sigmoid" if config.task == "multilabel" else "softmax"
+    output = (
+        f"{OUTPUT_NAME}: float32 (batch, {len(classifier.classes)}), {function}(logits / {config.temperature:g}), "
+        "columns in the order of 'classes'"
     )
+    properties = {
+        CONFIG_KEY: config.model_dump_json(),
+        EXPORT_KEY: json.dumps(export_info),
+        "classes": json.dumps(classifier.classes),
+        "preprocessing": json.dumps(classifier.preprocessing.to_dict()),
+        "input": _input_description(classifier.preprocessing),
+        "output": output,
+    }
+    if config.task == "multilabel":
+        properties["output"] += f"; an image's labels are the classes reaching 'thresholds' {config.thresholds}"
+    if config.reject is not None:
+        properties["output"] += (
+            f"; the answer is 'unknown' when the {config.reject.score} score is below {config.reject.threshold:g}"
+        )
+    if needs_embeddings(config) and classifier.references is not None:
+        properties["output"] += (
+            f"; {EMBEDDINGS_NAME}: float32 (batch, {config.embedding_dim}), the classifier's input, scored against "
+            f"the references in '{REFERENCES_KEY}' (base64 safetensors)"
+        )
+        properties[REFERENCES_KEY] = base64.b64encode(classifier.references.to_bytes()).decode("ascii")
+    onnx.helper.set_model_props(proto, properties)
     proto.producer_name, proto.producer_version = "tlearn", __version__
+
+
+def _name_second_output(graph: Any, name: str) -> None:
+    """Rename the graph's second output (the exporter names it after its last operation) to `name`."""
+    old = graph.output[1].name
+    for node in graph.node:
+        node.input[:] = [name if value == old else value for value in node.input]
+        node.output[:] = [name if value == old else value for value in node.output]
+    for value in [*graph.output, *graph.value_info]:
+        if value.name == old:
+            value.name = name
 
 
 def _onnx_proto(graph: nn.Module, preprocessing: Preprocessing, opset: int) -> onnx.ModelProto:
@@ -308,21 +391,24 @@ def _quantize(
         nodes_to_exclude=sensitive,
     )
     return "int8-static", [
-        f"kept in fp32: the stem convolution, the classifier and the softmax ({len(sensitive)} nodes)"
+        f"kept in fp32: the stem convolution, the classifier and its softmax or sigmoid ({len(sensitive)} nodes)"
     ]
 
 
 def _sensitive_nodes(graph: Any) -> list[str]:
-    """Nodes left in fp32: the first convolution (it sees raw pixels), the last Gemm/MatMul and Softmax.
+    """Nodes left in fp32: the first convolution (it sees raw pixels), the last Gemm/MatMul (the classifier),
+    every node after it (the temperature, the softmax or a multi-label model's sigmoid) and any Softmax.
 
     Quantizing these moved EfficientNet-Lite0's probabilities the most for the least speed (measured on
-    hymenoptera: top-1 agreement with fp32 98.7% → 99.4%).
+    hymenoptera: top-1 agreement with fp32 98.7% → 99.4%). A sigmoid is chosen by position, not by type: the
+    backbone's SiLU activations are sigmoids too.
     """
     nodes = list(graph.node)
     first_conv = next((node.name for node in nodes if node.op_type == "Conv"), None)
-    last_linear = next((node.name for node in reversed(nodes) if node.op_type in ("Gemm", "MatMul")), None)
+    linear = [index for index, node in enumerate(nodes) if node.op_type in ("Gemm", "MatMul")]
+    after_classifier = [node.name for node in nodes[linear[-1] :]] if linear else []
     softmax = [node.name for node in nodes if node.op_type == "Softmax"]
-    return [name for name in (first_conv, last_linear, *softmax) if name]
+    return list(dict.fromkeys(name for name in (first_conv, *after_classifier, *softmax) if name))
 
 
 class _CalibrationReader(CalibrationDataReader):
@@ -348,13 +434,19 @@ def _torchscript(
     classifier = check_set.classifier
     progress.info("tracing to TorchScript...")
     height, width = classifier.preprocessing.input_size
+    config = classifier.config
     export_info = {
         "format": "torchscript",
         "precision": "fp32",
         "tlearn_version": __version__,
         "torch_version": torch.__version__,
     }
-    extra = {"config.json": classifier.config.model_dump_json(), "tlearn_export.json": json.dumps(export_info)}
+    extra: dict[str, str | bytes] = {
+        "config.json": config.model_dump_json(),
+        "tlearn_export.json": json.dumps(export_info),
+    }
+    if classifier.references is not None:  # the "knn" rule's references, as in the model directory
+        extra[REFERENCES_FILE] = classifier.references.to_bytes()
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         # TorchScript is deprecated upstream and says so on every call; it is still the format asked for here.
@@ -365,11 +457,24 @@ def _torchscript(
         payload = buffer.getvalue()
         reloaded = torch.jit.load(io.BytesIO(payload), map_location="cpu")
 
-    def run(pixels: np.ndarray) -> np.ndarray:
+    def run(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         with torch.no_grad():
-            return reloaded(torch.from_numpy(normalize(pixels, classifier.preprocessing))).numpy()
+            outputs = reloaded(torch.from_numpy(normalize(pixels, classifier.preprocessing)))
+        probabilities, embeddings = (outputs[0], outputs[1]) if isinstance(outputs, tuple) else (outputs, None)
+        probabilities = probabilities.numpy()
+        embeddings = None if embeddings is None else embeddings.numpy()
+        if config.reject is None:
+            return probabilities, None
+        return probabilities, reject_scores(config.reject, probabilities, embeddings, classifier.references)
 
-    checks = [check_set.compare("torchscript vs pytorch", check_set.run(run), max_abs_diff=limits.max_abs_diff)]
+    checks = [
+        check_set.compare(
+            "torchscript vs pytorch",
+            check_set.run(run),
+            max_abs_diff=limits.max_abs_diff,
+            max_score_diff=limits.max_score_diff,
+        )
+    ]
     _raise_if_failed(checks)
     return payload, checks
 
@@ -380,48 +485,70 @@ def _raise_if_failed(checks: list[ExportCheck]) -> None:
         raise ExportError(f"export not written: {failed[0].summary()}")
 
 
+Outputs = tuple[np.ndarray, np.ndarray | None]  # (N, C) probabilities, (N,) reject scores or None
+
+
 @dataclass
 class _CheckSet:
-    """The images every export is checked on, with the PyTorch model's probabilities for them."""
+    """The images every export is checked on, with the PyTorch model's probabilities and reject scores."""
 
     classifier: Classifier
     pixels: np.ndarray  # (N, H, W, 3) uint8, preprocessed
     source: str  # where the images came from, for the report
     real: bool  # False for random pixels: agreement is then reported, not enforced
-    reference: np.ndarray  # (N, C) PyTorch probabilities
+    reference: Outputs  # PyTorch's
 
-    def run(self, probabilities: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-        """Probabilities of all check images from an exported model's `probabilities(pixels)`."""
-        return _in_check_batches(probabilities, self.pixels)
+    def run(self, model_call: Callable[[np.ndarray], Outputs]) -> Outputs:
+        """Probabilities and reject scores of all check images from an exported model's
+        `scored_probabilities(pixels)`."""
+        return _in_check_batches(model_call, self.pixels)
 
     def compare(
         self,
         name: str,
-        probabilities: np.ndarray,
+        outputs: Outputs,
         *,
-        reference: np.ndarray | None = None,
+        reference: Outputs | None = None,
         max_abs_diff: float | None = None,
+        max_score_diff: float | None = None,
         min_agreement: float | None = None,
     ) -> ExportCheck:
-        """Compare (N, C) probabilities with the reference (PyTorch's unless given) against the limits given."""
-        reference = self.reference if reference is None else reference
-        difference = float(np.abs(probabilities - reference).max())
-        agreement = float((probabilities.argmax(1) == reference.argmax(1)).mean())
+        """Compare probabilities, reject scores and answers with the reference (PyTorch's unless given).
+
+        `min_agreement` applies to the answers: the top-1 class, or the label set and "unknown" for a model
+        that answers so (`tlearn.engines.answers.answer_keys`).
+        """
+        config = self.classifier.config
+        (probabilities, scores), (expected, expected_scores) = outputs, reference or self.reference
+        difference = float(np.abs(probabilities - expected).max())
+        agreement = float((probabilities.argmax(1) == expected.argmax(1)).mean())
+        answers_agree = None
+        if config.task == "multilabel" or config.reject is not None:
+            given, wanted = answer_keys(config, probabilities, scores), answer_keys(config, expected, expected_scores)
+            answers_agree = float(np.mean([a == b for a, b in zip(given, wanted, strict=True)]))
+        score_difference = None
+        if scores is not None and expected_scores is not None:
+            score_difference = float(np.abs(scores - expected_scores).max())
         passed, limits = True, []
         if max_abs_diff is not None:
             passed &= difference <= max_abs_diff
             limits.append(f"max |Δprob| ≤ {max_abs_diff:g}")
+        if max_score_diff is not None and score_difference is not None:
+            passed &= score_difference <= max_score_diff
+            limits.append(f"max |Δscore| ≤ {max_score_diff:g}")
         if min_agreement is not None:
-            passed &= agreement >= min_agreement
+            passed &= (agreement if answers_agree is None else answers_agree) >= min_agreement
             limits.append(f"agreement ≥ {100 * min_agreement:g}%")
         return ExportCheck(
             name,
-            len(reference),
+            len(expected),
             self.source,
             difference,
             agreement,
             ", ".join(limits) or "reported only (no real images)",
             bool(passed),
+            score_difference,
+            answers_agree,
         )
 
 
@@ -443,14 +570,20 @@ def _check_set(
         height, width = classifier.preprocessing.input_size
         pixels = np.random.default_rng(0).integers(0, 256, (32, height, width, 3), dtype=np.uint8)
         source = "random pixels: no real images found, pass --check-data DIR"
-    return _CheckSet(classifier, pixels, source, real, _in_check_batches(classifier.probabilities, pixels))
+    return _CheckSet(classifier, pixels, source, real, _in_check_batches(classifier.scored_probabilities, pixels))
 
 
-def _in_check_batches(probabilities: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray) -> np.ndarray:
-    """(N, C) probabilities computed in batches of CHECK_BATCH_SIZES: batch 1 and a full batch both run."""
+def _in_check_batches(model_call: Callable[[np.ndarray], Outputs], pixels: np.ndarray) -> Outputs:
+    """(N, C) probabilities and (N,) reject scores (or None) computed in batches of CHECK_BATCH_SIZES: batch 1
+    and a full batch both run."""
     first, rest = CHECK_BATCH_SIZES
     chunks = [pixels[:first], *(pixels[start : start + rest] for start in range(first, len(pixels), rest))]
-    return np.concatenate([probabilities(chunk) for chunk in chunks if len(chunk)])
+    outputs = [model_call(chunk) for chunk in chunks if len(chunk)]
+    scores = [batch_scores for _, batch_scores in outputs]
+    return (
+        np.concatenate([probabilities for probabilities, _ in outputs]),
+        None if any(batch is None for batch in scores) else np.concatenate(scores),
+    )
 
 
 def _validation_split(folder: Path | None) -> list[Path]:

@@ -1,7 +1,10 @@
 """`tlearn serve`: the model behind an HTTP API (FastAPI on uvicorn) and a web page.
 
-Routes: `POST /v1/predict` (multipart field `files`, repeatable; `?top_k=`), `GET /v1/model`, `GET /healthz`
-(the process answers), `GET /readyz` (the model is loaded and can answer), `GET /` (a page to drop images on).
+Routes: `POST /v1/predict` (multipart field `files`, repeatable; `?top_k=`, `?reject=false`), `GET /v1/model`,
+`GET /healthz` (the process answers), `GET /readyz` (the model is loaded and can answer), `GET /` (a page to
+drop images on). Each prediction holds the top-k labels and probabilities; a multi-label model's adds its
+`label_set` (every class reaching its threshold), a model with a reject rule's adds `unknown` and
+`reject_score` (`tlearn.engines.base.Prediction.to_dict`, without the source's directory).
 
 The model loads in a background thread after the server starts, so liveness answers at once and readiness
 says when predictions can be made. Uploads are decoded in worker threads and concurrent requests are
@@ -129,14 +132,15 @@ class _Service:
             engine = await asyncio.to_thread(loader)
             height, width = engine.preprocessing.input_size
             warm_up = np.zeros((1, height, width, 3), dtype=np.uint8)
-            await asyncio.to_thread(engine.probabilities, warm_up)
+            infer = model_call(engine)
+            await asyncio.to_thread(infer, warm_up)
         except Exception as error:  # any failure is reported by /readyz and logged; liveness stays up
             self.failure = without_directories(f"{type(error).__name__}: {error}")
             logger.error("model failed to load: %s", self.failure)
             return
         self.identity = model_identity(engine)
         self.batcher = MicroBatcher(
-            engine.probabilities,
+            infer,
             max_batch_size=settings.max_batch_size,
             max_wait_s=settings.batch_wait_ms / 1000,
             probe=warm_up,
@@ -238,7 +242,7 @@ def create_app(loader: Callable[[], InferenceEngine], settings: ServeSettings = 
 
     @app.get("/v1/model")
     async def model_info() -> dict[str, Any]:
-        """Classes, backbone, input size and the metrics of the run the model came from."""
+        """Classes, backbone, input size, how it answers (task, thresholds, reject rule) and its run's metrics."""
         engine, _ = current().ready_engine()
         return describe_model(engine, current().identity)
 
@@ -246,8 +250,9 @@ def create_app(loader: Callable[[], InferenceEngine], settings: ServeSettings = 
     async def predict(
         files: list[UploadFile] = File(..., description="Images, repeat the field for several."),  # noqa: B008 - FastAPI's idiom
         top_k: int = Query(3, ge=1, description="Labels per image."),
+        reject: bool = Query(True, description="false: the best class even where the reject rule says unknown."),
     ) -> dict[str, Any]:
-        """Top-k labels and probabilities for each uploaded image."""
+        """Top-k labels and probabilities for each uploaded image, with its label set or "unknown" answer."""
         started = time.perf_counter()
         service = current()
         engine, batcher = service.ready_engine()
@@ -266,10 +271,9 @@ def create_app(loader: Callable[[], InferenceEngine], settings: ServeSettings = 
                 raise HTTPException(500, without_directories(str(error))) from None
         finally:
             service.pending -= 1
-        predictions = []
-        for name, row in zip(names, probabilities, strict=True):
-            top = engine.top_k(name, row, top_k)
-            predictions.append({"file": name, "labels": top.labels, "probabilities": top.probabilities})
+        predictions = [
+            answer_of(engine, name, row, top_k, reject) for name, row in zip(names, probabilities, strict=True)
+        ]
         return {
             "model": {**service.identity, "engine": engine.engine},
             "predictions": predictions,
@@ -290,6 +294,31 @@ def create_app(loader: Callable[[], InferenceEngine], settings: ServeSettings = 
         return (resources.files("tlearn.deploy") / "web" / "index.html").read_text(encoding="utf-8")
 
     return app
+
+
+def model_call(engine: InferenceEngine) -> Callable[[np.ndarray], np.ndarray]:
+    """What the micro-batcher runs on (B, H, W, 3) pixels: the probabilities (B, C), and for a model with a
+    reject rule its reject scores as one more column (B, C + 1).
+
+    The "knn" score needs the embeddings, which only the model call sees, and scoring there keeps the kNN
+    search off the event loop; one matrix keeps the batcher splitting answers by rows.
+    """
+    if engine.config.reject is None:
+        return engine.probabilities
+
+    def scored(pixels: np.ndarray) -> np.ndarray:
+        probabilities, scores = engine.scored_probabilities(pixels)
+        return np.column_stack([probabilities, scores])
+
+    return scored
+
+
+def answer_of(engine: InferenceEngine, name: str, row: np.ndarray, top_k: int, reject: bool) -> dict[str, Any]:
+    """One image's answer from its row of `model_call`'s matrix: file, labels and probabilities, and a
+    multi-label or reject model's answer (`Prediction.to_dict` without its source and error)."""
+    probabilities, score = (row[:-1], float(row[-1])) if engine.config.reject is not None else (row, None)
+    answer = engine.answer(name, probabilities, top_k, score, reject=reject).to_dict()
+    return {"file": name, **{key: value for key, value in answer.items() if key not in ("source", "error")}}
 
 
 def file_name(given: str | None, index: int) -> str:
@@ -378,6 +407,9 @@ def describe_model(engine: InferenceEngine, identity: dict[str, str]) -> dict[st
         "preprocessing": engine.preprocessing.to_dict(),
         "mode": config.mode,
         "temperature": config.temperature,
+        "task": config.task,
+        "thresholds": config.thresholds,
+        "reject": None if config.reject is None else config.reject.model_dump(),
         "metrics": config.metrics,
         "created": config.created,
         "tlearn_version": config.tlearn_version,

@@ -22,6 +22,7 @@ from safetensors.numpy import save as save_numpy_safetensors
 
 from tlearn.errors import ModelFileError
 from tlearn.runs.model_dir import ModelConfig, RejectRule
+from tlearn.util.numeric import sigmoid, softmax
 
 UNKNOWN = "unknown"  # the answer of a model that rejects an image
 REFERENCES_FILE = "reject.safetensors"  # beside model.safetensors: the "knn" rule's training embeddings
@@ -96,12 +97,32 @@ def read_references(folder: Path, config: ModelConfig) -> KnnReferences | None:
         payload = path.read_bytes()
     except OSError as error:
         raise ModelFileError(f"{path}: the model's reject rule needs this file ({error.strerror})") from None
-    references = KnnReferences.from_bytes(payload, str(path))
+    return fitting_references(KnnReferences.from_bytes(payload, str(path)), config, str(path))
+
+
+def fitting_references(references: KnnReferences, config: ModelConfig, where: str) -> KnnReferences:
+    """`references`, after checking they have the model's embedding size (model directory or ONNX file alike).
+
+    Raises:
+        ModelFileError: references of another size than the model's embeddings.
+    """
     if len(references.mean) != config.embedding_dim:
         raise ModelFileError(
-            f"{path}: references of {len(references.mean)} dimensions for a {config.embedding_dim}-dimensional model"
+            f"{where}: references of {len(references.mean)} dimensions for a {config.embedding_dim}-dimensional model"
         )
     return references
+
+
+def calibrated(logits: np.ndarray, config: ModelConfig) -> np.ndarray:
+    """(N, C) probabilities from (N, C) logits: softmax(logits / temperature) for a multiclass model, one
+    sigmoid(logit / temperature) per class for a multi-label one."""
+    scaled = logits / config.temperature
+    return sigmoid(scaled) if config.task == "multilabel" else softmax(scaled)
+
+
+def needs_embeddings(config: ModelConfig) -> bool:
+    """Whether answering needs each image's embedding besides its probabilities (a "knn" reject rule)."""
+    return config.reject is not None and config.reject.score == "knn"
 
 
 def confidence(probabilities: np.ndarray) -> np.ndarray:
@@ -124,6 +145,34 @@ def label_set(row: np.ndarray, thresholds: list[float] | np.ndarray) -> list[int
     """Classes of one row of sigmoid probabilities that reach their thresholds, most probable first."""
     chosen = np.flatnonzero(row >= np.asarray(thresholds))
     return [int(i) for i in chosen[np.argsort(-row[chosen], kind="stable")]]
+
+
+def is_rejected(rule: RejectRule | None, score: float | None) -> bool:
+    """Whether an image with this reject score is answered UNKNOWN (never without a rule or a score)."""
+    return rule is not None and score is not None and bool(score < rule.threshold)
+
+
+def answer_keys(
+    config: ModelConfig, probabilities: np.ndarray, scores: np.ndarray | None
+) -> list[tuple[int, ...] | str]:
+    """Each image's answer in a comparable form: UNKNOWN when the reject rule turns it down, else the class
+    indices it is given (the top class of a multiclass model, the label set of a multi-label one).
+
+    Two runtimes give an image the same answer exactly when its keys are equal (the export checks use this).
+
+    Example:
+        >>> answer_keys(config, np.array([[0.9, 0.6], [0.2, 0.1]]), None)  # doctest: +SKIP
+        [(0, 1), ()]
+    """
+    keys: list[tuple[int, ...] | str] = []
+    for index, row in enumerate(probabilities):
+        if is_rejected(config.reject, None if scores is None else float(scores[index])):
+            keys.append(UNKNOWN)
+        elif config.task == "multilabel":
+            keys.append(tuple(label_set(row, config.thresholds or [])))
+        else:
+            keys.append((int(np.argmax(row)),))
+    return keys
 
 
 def _unit_rows(matrix: np.ndarray) -> np.ndarray:

@@ -1,18 +1,21 @@
-"""What every inference engine shares: top-k answers, test-time flips and streaming files (torch-free).
+"""What every inference engine shares: answers, test-time flips and streaming files (torch-free).
 
 An engine (`tlearn.engines.torch_engine.Classifier` on PyTorch, `tlearn.engines.onnx_engine.OnnxClassifier` on
-onnxruntime) only has to turn a batch of preprocessed uint8 pixels into class probabilities. Everything else
-— decoding files in worker processes while the model runs, constant memory on folders of any size, the
-progress bar, top-k answers, in-memory pictures — lives here once, so predict, evaluate and serve behave
-the same whichever engine runs the model (`tlearn.engines.loading` picks the engine from the file type).
+onnxruntime) only has to turn a batch of preprocessed uint8 pixels into class probabilities, and, for a model
+whose reject rule scores by "knn", into the embeddings its classifier reads. Everything else — decoding files
+in worker processes while the model runs, constant memory on folders of any size, the progress bar, top-k
+answers, label sets, "unknown" answers (`tlearn.engines.answers`), in-memory pictures — lives here once, so
+predict, evaluate and serve behave the same whichever engine runs the model (`tlearn.engines.loading` picks
+the engine from the file type).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -20,6 +23,7 @@ from PIL import Image
 from tlearn.data.decoding import BatchDecoder, default_workers
 from tlearn.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageDecodeError, to_rgb
 from tlearn.data.preprocess import EvalPreprocess, Preprocessing
+from tlearn.engines.answers import UNKNOWN, KnnReferences, is_rejected, label_set, needs_embeddings, reject_scores
 from tlearn.runs.model_dir import ModelConfig
 from tlearn.util.progress import Progress
 
@@ -28,33 +32,66 @@ ImageInput = str | Path | Image.Image | np.ndarray
 
 @dataclass
 class Prediction:
-    """Top-k answer for one image, or the reason it could not be read.
+    """A model's answer for one image, or the reason it could not be read.
+
+    `labels` and `probabilities` are the top-k classes, most probable first (for display, and the best guess
+    of a rejected image). A multi-label model's answer is `label_set`: every class whose probability reaches
+    its threshold (possibly none), with `label_set_probabilities`. Under a reject rule `reject_score` is the
+    image's score and `unknown` says it fell below the rule's threshold (the answer is then "unknown").
 
     Example:
         >>> prediction = Prediction("bee.jpg", ["bees", "ants"], [0.97, 0.03])
         >>> prediction.label
         'bees'
+        >>> Prediction("x.jpg", ["bees"], [0.51], unknown=True, reject_score=0.12).label
+        'unknown'
     """
 
     source: str  # file path, or "<image N>" for in-memory images
     labels: list[str] = field(default_factory=list)
     probabilities: list[float] = field(default_factory=list)
     error: str | None = None
+    label_set: list[str] | None = None  # multi-label models only
+    label_set_probabilities: list[float] | None = None
+    unknown: bool = False
+    reject_score: float | None = None  # models with a reject rule only
 
     @property
     def label(self) -> str | None:
-        """The top-1 class (None when the image could not be read)."""
+        """The top answer: "unknown" when rejected, the most probable label of a multi-label model's set (None
+        when the set is empty), else the top-1 class (None when the image could not be read)."""
+        if self.unknown:
+            return UNKNOWN
+        if self.label_set is not None:
+            return self.label_set[0] if self.label_set else None
         return self.labels[0] if self.labels else None
 
     def to_dict(self) -> dict:
-        return {"source": self.source, "labels": self.labels, "probabilities": self.probabilities, "error": self.error}
+        """The JSON form; a plain multiclass model's keeps its four keys, the others add their answer."""
+        answer = {
+            "source": self.source,
+            "labels": self.labels,
+            "probabilities": self.probabilities,
+            "error": self.error,
+        }
+        if self.label_set is None and self.reject_score is None:
+            return answer
+        answer["label"] = self.label
+        if self.label_set is not None:
+            answer["label_set"] = self.label_set
+            answer["label_set_probabilities"] = self.label_set_probabilities
+        if self.reject_score is not None:
+            answer["unknown"] = self.unknown
+            answer["reject_score"] = self.reject_score
+        return answer
 
 
 class InferenceEngine(ABC):
     """A loaded model that maps preprocessed pixels to probabilities; predictions for files and pictures on top.
 
     Subclasses implement `_forward`. `engine` names the runtime ("torch" or "onnx") and `path` is where the
-    model was loaded from (a model directory or an exported file).
+    model was loaded from (a model directory or an exported file). `references` are the training embeddings
+    a "knn" reject rule compares images with (None for any other model).
 
     Example:
         >>> engine = load_engine("model.onnx")  # doctest: +SKIP
@@ -64,9 +101,10 @@ class InferenceEngine(ABC):
 
     engine: str
 
-    def __init__(self, config: ModelConfig, path: Path | None) -> None:
+    def __init__(self, config: ModelConfig, path: Path | None, references: KnnReferences | None = None) -> None:
         self.config = config
         self.path = path
+        self.references = references
         self.preprocessing: Preprocessing = config.preprocessing_spec()
 
     @property
@@ -85,19 +123,39 @@ class InferenceEngine(ABC):
         return False
 
     @abstractmethod
-    def _forward(self, pixels: np.ndarray) -> np.ndarray:
-        """(B, H, W, 3) uint8 preprocessed pixels → (B, num_classes) calibrated probabilities."""
+    def _forward(self, pixels: np.ndarray, *, embeddings: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """(B, H, W, 3) uint8 preprocessed pixels → (B, num_classes) calibrated probabilities (softmax, or a
+        sigmoid per class for a multi-label model) and, with `embeddings`, the (B, D) features the classifier
+        reads (else None)."""
 
     def probabilities(self, pixels: np.ndarray, *, flip: bool = False) -> np.ndarray:
         """(B, H, W, 3) uint8 preprocessed pixels → (B, num_classes) calibrated probabilities.
 
         With `flip` (test-time augmentation), the mean of the probabilities of each image and its mirror image.
         """
-        probabilities = self._forward(pixels)
+        return self._outputs(pixels, flip=flip, embeddings=False)[0]
+
+    def scored_probabilities(self, pixels: np.ndarray, *, flip: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """(B, num_classes) calibrated probabilities and each image's (B,) reject score (None without a rule).
+
+        A "knn" rule scores the embeddings (averaged with the mirror image's under `flip`, as the
+        probabilities are), a "confidence" rule the probabilities (`tlearn.engines.answers.reject_scores`).
+        """
+        rule = self.config.reject
+        if rule is None:
+            return self.probabilities(pixels, flip=flip), None
+        probabilities, embeddings = self._outputs(pixels, flip=flip, embeddings=needs_embeddings(self.config))
+        return probabilities, reject_scores(rule, probabilities, embeddings, self.references)
+
+    def _outputs(self, pixels: np.ndarray, *, flip: bool, embeddings: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        probabilities, features = self._forward(pixels, embeddings=embeddings)
         if flip:
             mirrored = np.ascontiguousarray(pixels[:, :, ::-1])  # (B, H, W, 3) flipped along W
-            probabilities = (probabilities + self._forward(mirrored)) / 2
-        return probabilities
+            mirrored_probabilities, mirrored_features = self._forward(mirrored, embeddings=embeddings)
+            probabilities = (probabilities + mirrored_probabilities) / 2
+            if features is not None and mirrored_features is not None:
+                features = (features + mirrored_features) / 2
+        return probabilities, features
 
     def predict(
         self,
@@ -107,10 +165,12 @@ class InferenceEngine(ABC):
         batch_size: int = 32,
         workers: int | None = None,
         progress: Progress | None = None,
+        reject: bool = True,
     ) -> list[Prediction]:
-        """Top-k labels for files (decoded in parallel), PIL images or RGB arrays, in input order.
+        """Answers for files (decoded in parallel), PIL images or RGB arrays, in input order.
 
         A file that cannot be decoded gets a `Prediction` with `error` set; the others are still predicted.
+        `reject=False` answers with the best class even where the model's reject rule would say "unknown".
 
         Example:
             >>> [(p.label, round(p.probabilities[0], 2)) for p in clf.predict(["bee.jpg", picture])]  # doctest: +SKIP
@@ -120,7 +180,12 @@ class InferenceEngine(ABC):
         files = [(i, Path(item)) for i, item in enumerate(images) if isinstance(item, str | Path)]
         in_memory = [(i, item) for i, item in enumerate(images) if not isinstance(item, str | Path)]
         answers = self.iter_file_predictions(
-            [path for _, path in files], top_k=top_k, batch_size=batch_size, workers=workers, progress=progress
+            [path for _, path in files],
+            top_k=top_k,
+            batch_size=batch_size,
+            workers=workers,
+            progress=progress,
+            reject=reject,
         )
         for (index, _), prediction in zip(files, answers, strict=True):
             results[index] = prediction
@@ -128,8 +193,10 @@ class InferenceEngine(ABC):
         for start in range(0, len(in_memory), batch_size):
             chunk = in_memory[start : start + batch_size]
             pixels = np.stack([prep.from_picture(_as_picture(item)) for _, item in chunk])
-            for (index, _), row in zip(chunk, self.probabilities(pixels), strict=True):
-                results[index] = self.top_k(f"<image {index}>", row, top_k)
+            probabilities, scores = self.scored_probabilities(pixels)
+            for position, (index, _) in enumerate(chunk):
+                score = None if scores is None else scores[position]
+                results[index] = self.answer(f"<image {index}>", probabilities[position], top_k, score, reject=reject)
         return [result for result in results if result is not None]
 
     def iter_file_predictions(
@@ -140,12 +207,19 @@ class InferenceEngine(ABC):
         batch_size: int = 32,
         workers: int | None = None,
         progress: Progress | None = None,
+        reject: bool = True,
     ) -> Iterator[Prediction]:
-        """Top-k labels for each file, in input order, yielded batch by batch (constant memory on any folder)."""
-        for positions, probabilities, failures in self._stream_files(paths, batch_size, workers, progress):
+        """Answers for each file, in input order, yielded batch by batch (constant memory on any folder).
+
+        `reject=False` answers with the best class even where the model's reject rule would say "unknown".
+        """
+        batches = self._stream_files(paths, batch_size, workers, progress, model_call=self.scored_probabilities)
+        for positions, outputs, failures in batches:
             answers = {position: Prediction(source=str(paths[position]), error=reason) for position, reason in failures}
-            for position, row in zip(positions, probabilities, strict=True):
-                answers[position] = self.top_k(str(paths[position]), row, top_k)
+            probabilities, scores = outputs if positions else (None, None)
+            for row, position in enumerate(positions):
+                score = None if scores is None else scores[row]
+                answers[position] = self.answer(str(paths[position]), probabilities[row], top_k, score, reject=reject)
             yield from (answers[position] for position in sorted(answers))
 
     def predict_files_probabilities(
@@ -161,14 +235,59 @@ class InferenceEngine(ABC):
 
         `flip` averages each image's probabilities with its mirror image's (test-time augmentation).
         """
+        probabilities, _, failures = self.predict_files_scored(
+            paths, batch_size=batch_size, workers=workers, flip=flip, progress=progress, scores=False
+        )
+        return probabilities, failures
+
+    def predict_files_scored(
+        self,
+        paths: Sequence[Path],
+        *,
+        batch_size: int = 32,
+        workers: int | None = None,
+        flip: bool = False,
+        progress: Progress,
+        scores: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray | None, dict[int, str]]:
+        """`predict_files_probabilities` plus every file's reject score ((N,), None when the model has no reject
+        rule or `scores` is False)."""
+        with_scores = scores and self.config.reject is not None
         matrix = np.zeros((len(paths), len(self.classes)), dtype=np.float32)
+        scored = np.zeros(len(paths), dtype=np.float32) if with_scores else None
         failures: dict[int, str] = {}
-        for positions, probabilities, batch_failures in self._stream_files(
-            paths, batch_size, workers, progress, flip=flip
+
+        def model_call(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+            if with_scores:
+                return self.scored_probabilities(pixels, flip=flip)
+            return self.probabilities(pixels, flip=flip), None
+
+        for positions, outputs, batch_failures in self._stream_files(
+            paths, batch_size, workers, progress, model_call=model_call
         ):
             failures.update(batch_failures)
             if positions:
-                matrix[positions] = probabilities
+                matrix[positions] = outputs[0]
+                if scored is not None:
+                    scored[positions] = outputs[1]
+        return matrix, scored, failures
+
+    def embed_files(
+        self, paths: Sequence[Path], *, batch_size: int = 32, workers: int | None = None
+    ) -> tuple[np.ndarray, dict[int, str]]:
+        """The (N, D) embeddings the model's classifier reads for every file (zero rows for failures), and the
+        failure reasons: what a "knn" reject rule compares (training computes its references with it)."""
+        rows: dict[int, np.ndarray] = {}
+        failures: dict[int, str] = {}
+        for positions, features, batch_failures in self._stream_files(
+            paths, batch_size, workers, None, model_call=lambda pixels: self._forward(pixels, embeddings=True)[1]
+        ):
+            failures.update(batch_failures)
+            rows.update(zip(positions, features, strict=True) if positions else ())
+        width = len(next(iter(rows.values()))) if rows else self.config.embedding_dim
+        matrix = np.zeros((len(paths), width), dtype=np.float32)
+        for position, row in rows.items():
+            matrix[position] = row
         return matrix, failures
 
     def _stream_files(
@@ -178,9 +297,10 @@ class InferenceEngine(ABC):
         workers: int | None,
         progress: Progress | None,
         *,
-        flip: bool = False,
-    ) -> Iterator[tuple[list[int], np.ndarray, list[tuple[int, str]]]]:
-        """(positions, probabilities, failures) per batch; worker processes decode ahead of the model."""
+        model_call: Callable[[np.ndarray], Any],
+    ) -> Iterator[tuple[list[int], Any, list[tuple[int, str]]]]:
+        """(positions, what `model_call` returns for the decoded pixels, failures) per batch (None for a batch
+        of failures only: nothing is run); worker processes decode ahead of the model."""
         progress = progress or Progress(quiet=True)
         workers = workers if workers is not None else default_workers(accelerator=self.accelerated)
         with (
@@ -194,14 +314,37 @@ class InferenceEngine(ABC):
             progress.bar(total=len(paths), desc="predicting") as bar,
         ):
             for batch in batches:
-                probabilities = self.probabilities(batch.pixels, flip=flip) if batch.positions else np.empty((0, 0))
-                yield batch.positions, probabilities, batch.failures
+                outputs = model_call(batch.pixels) if batch.positions else None
+                yield batch.positions, outputs, batch.failures
                 bar.update(len(batch.positions) + len(batch.failures))
 
     def top_k(self, source: str, row: np.ndarray, top_k: int) -> Prediction:
         """The `top_k` most probable classes of one row of probabilities."""
         order = np.argsort(-row)[: max(1, min(top_k, len(self.classes)))]
         return Prediction(source, [self.classes[i] for i in order], [float(row[i]) for i in order])
+
+    def answer(
+        self, source: str, row: np.ndarray, top_k: int, score: float | None = None, *, reject: bool = True
+    ) -> Prediction:
+        """The model's answer for one image from its row of probabilities and its reject score.
+
+        The top-k classes always; a multi-label model's label set (`tlearn.engines.answers.label_set`); under a
+        reject rule the score, and "unknown" below the rule's threshold unless `reject` is False.
+
+        Example:
+            >>> engine.answer("x.jpg", np.array([0.7, 0.3]), 1, 0.1).to_dict()  # doctest: +SKIP
+            {'source': 'x.jpg', 'labels': ['ants'], 'probabilities': [0.7], 'error': None, 'label': 'unknown',
+             'unknown': True, 'reject_score': 0.1}
+        """
+        prediction = self.top_k(source, row, top_k)
+        if self.config.task == "multilabel":
+            chosen = label_set(row, self.config.thresholds or [])
+            prediction.label_set = [self.classes[i] for i in chosen]
+            prediction.label_set_probabilities = [float(row[i]) for i in chosen]
+        if score is not None and self.config.reject is not None:
+            prediction.reject_score = float(score)
+            prediction.unknown = reject and is_rejected(self.config.reject, float(score))
+        return prediction
 
 
 def _as_picture(item: Image.Image | np.ndarray) -> Image.Image:

@@ -1,14 +1,20 @@
 """A model exported by `tlearn export --format onnx`, run on onnxruntime (never imports torch).
 
 The ONNX file is self-describing: its metadata holds the model's `config.json` (classes, preprocessing,
-backbone, headline metrics) and how it was exported and verified, so the file alone is enough to serve it.
-The graph takes normalised float32 (B, 3, H, W) and returns calibrated probabilities (B, num_classes).
-Loading checks the metadata as a model directory's config is checked (`check_model_config`) and that the
-graph's input and output fit it, so a tampered or mismatched file is refused at load, not at the first request.
+backbone, headline metrics, a multi-label model's thresholds, the reject rule) and how it was exported and
+verified, so the file alone is enough to serve it. The graph takes normalised float32 (B, 3, H, W) and returns
+calibrated probabilities (B, num_classes): softmax, or one sigmoid per class for a multi-label model. A model
+whose reject rule scores by "knn" also outputs its embeddings (B, D), and the metadata holds the reference
+embeddings (`reject.safetensors`, base64), so the score is computed by `tlearn.engines.answers` exactly as for
+the model directory (see `tlearn.deploy.export` for why). Loading checks the metadata as a model directory's
+config is checked (`check_model_config`) and that the graph's inputs and outputs fit it, so a tampered or
+mismatched file is refused at load, not at the first request.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from pathlib import Path
 from typing import Any
@@ -17,14 +23,17 @@ import numpy as np
 from pydantic import ValidationError
 
 from tlearn.data.preprocess import normalize
+from tlearn.engines.answers import KnnReferences, fitting_references, needs_embeddings
 from tlearn.engines.base import InferenceEngine
 from tlearn.errors import ModelFileError
 from tlearn.runs.model_dir import ModelConfig, check_model_config, describe_validation
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "probabilities"
+EMBEDDINGS_NAME = "embeddings"  # the second output of a model with a "knn" reject rule
 CONFIG_KEY = "tlearn_config"  # the model directory's config.json
 EXPORT_KEY = "tlearn_export"  # precision, opset, and the checks the export passed
+REFERENCES_KEY = "tlearn_reject_references"  # base64 of the model directory's reject.safetensors ("knn" rule)
 
 
 class OnnxClassifier(InferenceEngine):
@@ -39,9 +48,14 @@ class OnnxClassifier(InferenceEngine):
     engine = "onnx"
 
     def __init__(
-        self, session: Any, config: ModelConfig, export_info: dict[str, Any], path: Path | None = None
+        self,
+        session: Any,
+        config: ModelConfig,
+        export_info: dict[str, Any],
+        path: Path | None = None,
+        references: KnnReferences | None = None,
     ) -> None:
-        super().__init__(config, path)
+        super().__init__(config, path, references)
         self.session = session
         self.export_info = export_info
 
@@ -54,7 +68,8 @@ class OnnxClassifier(InferenceEngine):
             threads: onnxruntime intra-op threads (default: one per physical core).
 
         Raises:
-            ModelFileError: missing file, not an ONNX model, or an ONNX model without tlearn's metadata.
+            ModelFileError: missing file, not an ONNX model, an ONNX model without tlearn's metadata, or one
+                whose reject rule's references are missing or unreadable.
         """
         import onnxruntime
 
@@ -84,20 +99,42 @@ class OnnxClassifier(InferenceEngine):
             raise ModelFileError(f"{path}: invalid tlearn metadata ({EXPORT_KEY} is not an object)")
         check_model_config(config, f"{path} (metadata {CONFIG_KEY})")
         _check_graph(session, config, path)
-        return cls(session, config, export_info, path)
+        return cls(session, config, export_info, path, _references(metadata, config, path))
 
     @property
     def precision(self) -> str:
         """fp32, int8-static or int8-dynamic."""
         return str(self.export_info.get("precision", "fp32"))
 
-    def _forward(self, pixels: np.ndarray) -> np.ndarray:
+    def _forward(self, pixels: np.ndarray, *, embeddings: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         batch = normalize(pixels, self.preprocessing)  # (B, 3, H, W) float32
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+        if not embeddings:
+            return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0], None
+        probabilities, features = self.session.run([OUTPUT_NAME, EMBEDDINGS_NAME], {INPUT_NAME: batch})
+        return probabilities, features  # (B, C), (B, D)
+
+
+def _references(metadata: dict[str, str], config: ModelConfig, path: Path) -> KnnReferences | None:
+    """The "knn" rule's references stored in the file's metadata (None for any other model).
+
+    Raises:
+        ModelFileError: the rule needs them and they are missing, not base64, or not valid references.
+    """
+    if not needs_embeddings(config):
+        return None
+    where = f"{path} (metadata {REFERENCES_KEY})"
+    if REFERENCES_KEY not in metadata:
+        raise ModelFileError(f"{where}: missing, and the model's knn reject rule needs it; export it again")
+    try:
+        payload = base64.b64decode(metadata[REFERENCES_KEY], validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise ModelFileError(f"{where}: not base64 ({error}); export it again with `tlearn export`") from None
+    return fitting_references(KnnReferences.from_bytes(payload, where), config, where)
 
 
 def _check_graph(session: Any, config: ModelConfig, path: Path) -> None:
-    """The graph's input is (batch, 3, H, W) at the metadata's input size and its output has one column per class.
+    """The graph's input is (batch, 3, H, W) at the metadata's input size, its output has one column per class,
+    and a model with a "knn" reject rule also outputs embeddings of the metadata's size.
 
     Raises:
         ModelFileError: names or shapes that do not fit the metadata (the file was edited or mixed up).
@@ -126,4 +163,17 @@ def _check_graph(session: Any, config: ModelConfig, path: Path) -> None:
         raise ModelFileError(
             f"{path}: the graph outputs shape {output} but the metadata lists {len(config.classes)} classes; "
             "the file's metadata and graph come from different models (export it again with `tlearn export`)"
+        )
+    if not needs_embeddings(config):
+        return
+    embedding = outputs.get(EMBEDDINGS_NAME)
+    width_embedding = embedding[-1] if embedding else None
+    if (
+        embedding is None
+        or len(embedding) != 2
+        or (isinstance(width_embedding, int) and width_embedding != config.embedding_dim)
+    ):
+        raise ModelFileError(
+            f"{path}: the model's knn reject rule needs a graph output {EMBEDDINGS_NAME!r} of shape "
+            f"(batch, {config.embedding_dim}), got {embedding}; export it again with `tlearn export`"
         )

@@ -1,7 +1,8 @@
 """A trained model, loaded for inference on PyTorch: `tlearn.load(path).predict([...])` (imports torch).
 
-The loader never unpickles: weights come from safetensors, everything else from JSON. Predictions for files,
-pictures and folders come from `tlearn.engines.base.InferenceEngine`, shared with the ONNX engine.
+The loader never unpickles: weights come from safetensors (a "knn" reject rule's reference embeddings too),
+everything else from JSON. Predictions for files, pictures and folders come from
+`tlearn.engines.base.InferenceEngine`, shared with the ONNX engine.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from torch import nn
 from tlearn.backbones.devices import resolve_device
 from tlearn.backbones.fusion import fold_batchnorm
 from tlearn.backbones.timm_models import normalize_on_device
+from tlearn.engines.answers import KnnReferences, calibrated, read_references
 from tlearn.engines.base import InferenceEngine
 from tlearn.errors import ModelFileError
 from tlearn.runs.model_dir import WEIGHTS_FILE, ModelConfig, model_folder, read_config
-from tlearn.util.numeric import softmax
 
 
 class Classifier(InferenceEngine):
@@ -35,8 +36,15 @@ class Classifier(InferenceEngine):
 
     engine = "torch"
 
-    def __init__(self, model: nn.Module, config: ModelConfig, device: torch.device, folder: Path | None = None) -> None:
-        super().__init__(config, folder)
+    def __init__(
+        self,
+        model: nn.Module,
+        config: ModelConfig,
+        device: torch.device,
+        folder: Path | None = None,
+        references: KnnReferences | None = None,
+    ) -> None:
+        super().__init__(config, folder, references)
         self.device = device
         self.model = model.eval().to(device=device, memory_format=torch.channels_last)
         self._mean = torch.tensor(self.preprocessing.mean, device=device).view(1, 3, 1, 1)
@@ -47,10 +55,12 @@ class Classifier(InferenceEngine):
         """Load a model directory (or a run directory holding `model/`).
 
         Raises:
-            ModelFileError: the directory is not a complete tlearn model or its weights do not fit.
+            ModelFileError: the directory is not a complete tlearn model, its weights do not fit, or its reject
+                rule's references (`reject.safetensors`) are missing or unreadable.
         """
         folder = model_folder(path)
         config = read_config(folder)
+        references = read_references(folder, config)
         try:
             state = load_torch_safetensors(folder / WEIGHTS_FILE)
         except (SafetensorError, OSError) as error:
@@ -63,7 +73,16 @@ class Classifier(InferenceEngine):
             raise ModelFileError(f"{folder / WEIGHTS_FILE}: weights do not fit {config.arch}: {first}") from None
         model.eval()
         fold_batchnorm(model)  # a loaded model only predicts: about 30% faster on CPU, same outputs
-        return cls(model, config, resolve_device(device), folder)
+        return cls(model, config, resolve_device(device), folder, references)
+
+    @classmethod
+    def from_state(cls, state: dict[str, np.ndarray], config: ModelConfig, *, device: str = "auto") -> Classifier:
+        """A model from weights in memory (a run's fine-tuned network before it is saved), batch norm folded."""
+        model = timm.create_model(config.arch, pretrained=False, num_classes=len(config.classes))
+        model.load_state_dict({name: torch.from_numpy(np.array(value)) for name, value in state.items()})
+        model.eval()
+        fold_batchnorm(model)
+        return cls(model, config, resolve_device(device))
 
     @property
     def normalisation(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,7 +94,11 @@ class Classifier(InferenceEngine):
         return self.device.type == "cuda"
 
     @torch.inference_mode()
-    def _forward(self, pixels: np.ndarray) -> np.ndarray:
+    def _forward(self, pixels: np.ndarray, *, embeddings: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         batch = normalize_on_device(pixels, self._mean, self._std, self.device)
-        logits = self.model(batch).float().cpu().numpy()
-        return softmax(logits / self.config.temperature)
+        if not embeddings:
+            return calibrated(self.model(batch).float().cpu().numpy(), self.config), None
+        features = self.model.forward_features(batch)
+        pre_logits = self.model.forward_head(features, pre_logits=True)  # (B, D): what the classifier reads
+        logits = self.model.forward_head(features)  # (B, C)
+        return calibrated(logits.float().cpu().numpy(), self.config), pre_logits.float().cpu().numpy()

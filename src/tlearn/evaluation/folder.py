@@ -18,7 +18,15 @@ import numpy as np
 from tlearn.data.discovery import DataSource, discover_for_evaluation
 from tlearn.errors import DataError
 from tlearn.evaluation.metrics import classification_metrics
-from tlearn.runs.layout import RunFolder, prediction_columns, prediction_rows
+from tlearn.evaluation.multilabel import multilabel_metrics
+from tlearn.evaluation.rejection import selective_metrics
+from tlearn.runs.layout import (
+    LABEL_SET_SEPARATOR,
+    RunFolder,
+    multilabel_prediction_rows,
+    prediction_columns,
+    prediction_rows,
+)
 from tlearn.util import atomic
 from tlearn.util.progress import Progress
 
@@ -83,8 +91,11 @@ def evaluate_folder(
     """
     progress = progress or Progress()
     started = time.perf_counter()
-    source, split_name = discover_for_evaluation(data, split=settings.split, follow_links=settings.follow_links)
-    unknown = sorted({image.label for image in source.images} - set(engine.classes))
+    multilabel = engine.config.task == "multilabel"
+    source, split_name = discover_for_evaluation(
+        data, split=settings.split, follow_links=settings.follow_links, task="multilabel" if multilabel else "auto"
+    )
+    unknown = sorted({name for image in source.images for name in image.labels} - set(engine.classes))
     if unknown:
         raise DataError(
             f"{source.root}: class folder(s) {', '.join(unknown)} are not among the model's classes "
@@ -92,17 +103,28 @@ def evaluate_folder(
         )
     index = {name: i for i, name in enumerate(engine.classes)}
     paths = [image.path for image in source.images]
-    probabilities, failures = engine.predict_files_probabilities(
+    probabilities, scores, failures = engine.predict_files_scored(
         paths, batch_size=settings.batch_size, workers=settings.workers, flip=settings.tta, progress=progress
     )
     usable = [position for position in range(len(paths)) if position not in failures]
     if not usable:
         raise DataError(f"{source.root}: none of the {len(paths)} image(s) could be decoded")
-    labels = np.asarray([index[source.images[p].label] for p in usable], dtype=np.int64)
-    metrics = {split_name: classification_metrics(labels, probabilities[usable], engine.classes)}
-    predictions = prediction_rows(
-        [source.images[p].relpath for p in usable], labels, probabilities[usable], engine.classes
-    )
+    relpaths = [source.images[p].relpath for p in usable]
+    if multilabel:
+        targets = np.zeros((len(usable), len(index)), dtype=np.float32)
+        for row, position in enumerate(usable):
+            targets[row, [index[name] for name in source.images[position].labels]] = 1.0
+        thresholds = engine.config.thresholds or []
+        metrics = {split_name: multilabel_metrics(targets, probabilities[usable], thresholds, engine.classes)}
+        predictions = multilabel_prediction_rows(relpaths, targets, probabilities[usable], thresholds, engine.classes)
+    else:
+        labels = np.asarray([index[source.images[p].label] for p in usable], dtype=np.int64)
+        metrics = {split_name: classification_metrics(labels, probabilities[usable], engine.classes)}
+        predictions = prediction_rows(relpaths, labels, probabilities[usable], engine.classes)
+        rule = engine.config.reject
+        if rule is not None and scores is not None:  # coverage and accuracy of the answers the rule lets through
+            correct = probabilities[usable].argmax(axis=1) == labels
+            metrics[split_name]["reject"] = selective_metrics(scores[usable], correct, rule.threshold, rule.score)
     skipped = [{"path": source.images[p].relpath, "reason": reason} for p, reason in sorted(failures.items())]
     seconds = time.perf_counter() - started
     return Evaluation(split_name, metrics, predictions, skipped, source, tta=settings.tta, seconds=seconds)
@@ -114,7 +136,12 @@ def write_evaluation(evaluation: Evaluation, out: Path, engine: InferenceEngine)
     classes = engine.classes
     atomic.write_json(files.metrics, evaluation.metrics)
     atomic.write_csv(files.predictions, evaluation.predictions, prediction_columns(classes, with_split=False))
-    counts = Counter(row["label"] for row in evaluation.predictions)
+    multilabel = engine.config.task == "multilabel"
+    counts = Counter(
+        name
+        for row in evaluation.predictions
+        for name in (row["label"].split(LABEL_SET_SEPARATOR) if multilabel else [row["label"]])
+    )
     root = evaluation.source.root if evaluation.source else None
     atomic.write_json(
         files.data_report,

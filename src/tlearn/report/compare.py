@@ -2,7 +2,9 @@
 
 Each folder is read back from its files (`tlearn.runs.records`): a training run, or a `tlearn evaluate`
 folder, whose time and epochs come from the training run that holds its model. The table prints as
-Markdown (aligned, so it also reads well in a terminal) and can be written as Markdown or HTML.
+Markdown (aligned, so it also reads well in a terminal) and can be written as Markdown or HTML. Multi-label
+runs add their mAP, and their accuracy is the subset accuracy (headed so when every run is multi-label);
+runs with a reject rule add the share of images they answered; a figure a run lacks shows as "–".
 
 Run folders and backbone names are the user's text: control characters are shown escaped (they would rewrite
 the terminal) and `|` is escaped in Markdown (it would split a cell); the HTML page escapes through Jinja.
@@ -15,12 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tlearn.errors import TlearnError
+from tlearn.report.multilabel import is_multilabel
 from tlearn.runs.layout import RunFolder
 from tlearn.runs.records import RunRecords, read_run
 from tlearn.util import atomic
 from tlearn.util.text import printable
 
-COLUMNS = (
+COLUMNS = (  # every column a table may have, in order; `table_columns` keeps those the runs fill
     "run",
     "backbone",
     "mode",
@@ -28,45 +31,67 @@ COLUMNS = (
     "train time",
     "split",
     "images",
+    "mAP",
     "accuracy",
     "macro F1",
     "ECE",
+    "answered",
     "model size",
 )
-NUMERIC = {"epochs", "train time", "images", "accuracy", "macro F1", "ECE", "model size"}
+NUMERIC = {
+    "epochs",
+    "train time",
+    "images",
+    "mAP",
+    "accuracy",
+    "subset accuracy",
+    "macro F1",
+    "ECE",
+    "answered",
+    "model size",
+}
+OPTIONAL = ("mAP", "ECE", "answered")  # shown only when at least one run has the figure
+SUBSET_ACCURACY = "subset accuracy"  # the accuracy column's heading when every run is multi-label
 
 
 @dataclass
 class RunSummary:
-    """One row of the comparison."""
+    """One row of the comparison; None where the run has no such figure (a multi-label run has no ECE, a
+    single-label run no mAP, a run without a reject rule answers every image)."""
 
     run: str  # the folder as given
     backbone: str
-    mode: str  # linear or finetune, with "+ calibrated" / "+ TTA" when they apply
+    mode: str  # linear or finetune, with "+ calibrated" / "+ TTA" / "+ multi-label" when they apply
     epochs: int | None  # fine-tuning epochs run (0 for a linear head)
     seconds: float | None  # training wall time
     split: str  # the split judged on
-    images: int
-    accuracy: float
-    macro_f1: float
+    images: int | None
+    accuracy: float | None  # a multi-label run's subset accuracy (the whole label set right)
+    macro_f1: float | None
     ece: float | None
     model_bytes: int | None
+    multilabel: bool = False
+    mean_ap: float | None = None  # multi-label runs: mean average precision
+    coverage: float | None = None  # runs with a reject rule: the share of images answered
 
-    def cells(self) -> list[str]:
-        """The row as text, in `COLUMNS` order (control characters shown escaped)."""
-        return [
+    def cells(self) -> dict[str, str]:
+        """The row as text by column (control characters shown escaped)."""
+        text = [
             printable(self.run),
             printable(self.backbone),
             printable(self.mode),
             _text(self.epochs, "{}"),
             _text(self.seconds, "{:.1f} s"),
             printable(self.split),
-            str(self.images),
-            f"{100 * self.accuracy:.1f}%",
-            f"{self.macro_f1:.3f}",
+            _text(self.images, "{}"),
+            _text(self.mean_ap, "{:.3f}"),
+            _text(None if self.accuracy is None else 100 * self.accuracy, "{:.1f}%"),
+            _text(self.macro_f1, "{:.3f}"),
             _text(self.ece, "{:.3f}"),
+            _text(None if self.coverage is None else 100 * self.coverage, "{:.1f}%"),
             _text(None if self.model_bytes is None else self.model_bytes / 1e6, "{:.1f} MB"),
         ]
+        return dict(zip(COLUMNS, text, strict=True))
 
 
 def summarize_run(folder: str | Path) -> RunSummary:
@@ -88,19 +113,37 @@ def summarize_run(folder: str | Path) -> RunSummary:
         mode += " + calibrated"
     if records.summary.get("tta"):
         mode += " + TTA"
+    multilabel = is_multilabel(metrics)
+    if multilabel:
+        mode += " + multi-label"
     return RunSummary(
         run=str(folder),
-        backbone=config.backbone["name"] if config else "?",
+        backbone=config.backbone.get("name", "?") if config else "?",
         mode=mode,
         epochs=max(row["epoch"] for row in training.history) if training and training.history else None,
         seconds=training.summary.get("seconds") if training else None,
         split=records.split,
-        images=metrics["n"],
-        accuracy=metrics["accuracy"],
-        macro_f1=metrics["macro_f1"],
+        images=metrics.get("n"),
+        accuracy=metrics.get("subset_accuracy", metrics.get("accuracy")) if multilabel else metrics.get("accuracy"),
+        macro_f1=metrics.get("macro_f1"),
         ece=metrics.get("ece"),
         model_bytes=records.model_bytes,
+        multilabel=multilabel,
+        mean_ap=metrics.get("mAP"),
+        coverage=(metrics.get("reject") or {}).get("coverage"),
     )
+
+
+def table_columns(summaries: Sequence[RunSummary]) -> list[str]:
+    """The columns of a table of these runs: `COLUMNS` less the optional ones no run fills."""
+    filled = {column for summary in summaries for column, cell in summary.cells().items() if cell != "–"}
+    return [column for column in COLUMNS if column not in OPTIONAL or column in filled]
+
+
+def _headings(columns: Sequence[str], summaries: Sequence[RunSummary]) -> list[str]:
+    """Column headings: "subset accuracy" for the accuracy of a table of multi-label runs only."""
+    every_multilabel = bool(summaries) and all(summary.multilabel for summary in summaries)
+    return [SUBSET_ACCURACY if column == "accuracy" and every_multilabel else column for column in columns]
 
 
 def markdown_table(summaries: Sequence[RunSummary]) -> str:
@@ -109,9 +152,13 @@ def markdown_table(summaries: Sequence[RunSummary]) -> str:
     Example:
         >>> print(markdown_table([summarize_run("runs/a"), summarize_run("runs/b")]))  # doctest: +SKIP
     """
-    rows = [list(COLUMNS), *([_markdown_cell(cell) for cell in summary.cells()] for summary in summaries)]
-    widths = [max(len(row[column]) for row in rows) for column in range(len(COLUMNS))]
-    numeric = [name in NUMERIC for name in COLUMNS]
+    columns = table_columns(summaries)
+    rows = [
+        _headings(columns, summaries),
+        *([_markdown_cell(summary.cells()[column]) for column in columns] for summary in summaries),
+    ]
+    widths = [max(len(row[index]) for row in rows) for index in range(len(columns))]
+    numeric = [name in NUMERIC for name in columns]
 
     def line(cells: Sequence[str]) -> str:
         padded = [
@@ -143,13 +190,15 @@ def write_comparison(summaries: Sequence[RunSummary], path: str | Path) -> Path:
     elif path.suffix.lower() in (".html", ".htm"):
         from tlearn.report.page import render_page  # deferred: jinja2 is only needed for pages
 
+        columns = table_columns(summaries)
         atomic.write_text(
             path,
             render_page(
                 "compare.html",
-                columns=COLUMNS,
+                columns=columns,
+                headings=_headings(columns, summaries),
                 numeric=NUMERIC,
-                rows=[summary.cells() for summary in summaries],
+                rows=[[summary.cells()[column] for column in columns] for summary in summaries],
                 best=_best_cells(summaries),
             ),
         )
@@ -159,9 +208,11 @@ def write_comparison(summaries: Sequence[RunSummary], path: str | Path) -> Path:
 
 
 def _best_cells(summaries: Sequence[RunSummary]) -> set[tuple[int, str]]:
-    """(row, column) of the best accuracy, macro F1 and ECE as shown (3 decimals), highlighted in the HTML table."""
+    """(row, column) of the best mAP, accuracy, macro F1 and ECE as shown (3 decimals), highlighted in the HTML
+    table."""
     best: set[tuple[int, str]] = set()
     for column, value, lower_is_better in (
+        ("mAP", "mean_ap", False),
         ("accuracy", "accuracy", False),
         ("macro F1", "macro_f1", False),
         ("ECE", "ece", True),

@@ -1,4 +1,5 @@
-"""The report's figures as PNG bytes: training curves, confusion matrices, reliability diagram.
+"""The report's figures as PNG bytes: training curves, confusion matrices, reliability diagram, per-class
+precision–recall curves (multi-label runs) and accuracy against coverage (runs that may answer "unknown").
 
 matplotlib's object API (`Figure`, no pyplot): no display, no global state, the Agg renderer. Each function
 takes plain data and returns the PNG, so the report decides where it goes (a file and the HTML page).
@@ -20,6 +21,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from tlearn.evaluation.calibration import ReliabilityBins
+from tlearn.report.multilabel import ClassCurve
 from tlearn.util.text import printable
 
 TRAIN_COLOUR = "#4c72b0"
@@ -27,6 +29,7 @@ VAL_COLOUR = "#dd8452"
 ERROR_COLOUR = "#c44e52"
 DPI = 110
 _ANNOTATED_CLASSES = 20  # confusion matrices with more classes show colours only, no numbers in the cells
+_CURVE_COLUMNS = 4  # precision–recall panels per row
 # Fixed margins for the fixed-size figures: a layout engine would draw each figure twice.
 _TWO_PANEL_MARGINS = {"left": 0.06, "right": 0.99, "bottom": 0.13, "top": 0.92, "wspace": 0.18}
 _LITERAL_TEXT = {"text.parse_math": False, "text.usetex": False}
@@ -104,9 +107,11 @@ def head_search_curves(candidates: Sequence[dict[str, float]], chosen_c: float) 
         True
     """
     strengths = np.array([row["c"] for row in candidates], dtype=float)
+    # A multi-label head scores its candidates by subset accuracy (the whole label set right).
+    accuracy = "accuracy" if "cv_accuracy" in candidates[0] else "subset_accuracy"
     figure = Figure(figsize=(10, 4), dpi=DPI)
     figure.subplots_adjust(**_TWO_PANEL_MARGINS)
-    for axes, metric in zip(figure.subplots(1, 2), ("loss", "accuracy"), strict=True):
+    for axes, metric in zip(figure.subplots(1, 2), ("loss", accuracy), strict=True):
         axes.plot(
             strengths,
             [row[f"cv_{metric}"] for row in candidates],
@@ -122,9 +127,9 @@ def head_search_curves(candidates: Sequence[dict[str, float]], chosen_c: float) 
         axes.set_xticks(strengths, [f"{value:g}" for value in strengths], fontsize=8)
         axes.minorticks_off()
         axes.set_xlabel("C (inverse L2 strength; weaker regularisation to the right)")
-        axes.set_title(f"linear head: {metric}")
+        axes.set_title(f"linear head: {metric.replace('_', ' ')}")
         axes.grid(alpha=0.3)
-        axes.legend(loc="lower left" if metric == "accuracy" else "upper right", fontsize=8)  # "best" is slow
+        axes.legend(loc="lower left" if metric == accuracy else "upper right", fontsize=8)  # "best" is slow
     return _png(figure)
 
 
@@ -246,6 +251,99 @@ def reliability_diagram(
     count_axes.bar(centres, bins.counts, width=width, color="#888888", edgecolor="white")
     count_axes.set_xlabel("confidence (top-1 probability)")
     count_axes.set_ylabel("images")
+    return _png(figure)
+
+
+@_literal_text
+def precision_recall_figure(curves: Sequence[ClassCurve]) -> bytes:
+    """One small precision–recall panel per class of a multi-label run, the model's threshold starred.
+
+    Each panel also draws the class's share of positive images: the precision of a ranking that ignores the
+    image, which the curve should stay well above.
+
+    Example:
+        >>> from tlearn.report.multilabel import precision_recall_curves
+        >>> curves = precision_recall_curves(np.array([[1], [0]]), np.array([[0.9], [0.2]]), [0.5], ["pool"])
+        >>> precision_recall_figure(curves)[:4] == b"\\x89PNG"
+        True
+    """
+    columns = max(1, min(_CURVE_COLUMNS, len(curves)))
+    rows = max(1, -(-len(curves) // columns))
+    width, height = 3.0 * columns + 0.5, 2.7 * rows + 0.4  # inches: each panel 3 x 2.7, margins for the labels
+    figure = Figure(figsize=(width, height), dpi=DPI)
+    figure.subplots_adjust(
+        left=0.55 / width, right=1 - 0.15 / width, bottom=0.5 / height, top=1 - 0.3 / height, hspace=0.5, wspace=0.25
+    )
+    panels = figure.subplots(rows, columns, sharex=True, sharey=True, squeeze=False).ravel()
+    for axes, curve in zip(panels, curves, strict=False):
+        axes.plot(curve.recall, curve.precision, drawstyle="steps-post", color=VAL_COLOUR, linewidth=1.5)
+        axes.axhline(curve.positive_share, color="#888888", linestyle=":", linewidth=1)
+        axes.plot(*curve.point, marker="*", markersize=12, color=ERROR_COLOUR, linestyle="none")
+        name = printable(curve.name)
+        name = name if len(name) <= 22 else name[:21] + "…"
+        axes.set_title(f"{name}: AP {curve.average_precision:.2f}, t = {curve.threshold:.2f}", fontsize=8)
+        axes.set_xlim(0, 1.02)
+        axes.set_ylim(0, 1.05)
+        axes.tick_params(labelsize=7)
+        axes.grid(alpha=0.3)
+    for axes in panels[len(curves) :]:
+        axes.set_visible(False)
+    for axes in panels[::columns]:
+        axes.set_ylabel("precision", fontsize=8)
+    for axes in panels[max(0, len(curves) - columns) : len(curves)]:
+        axes.set_xlabel("recall", fontsize=8)
+        axes.xaxis.set_tick_params(labelbottom=True)
+    return _png(figure)
+
+
+@_literal_text
+def accuracy_coverage_figure(
+    coverage: Sequence[float],
+    accuracy: Sequence[float],
+    *,
+    chosen: tuple[float, float] | None,
+    accuracy_all: float | None = None,
+    target: dict[str, float] | None = None,
+) -> bytes:
+    """Accuracy on the answered images against the share answered, answering the most familiar images first.
+
+    Args:
+        coverage: shares of images answered, as the reject threshold falls.
+        accuracy: accuracy on the answered images at each coverage.
+        chosen: (coverage, accuracy) at the model's threshold, starred (None: no image reaches it).
+        accuracy_all: accuracy when every image is answered, drawn as a line.
+        target: what the threshold was chosen for ({"accuracy": a} or {"coverage": c}), drawn as a line.
+
+    Example:
+        >>> accuracy_coverage_figure([0.5, 1.0], [1.0, 0.8], chosen=(0.5, 1.0))[:4] == b"\\x89PNG"
+        True
+    """
+    figure = Figure(figsize=(6, 4.2), dpi=DPI)
+    figure.subplots_adjust(left=0.12, right=0.97, bottom=0.12, top=0.92)
+    axes = figure.subplots()
+    axes.plot(coverage, accuracy, "-", color=VAL_COLOUR, linewidth=1.5, label="answered images")
+    if accuracy_all is not None:
+        axes.axhline(accuracy_all, color="#555555", linestyle=":", label=f"answering all ({accuracy_all:.1%})")
+    target = target or {}
+    if "accuracy" in target:
+        axes.axhline(target["accuracy"], color=TRAIN_COLOUR, linestyle="--", linewidth=1, label="target accuracy")
+    if "coverage" in target:
+        axes.axvline(target["coverage"], color=TRAIN_COLOUR, linestyle="--", linewidth=1, label="target coverage")
+    if chosen is not None:
+        axes.plot(
+            *chosen,
+            marker="*",
+            markersize=14,
+            color=ERROR_COLOUR,
+            linestyle="none",
+            label=f"threshold: {chosen[0]:.1%} answered, {chosen[1]:.1%} right",
+        )
+    axes.set_xlim(0, 1.02)
+    axes.set_xlabel("coverage (share of images answered; the rest get “unknown”)")
+    axes.set_ylabel("accuracy on the answered images")
+    axes.set_title("accuracy against coverage")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower left", fontsize=8)
     return _png(figure)
 
 

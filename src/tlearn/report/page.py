@@ -6,6 +6,11 @@ matrix, the per-class table and the worst errors as thumbnails. Was it worth it:
 model said about the same images, beside what the new classifier says. And what the data was: class counts,
 skipped files, duplicates and leakage.
 
+A multi-label run (`task` "multilabel" in metrics.json) has no confusion matrix or calibration: its page shows
+mAP, subset accuracy, F1 and Hamming loss, per-class precision–recall curves with each threshold, and the images
+whose label sets were most wrong (`tlearn.report.multilabel`). A run with a reject rule (`reject` in a split's
+metrics) adds its "Unknown answers": coverage, selective accuracy and the accuracy–coverage curve.
+
 The page embeds its figures and thumbnails (base64) and its CSS, so it opens offline in any browser and can
 be mailed as one file. Only the galleries' images are decoded, as small thumbnails. Written from the run's
 files alone (`tlearn.runs.records`): the report never runs a model (the "before" answers were saved by
@@ -28,6 +33,17 @@ from tlearn.data.images import ImageDecodeError, load_rgb
 from tlearn.evaluation.calibration import apply_temperature, reliability_bins
 from tlearn.evaluation.intervals import smallest_detectable_difference
 from tlearn.evaluation.metrics import classification_metrics
+from tlearn.report.multilabel import (
+    class_probabilities,
+    is_multilabel,
+    label_set,
+    label_targets,
+    multilabel_baseline,
+    precision_recall_curves,
+    thresholds,
+    worst_label_set_rows,
+    wrong_label_sets,
+)
 from tlearn.runs.layout import IMAGENET_FILE, RunFolder
 from tlearn.runs.records import RunRecords, read_run
 from tlearn.util import atomic
@@ -37,6 +53,7 @@ GALLERY_SIZE = 12  # images per gallery
 TOP_ANSWERS = 3  # labels shown per image in the before/after panel
 THUMBNAIL_PIXELS = 160  # longest side
 LISTED_FILES = 50  # skipped files, duplicates, ... beyond this are counted, not listed
+MAX_CURVES = 24  # precision–recall panels of a multi-label run; beyond, the classes with the lowest AP
 
 
 def write_report(folder: str | Path, *, progress: Progress | None = None) -> Path:
@@ -61,9 +78,14 @@ def write_report(folder: str | Path, *, progress: Progress | None = None) -> Pat
     records = read_run(folder)
     split = records.split
     rows = records.split_predictions(split)
-    labels, probabilities = records.probabilities(rows)
-    temperature = records.model_config.temperature if records.model_config else 1.0
-    figures = _figures(records, labels, probabilities, temperature)
+    if is_multilabel(records.metrics[split]):
+        figures, task_context = _multilabel_sections(records, rows)
+    else:
+        figures, task_context = _single_label_sections(records, rows)
+    figures = {**_training_figure(records), **figures}
+    unknown = _unknown_panel(records)
+    if unknown and unknown["curve"]:
+        figures["accuracy_coverage"] = _unknown_figure(unknown)
     files = RunFolder(records.folder)
     for name, png in figures.items():
         atomic.write_bytes(files.figure(name), png, durable=False)
@@ -74,24 +96,86 @@ def write_report(folder: str | Path, *, progress: Progress | None = None) -> Pat
         where=split_description(split),
         title=records.folder.resolve().name,
         figures={name: data_uri(png, "image/png") for name, png in figures.items()},
-        baseline=majority_baseline(records),
-        per_class=_per_class_rows(records.metrics[split]),
-        calibration=_calibration(labels, probabilities, temperature),
-        worst_errors=[_gallery_item(records, row) for row in worst_errors(rows)],
-        unsure_right=[_gallery_item(records, row) for row in least_confident_right(rows)],
-        errors=sum(row["label"] != row["predicted"] for row in rows),
-        before_after=_before_after(records, rows),
+        unknown=unknown,
         dataset=_dataset_panel(records),
-        resolution=_resolution(records.metrics[split]),
         choice=_choice_panel(records),
         audit=_audit_panel(records),
         version=__version__,
         generated=time.strftime("%Y-%m-%d %H:%M"),
+        **task_context,
     )
     path = files.report
     atomic.write_text(path, page)
     progress.info(f"report: {path} ({time.perf_counter() - started:.1f} s)")
     return path
+
+
+def _single_label_sections(records: RunRecords, rows: list[dict[str, str]]) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """Figures and page context of a single-label run: confusion, calibration, the worst errors."""
+    from tlearn.report import figures  # deferred: matplotlib takes a while to import and only reports need it
+
+    metrics = records.metrics[records.split]
+    labels, probabilities = records.probabilities(rows)
+    temperature = records.model_config.temperature if records.model_config else 1.0
+    matrix = np.asarray(metrics["confusion_matrix"])
+    uncalibrated = (
+        reliability_bins(apply_temperature(probabilities, 1 / temperature), labels) if temperature != 1.0 else None
+    )
+    drawn = {
+        "confusion_counts": figures.confusion_matrix_figure(matrix, records.classes, normalise=False),
+        "confusion_normalised": figures.confusion_matrix_figure(matrix, records.classes, normalise=True),
+        "reliability": figures.reliability_diagram(
+            reliability_bins(probabilities, labels), uncalibrated=uncalibrated, temperature=temperature
+        ),
+    }
+    context = {
+        "multilabel": False,
+        "baseline": majority_baseline(records),
+        "per_class": _per_class_rows(metrics),
+        "calibration": _calibration(labels, probabilities, temperature),
+        "worst_errors": [_gallery_item(records, row) for row in worst_errors(rows)],
+        "unsure_right": [_gallery_item(records, row) for row in least_confident_right(rows)],
+        "errors": sum(row["label"] != row["predicted"] for row in rows),
+        "before_after": _before_after(records, rows),
+        "resolution": _resolution(metrics),
+    }
+    return drawn, context
+
+
+def _multilabel_sections(records: RunRecords, rows: list[dict[str, str]]) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """Figures and page context of a multi-label run: per-class precision–recall, the most wrong label sets."""
+    from tlearn.report import figures  # deferred: see _single_label_sections
+
+    metrics = records.metrics[records.split]
+    curves = precision_recall_curves(
+        label_targets(rows, records.classes),
+        class_probabilities(rows, records.classes),
+        thresholds(metrics),
+        records.classes,
+    )
+    drawn_curves = curves
+    if len(curves) > MAX_CURVES:  # the classes ranked worst, where a reader has something to look for
+        drawn_curves = sorted(curves, key=lambda curve: curve.average_precision)[:MAX_CURVES]
+    drawn = {"precision_recall": figures.precision_recall_figure(drawn_curves)} if curves else {}
+    worst = [
+        {**item, "thumbnail": thumbnail(records.data_root / item["row"]["path"]), "path": item["row"]["path"]}
+        for item in worst_label_set_rows(rows, metrics, GALLERY_SIZE)
+    ]
+    context = {
+        "multilabel": True,
+        "baseline": multilabel_baseline(metrics, rows),
+        "per_class": _per_class_rows(metrics),
+        "curves": {
+            "drawn": len(drawn_curves),
+            "classes": len(curves),
+            "without_positives": [name for name in records.classes if name not in {curve.name for curve in curves}],
+        },
+        "worst_sets": worst,
+        "errors": wrong_label_sets(rows),
+        "before_after": _before_after(records, rows, class_thresholds=thresholds(metrics)),
+        "resolution": _resolution(metrics, measure="subset accuracy"),
+    }
+    return drawn, context
 
 
 def majority_baseline(records: RunRecords) -> dict[str, Any]:
@@ -131,15 +215,16 @@ def split_description(split: str) -> str:
     return f"the {split} split"
 
 
-def _resolution(metrics: dict[str, Any]) -> str | None:
-    """Plain words on what this many images can tell apart (from the 95% Wilson interval's half width)."""
+def _resolution(metrics: dict[str, Any], *, measure: str = "accuracy") -> str | None:
+    """Plain words on what this many images can tell apart (from the 95% Wilson interval's half width);
+    `measure` names the share of images right (a multi-label run's accuracy is its subset accuracy)."""
     n = metrics.get("n", 0)
-    if not n:
+    if not n or "accuracy" not in metrics:
         return None
     margin = smallest_detectable_difference(n, metrics["accuracy"])
     sentence = (
-        f"With {n} images the true accuracy could be {100 * margin:.1f} points either side of this figure, so two "
-        f"models measured here whose accuracies differ by less than about that cannot be told apart."
+        f"With {n} images the true {measure} could be {100 * margin:.1f} points either side of this figure, so two "
+        f"models measured here whose {measure} differs by less than about that cannot be told apart."
     )
     if n < 100:
         sentence += " That is too few images to rank close models: judge them on more data."
@@ -224,28 +309,92 @@ def least_confident_right(rows: list[dict[str, str]], count: int = GALLERY_SIZE)
     return sorted(right, key=lambda row: float(row["confidence"]))[:count]
 
 
-def _figures(
-    records: RunRecords, labels: np.ndarray, probabilities: np.ndarray, temperature: float
-) -> dict[str, bytes]:
-    from tlearn.report import figures  # deferred: matplotlib takes a while to import and only reports need it
+def _training_figure(records: RunRecords) -> dict[str, bytes]:
+    """The training curves: per epoch for a fine-tuned run, against the L2 strengths tried for a linear head."""
+    from tlearn.report import figures  # deferred: see _single_label_sections
 
-    matrix = np.asarray(records.metrics[records.split]["confusion_matrix"])
-    drawn: dict[str, bytes] = {}
     if len(records.history) > 1:
         best_epoch = records.summary.get("finetune", {}).get("best_epoch")
-        drawn["training_curves"] = figures.training_curves(records.history, best_epoch=best_epoch)
-    elif records.summary.get("head", {}).get("candidates"):
+        return {"training_curves": figures.training_curves(records.history, best_epoch=best_epoch)}
+    if records.summary.get("head", {}).get("candidates"):
         head = records.summary["head"]
-        drawn["training_curves"] = figures.head_search_curves(head["candidates"], head["c"])
-    drawn["confusion_counts"] = figures.confusion_matrix_figure(matrix, records.classes, normalise=False)
-    drawn["confusion_normalised"] = figures.confusion_matrix_figure(matrix, records.classes, normalise=True)
-    uncalibrated = (
-        reliability_bins(apply_temperature(probabilities, 1 / temperature), labels) if temperature != 1.0 else None
+        return {"training_curves": figures.head_search_curves(head["candidates"], head["c"])}
+    return {}
+
+
+def _unknown_panel(records: RunRecords) -> dict[str, Any] | None:
+    """The reject rule ("unknown" answers): each split's coverage and accuracy, what the threshold was chosen
+    for, and the accuracy–coverage curve of the judged split (of val when the judged split has none: the
+    cross-validation of a run without a test split); None for a model that always answers."""
+    splits = [{"split": name, **values["reject"]} for name, values in records.metrics.items() if values.get("reject")]
+    if not splits:
+        return None
+    judged = next((row for row in splits if row["split"] == records.split), splits[0])
+    rule = records.model_config.reject if records.model_config else None
+    curve = judged.get("curve") or {}
+    where = (
+        "these images" if judged["split"] == records.split else f"the images of {split_description(judged['split'])}"
     )
-    drawn["reliability"] = figures.reliability_diagram(
-        reliability_bins(probabilities, labels), uncalibrated=uncalibrated, temperature=temperature
+    headline = f"With its reject rule the model answered {_percent(judged.get('coverage'))} of {where}"
+    if judged.get("selective_accuracy") is not None:
+        headline += (
+            f" and said “unknown” for the rest; {_percent(judged['selective_accuracy'])} of its answers were right"
+        )
+    return {
+        "splits": splits,
+        "judged": judged,
+        "where": split_description(judged["split"]),
+        "headline": headline,
+        "score": _reject_score_words(judged.get("score") or (rule.score if rule else None), rule.k if rule else None),
+        "target": dict(rule.target) if rule else {},
+        "purpose": reject_purpose(dict(rule.target) if rule else {}),
+        "curve": curve if curve.get("coverage") else None,
+    }
+
+
+def _unknown_figure(unknown: dict[str, Any]) -> bytes:
+    from tlearn.report import figures  # deferred: see _single_label_sections
+
+    judged = unknown["judged"]
+    chosen = (judged.get("coverage"), judged.get("selective_accuracy"))
+    return figures.accuracy_coverage_figure(
+        unknown["curve"]["coverage"],
+        unknown["curve"]["accuracy"],
+        chosen=chosen if None not in chosen else None,
+        accuracy_all=judged.get("accuracy_all"),
+        target=unknown["target"],
     )
-    return drawn
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"
+
+
+def reject_purpose(target: dict[str, float]) -> str:
+    """One sentence on what the reject threshold was chosen for (`RejectRule.target`).
+
+    Example:
+        >>> reject_purpose({"accuracy": 0.95})
+        'The threshold was chosen on the validation images to keep 95.0% accuracy on the images answered.'
+    """
+    aims = []
+    if "accuracy" in target:
+        aims.append(f"to keep {100 * target['accuracy']:.1f}% accuracy on the images answered")
+    if "coverage" in target:
+        aims.append(f"to answer {100 * target['coverage']:.1f}% of the images")
+    if not aims:
+        return "What the threshold was chosen for was not recorded with the model."
+    return f"The threshold was chosen on the validation images {' and '.join(aims)}."
+
+
+def _reject_score_words(score: str | None, k: int | None) -> str:
+    if score == "knn":
+        return "the similarity of the image's embedding to its k-th nearest training embedding" + (
+            f" (k = {k})" if k else ""
+        )
+    if score == "confidence":
+        return "the probability of the most probable class"
+    return f"its {score or 'reject'} score"
 
 
 def _calibration(labels: np.ndarray, probabilities: np.ndarray, temperature: float) -> dict[str, Any]:
@@ -258,22 +407,22 @@ def _calibration(labels: np.ndarray, probabilities: np.ndarray, temperature: flo
 
 
 def _per_class_rows(metrics: dict[str, Any]) -> dict[str, Any]:
-    """classification_report's table: one row per class, then the macro and support-weighted averages."""
+    """classification_report's table: one row per class, then the macro and support-weighted averages.
+
+    A multi-label run's rows also carry `ap` (None for a class without positive images, left out of its
+    averages: the macro average of AP is the mAP) and `threshold`.
+    """
     rows = [{"name": name, **values} for name, values in metrics["per_class"].items()]
     support = np.array([row["support"] for row in rows], dtype=float)
+    keys = [key for key in ("ap", "precision", "recall", "f1") if rows and key in rows[0]]
     averages = []
     for name, weights in (("macro average", np.ones_like(support)), ("weighted average", support)):
-        total = weights.sum() or 1.0
-        averages.append(
-            {
-                "name": name,
-                "support": int(support.sum()),
-                **{
-                    key: float(np.dot([row[key] for row in rows], weights) / total)
-                    for key in ("precision", "recall", "f1")
-                },
-            }
-        )
+        average: dict[str, Any] = {"name": name, "support": int(support.sum())}
+        for key in keys:
+            scored = [(row[key], weight) for row, weight in zip(rows, weights, strict=True) if row[key] is not None]
+            total = sum(weight for _, weight in scored)
+            average[key] = float(sum(value * weight for value, weight in scored) / total) if total else None
+        averages.append(average)
     return {"rows": rows, "averages": averages}
 
 
@@ -288,8 +437,15 @@ def _gallery_item(records: RunRecords, row: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def _before_after(records: RunRecords, rows: list[dict[str, str]]) -> dict[str, Any]:
-    """Sample images: the original ImageNet model's top labels (saved with the run) beside the new classifier's."""
+def _before_after(
+    records: RunRecords, rows: list[dict[str, str]], *, class_thresholds: list[float] | None = None
+) -> dict[str, Any]:
+    """Sample images: the original ImageNet model's top labels (saved with the run) beside the new classifier's.
+
+    Each of the classifier's answers is marked right, wrong or neither: for a single-label run its first
+    answer only; for a multi-label run (`class_thresholds` given) every answer that reaches its threshold,
+    right when the image carries that label.
+    """
     answers = records.imagenet.get("answers")
     if not answers:
         reason = records.imagenet.get("reason") or f"no ImageNet answers were saved with this run ({IMAGENET_FILE})"
@@ -301,11 +457,23 @@ def _before_after(records: RunRecords, rows: list[dict[str, str]]) -> dict[str, 
         if row is None:
             continue
         ranked = sorted(records.classes, key=lambda name: -float(row[f"p_{name}"]))[:TOP_ANSWERS]
+        if class_thresholds is None:
+            given = [row["label"]]
+            marks = ["right" if ranked[0] == row["label"] else "wrong"] + [""] * (len(ranked) - 1)
+        else:
+            given = label_set(row["label"])
+            threshold = dict(zip(records.classes, class_thresholds, strict=True))
+            marks = [
+                ("right" if name in given else "wrong") if float(row[f"p_{name}"]) >= threshold[name] else ""
+                for name in ranked
+            ]
         items.append(
             {
-                **_gallery_item(records, row),
+                "path": row["path"],
+                "label": ", ".join(given) or "no label",
+                "thumbnail": thumbnail(records.data_root / row["path"]),
                 "imagenet": [(name, float(probability)) for name, probability in answer],
-                "after": [(name, float(row[f"p_{name}"])) for name in ranked],
+                "after": [(name, float(row[f"p_{name}"]), mark) for name, mark in zip(ranked, marks, strict=True)],
             }
         )
     return {"samples": items, "reason": None}

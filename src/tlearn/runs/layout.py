@@ -241,6 +241,37 @@ def prediction_rows(
     return rows
 
 
+LABEL_SET_SEPARATOR = "|"  # between the labels of one image in predictions.csv (multi-label runs)
+
+
+def multilabel_prediction_rows(
+    relpaths: Sequence[str],
+    targets: np.ndarray,
+    probabilities: np.ndarray,
+    thresholds: Sequence[float],
+    classes: Sequence[str],
+    *,
+    split: str | None = None,
+) -> list[dict[str, Any]]:
+    """Rows of a multi-label run's `predictions.csv`, in the same columns as a single-label run's: `label` and
+    `predicted` hold label sets joined by `LABEL_SET_SEPARATOR` (most probable first), `confidence` the
+    highest class probability."""
+    rows = []
+    for relpath, given, row in zip(relpaths, targets, probabilities, strict=True):
+        decided = [k for k in np.argsort(-row, kind="stable") if row[k] >= thresholds[k]]
+        rows.append(
+            {
+                "path": relpath,
+                **({"split": split} if split is not None else {}),
+                "label": LABEL_SET_SEPARATOR.join(classes[k] for k in np.flatnonzero(given)),
+                "predicted": LABEL_SET_SEPARATOR.join(classes[k] for k in decided),
+                "confidence": round(float(row.max()), 6),
+                **{f"p_{name}": round(float(value), 6) for name, value in zip(classes, row, strict=True)},
+            }
+        )
+    return rows
+
+
 def sample_rows(rows: Sequence[dict[str, str]], count: int) -> list[dict[str, str]]:
     """Up to `count` rows taking each class in turn (in path order within a class): the report's samples.
 

@@ -240,7 +240,7 @@ def _check_answers(config: ModelConfig, where: str, fix: str) -> None:
         if not all(math.isfinite(value) and 0.0 <= value <= 1.0 for value in thresholds):
             raise ModelFileError(f"{where}: thresholds must be probabilities between 0 and 1, got {thresholds}; {fix}")
     elif thresholds is not None:
-        raise ModelFileError(f"{where}: thresholds are only used by task multilabel (this model is {config.task}); {fix}")
+        raise ModelFileError(f"{where}: thresholds are only used by multilabel models (this is {config.task}); {fix}")
     if config.reject is not None and not math.isfinite(config.reject.threshold):
         raise ModelFileError(f"{where}: reject threshold {config.reject.threshold} must be a finite number; {fix}")
 

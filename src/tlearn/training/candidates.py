@@ -20,10 +20,12 @@ from tlearn.backbones.registry import BackboneInfo, BackboneRef
 from tlearn.config import DEFAULT_EPOCHS, TrainConfig
 from tlearn.data.checks import CheckedData, LabelledFiles
 from tlearn.errors import RunDirError
+from tlearn.evaluation.multilabel import binary_log_loss
 from tlearn.runs.layout import HistoryRow
 from tlearn.runs.model_dir import ModelConfig, linear_model_state
 from tlearn.training.context import TrainingContext
 from tlearn.training.head import LinearHead, fit_head, select_c
+from tlearn.training.multilabel_head import choose_thresholds, fit_multilabel_head, select_c_multilabel
 from tlearn.util import atomic
 from tlearn.util.numeric import cross_entropy
 from tlearn.util.progress import Progress
@@ -31,6 +33,7 @@ from tlearn.util.progress import Progress
 DEFAULT_BUDGET_CPU = 480.0  # seconds of fine-tuning in auto mode (selection and refit together)
 DEFAULT_BUDGET_GPU = 1200.0
 CV_LIMIT = 2000  # images beyond which C is cross-validated on a sample and val is a split of its own
+MAX_POSITIVE_WEIGHT = 20.0  # multi-label: a rare class's positives weigh at most this many negatives
 DATA_FINGERPRINT_FILE = "data.json"  # in RUN/checkpoints: what the fine-tuning stages were started on
 
 
@@ -48,12 +51,23 @@ class PreparedData:
     evaluated: list[str]  # splits with images among val / test
     embedding_summary: dict[str, Any]
     balanced: bool = False
+    targets: dict[str, np.ndarray] | None = None  # multi-label data: per split, (N, num_classes) 0/1 indicators
+
+    @property
+    def multilabel(self) -> bool:
+        """Whether the run trains a multi-label model (one yes/no answer per class)."""
+        return self.targets is not None
 
     def files(self, *splits: str) -> LabelledFiles:
-        """The image files and labels of one or several splits, in split order."""
+        """The image files and labels (label indicator rows for multi-label data) of one or several splits."""
         images = self.checked.source.images
         paths = [images[p].path for split in splits for p in self.checked.positions[split]]
-        return LabelledFiles(paths, np.concatenate([self.labels[split] for split in splits]))
+        return LabelledFiles(paths, self.answers(*splits))
+
+    def answers(self, *splits: str) -> np.ndarray:
+        """The splits' class indices (N,), or for multi-label data their indicator rows (N, num_classes)."""
+        per_split = self.targets if self.targets is not None else self.labels
+        return np.concatenate([per_split[split] for split in splits])
 
     def stack(self, *splits: str) -> tuple[np.ndarray, np.ndarray]:
         """Embeddings and labels of one or several splits, in split order."""
@@ -72,6 +86,8 @@ class Candidate:
     probabilities: dict[str, np.ndarray]  # "val", "test" and, for a linear model, "cv"
     history: list[dict[str, Any]]
     summary: dict[str, Any] = field(default_factory=dict)
+    extra_files: dict[str, bytes] = field(default_factory=dict)  # saved beside the weights (reject references)
+    head: LinearHead | None = field(default=None, repr=False)  # a linear candidate's head fitted on train + val
 
 
 def linear_candidate(config: TrainConfig, prepared: PreparedData) -> Candidate:
@@ -83,6 +99,8 @@ def linear_candidate(config: TrainConfig, prepared: PreparedData) -> Candidate:
     than it tells: C is then chosen by cross-validation on a stratified sample of CV_LIMIT images, and the
     validation answers come from a head fitted on the training split.
     """
+    if prepared.multilabel:
+        return multilabel_linear_candidate(config, prepared)
     started = time.perf_counter()
     dev_x, dev_y = prepared.stack("train", "val")
     num_classes, options = len(prepared.classes), {"balanced": prepared.balanced, "seed": config.seed}
@@ -126,6 +144,57 @@ def linear_candidate(config: TrainConfig, prepared: PreparedData) -> Candidate:
             "cv_accuracy": selection.chosen["cv_accuracy"],
             "seconds": round(time.perf_counter() - started, 3),
         },
+        head=head,
+    )
+
+
+def multilabel_linear_candidate(config: TrainConfig, prepared: PreparedData) -> Candidate:
+    """The multi-label linear head: one logistic regression per class, C by cross-validation over train + val,
+    per-class thresholds at the best F1 of the out-of-fold probabilities; the saved head is fitted on train +
+    val. Beyond CV_LIMIT images, C and the thresholds come from a random sample of CV_LIMIT of them."""
+    started = time.perf_counter()
+    dev_x, dev_t = prepared.stack("train", "val")[0], prepared.answers("train", "val")
+    sampled = None
+    if len(dev_t) > CV_LIMIT:
+        sampled = np.sort(np.random.default_rng(config.seed).choice(len(dev_t), size=CV_LIMIT, replace=False))
+    rows = slice(None) if sampled is None else sampled
+    selection = select_c_multilabel(dev_x[rows], dev_t[rows], folds=config.cv_folds, seed=config.seed)
+    thresholds = choose_thresholds(selection.out_of_fold, dev_t[rows])
+    head = fit_multilabel_head(dev_x, dev_t, selection.c, seed=config.seed)
+    if sampled is None:
+        val_rows = slice(len(prepared.labels["train"]), len(dev_t))
+        probabilities = {"cv": selection.out_of_fold, "val": selection.out_of_fold[val_rows]}
+    else:
+        train_head = fit_multilabel_head(prepared.features["train"], prepared.answers("train"), selection.c)
+        probabilities = {"val": train_head.probabilities(prepared.features["val"])}
+    fitted = head.probabilities(dev_x)
+    chosen = next(row for row in selection.candidates if row["c"] == selection.c)
+    history = [
+        HistoryRow(
+            0,
+            "linear heads (one per class)",
+            chosen["cv_loss"],
+            chosen["cv_subset_accuracy"],
+            seconds=time.perf_counter() - started,
+            train_loss=binary_log_loss(fitted, dev_t),
+            train_accuracy=float(((fitted >= np.asarray(thresholds)) == (dev_t > 0)).all(axis=1).mean()),
+        ).to_dict()
+    ]
+    return Candidate(
+        _model_config(prepared, "linear", thresholds),
+        _linear_state(prepared, head),
+        probabilities,
+        history,
+        summary={
+            "c": selection.c,
+            "folds": selection.folds,
+            "cross_validated_images": len(dev_t) if sampled is None else len(sampled),
+            "candidates": selection.candidates,
+            "cv_accuracy": chosen["cv_subset_accuracy"],
+            "thresholds": thresholds,
+            "seconds": round(time.perf_counter() - started, 3),
+        },
+        head=head,
     )
 
 
@@ -182,10 +251,8 @@ def finetune_candidate(context: TrainingContext, prepared: PreparedData, linear:
     from tlearn.training.finetune import finetune  # deferred: imports torch
 
     config = context.config
-    train_x, train_y = prepared.stack("train")
-    head = fit_head(
-        train_x, train_y, len(prepared.classes), linear.summary["c"], balanced=prepared.balanced, seed=config.seed
-    )
+    train_y = prepared.answers("train")
+    head = _fit_linear_on(config, prepared, linear, ("train",))
     splits = {"train": prepared.files("train"), "val": prepared.files("val")}
     if "test" in prepared.evaluated:
         splits["test"] = prepared.files("test")
@@ -194,7 +261,7 @@ def finetune_candidate(context: TrainingContext, prepared: PreparedData, linear:
         budget *= len(train_y) / (len(train_y) + len(prepared.stack("train", "val")[1]))  # leave room to refit
     outcome = finetune(
         context,
-        _model_config(prepared, "finetune"),
+        _model_config(prepared, "finetune", [0.5] * len(prepared.classes) if prepared.multilabel else None),
         _linear_state(prepared, head),
         splits,
         _class_weights(train_y, len(prepared.classes)) if prepared.balanced else None,
@@ -202,8 +269,11 @@ def finetune_candidate(context: TrainingContext, prepared: PreparedData, linear:
         budget_seconds=budget if config.mode == "auto" else None,
     )
     start = {**outcome.history[0], "stage": "linear head (fitted on train)"}
+    thresholds = None
+    if prepared.multilabel:  # chosen on the validation images the kept epoch was picked on
+        thresholds = choose_thresholds(outcome.probabilities["val"], prepared.answers("val"))
     return Candidate(
-        _model_config(prepared, "finetune"),
+        _model_config(prepared, "finetune", thresholds),
         outcome.state,
         outcome.probabilities,
         [start, *outcome.history[1:]],
@@ -224,8 +294,10 @@ def final_fit(context: TrainingContext, prepared: PreparedData, linear: Candidat
     `--final-fit all`, once the test split has been measured)."""
     config = context.config
     if chosen is linear:
-        fit_splits = ("train",) if config.final_fit == "train" else ("train", "val")
-        head = _fit_linear_on(config, prepared, linear, fit_splits)
+        if config.final_fit == "train":
+            head = _fit_linear_on(config, prepared, linear, ("train",))
+        else:  # the head linear_candidate fitted on train + val with the chosen C: the same fit
+            head = linear.head or _fit_linear_on(config, prepared, linear, ("train", "val"))
         if "test" in prepared.evaluated:
             chosen.probabilities["test"] = head.probabilities(prepared.features["test"])
         if config.final_fit == "all" and "test" in prepared.evaluated:
@@ -255,6 +327,8 @@ def _fit_linear_on(
     config: TrainConfig, prepared: PreparedData, linear: Candidate, splits: tuple[str, ...]
 ) -> LinearHead:
     x, y = prepared.stack(*splits)
+    if prepared.multilabel:
+        return fit_multilabel_head(x, prepared.answers(*splits), linear.summary["c"], seed=config.seed)
     return fit_head(x, y, len(prepared.classes), linear.summary["c"], balanced=prepared.balanced, seed=config.seed)
 
 
@@ -277,7 +351,7 @@ def _refit_finetuned(
     files = {"train": prepared.files(*splits)}
     if "test" in prepared.evaluated and "test" not in splits:
         files["test"] = prepared.files("test")
-    _, labels = prepared.stack(*splits)
+    labels = prepared.answers(*splits)
     outcome = finetune(
         TrainingContext(refit_config, context.run, context.resume, context.dist, context.tracker, context.progress),
         tuned.model_config,
@@ -318,9 +392,11 @@ def _budget_seconds(config: TrainConfig) -> float:
     return DEFAULT_BUDGET_GPU if on_gpu else DEFAULT_BUDGET_CPU
 
 
-def _model_config(prepared: PreparedData, mode: str) -> ModelConfig:
+def _model_config(prepared: PreparedData, mode: str, thresholds: list[float] | None = None) -> ModelConfig:
     info = prepared.info
     return ModelConfig(
+        task="multilabel" if prepared.multilabel else "multiclass",
+        thresholds=thresholds,
         arch=info.arch,
         backbone=prepared.ref.describe(),
         classes=prepared.classes,
@@ -337,6 +413,11 @@ def _linear_state(prepared: PreparedData, head: LinearHead) -> dict[str, np.ndar
 
 
 def _class_weights(train_labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """n / (C * count): the weighting scikit-learn calls "balanced"."""
+    """n / (C * count): the weighting scikit-learn calls "balanced"; for multi-label indicator rows (N, C), each
+    class's negatives-to-positives ratio (the positive weight of its binary loss), at most MAX_POSITIVE_WEIGHT."""
+    if train_labels.ndim == 2:
+        positives = train_labels.sum(axis=0)
+        ratio = (len(train_labels) - positives) / np.maximum(positives, 1)
+        return np.clip(ratio, 1.0, MAX_POSITIVE_WEIGHT).astype(np.float32)
     counts = np.bincount(train_labels, minlength=num_classes).astype(np.float64)
     return (len(train_labels) / (num_classes * np.maximum(counts, 1))).astype(np.float32)

@@ -52,6 +52,7 @@ from tlearn.data.checks import LabelledFiles
 from tlearn.data.decoding import BatchDecoder, default_workers
 from tlearn.engines.torch_engine import Classifier
 from tlearn.errors import TlearnError
+from tlearn.evaluation.multilabel import binary_log_loss, mean_average_precision
 from tlearn.runs.layout import HistoryRow
 from tlearn.runs.model_dir import ModelConfig
 from tlearn.training.checkpoint import TrainingState, has_checkpoint, load_checkpoint, save_checkpoint
@@ -344,7 +345,7 @@ def train_one_epoch(trainer: nn.Module, setup: _Setup, progress, epoch: int) -> 
             setup.scaler.update()
             setup.scheduler.step()
             total_loss += float(loss.detach()) * len(labels)
-            correct += int((logits.detach().argmax(1) == labels).sum())
+            correct += _right_answers(logits.detach(), labels)
             seen += len(labels)
             bar.update(len(labels))
     return total_loss, correct, seen
@@ -392,7 +393,7 @@ def _setup(
         scheduler,
         torch.amp.GradScaler(device.type, enabled=precision == torch.float16),
         loader,
-        nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing),
+        _loss(model_config, weights, config.label_smoothing),
         device,
         precision,
         evaluation,
@@ -444,7 +445,26 @@ class _EvalImages:
         return probabilities
 
 
+def _loss(model_config: ModelConfig, weights: torch.Tensor | None, label_smoothing: float) -> nn.Module:
+    """Cross-entropy over the classes; for a multi-label model, a binary cross-entropy per class, where
+    `weights` (when the labels are imbalanced) weigh each class's positives by its negatives-to-positives ratio."""
+    if model_config.task == "multilabel":
+        return nn.BCEWithLogitsLoss(pos_weight=weights)
+    return nn.CrossEntropyLoss(weight=weights, label_smoothing=label_smoothing)
+
+
+def _right_answers(logits: torch.Tensor, labels: torch.Tensor) -> int:
+    """Images answered right: the top class, or for (B, K) multi-label targets the whole set at 0.5."""
+    if labels.ndim == 2:
+        return int(((logits > 0) == (labels > 0.5)).all(dim=1).sum())
+    return int((logits.argmax(1) == labels).sum())
+
+
 def _scores(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(loss, score) on validation: cross-entropy and accuracy; for multi-label targets (N, K), the mean binary
+    cross-entropy and the mean average precision (threshold-free: thresholds are chosen after training)."""
+    if labels.ndim == 2:
+        return binary_log_loss(probabilities, labels), mean_average_precision(labels, probabilities)
     return cross_entropy(probabilities, labels), float((probabilities.argmax(1) == labels).mean())
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tlearn.evaluation.intervals import mcnemar_p_value
+from tlearn.evaluation.multilabel import binary_log_loss
 from tlearn.util.numeric import cross_entropy
 
 LOSS_MARGIN = 0.9  # on a tie in right answers, fine-tuning's loss must be below this share of the linear head's
@@ -50,19 +51,48 @@ def choose(linear: np.ndarray, finetuned: np.ndarray, labels: np.ndarray, *, imp
         >>> choose(np.eye(2)[[0, 0, 1, 0]], np.eye(2)[[0, 1, 1, 0]], labels).chosen
         'finetune'
     """
-    linear_right = linear.argmax(1) == labels
-    finetune_right = finetuned.argmax(1) == labels
+    return _compare(
+        linear.argmax(1) == labels,
+        finetuned.argmax(1) == labels,
+        (cross_entropy(linear, labels), cross_entropy(finetuned, labels)),
+        improved=improved,
+    )
+
+
+def choose_multilabel(
+    linear: np.ndarray,
+    finetuned: np.ndarray,
+    targets: np.ndarray,
+    thresholds: tuple[list[float], list[float]],
+    *,
+    improved: bool = True,
+) -> Choice:
+    """`choose` for multi-label candidates: an image is answered right when its whole label set is, at each
+    candidate's own thresholds (`thresholds` = (linear's, fine-tuning's)); the loss is the binary cross-entropy."""
+    truth = targets > 0
+    return _compare(
+        ((linear >= np.asarray(thresholds[0])) == truth).all(axis=1),
+        ((finetuned >= np.asarray(thresholds[1])) == truth).all(axis=1),
+        (binary_log_loss(linear, targets), binary_log_loss(finetuned, targets)),
+        improved=improved,
+    )
+
+
+def _compare(
+    linear_right: np.ndarray, finetune_right: np.ndarray, losses: tuple[float, float], *, improved: bool
+) -> Choice:
+    """The choice from each candidate's right answers per image and (linear, fine-tuning) losses."""
     only_linear, only_finetune = (
         int((linear_right & ~finetune_right).sum()),
         int((finetune_right & ~linear_right).sum()),
     )
-    linear_loss, finetune_loss = cross_entropy(linear, labels), cross_entropy(finetuned, labels)
+    linear_loss, finetune_loss = losses
     better = improved and (
         finetune_right.sum() > linear_right.sum()
         or (finetune_right.sum() == linear_right.sum() and finetune_loss < LOSS_MARGIN * linear_loss)
     )
     p_value = mcnemar_p_value(only_finetune, only_linear)
-    n = len(labels)
+    n = len(linear_right)
     verdict = "more than chance" if p_value < 0.05 else "within chance on this many images"
     if not improved:
         reason = (

@@ -156,4 +156,5 @@ class TrainImages(Dataset):
             except ImageDecodeError as error:
                 raise TlearnError(f"{self.paths[index]}: became unreadable during training ({error})") from None
             image = torch.from_numpy(pixels).permute(2, 0, 1)
-        return self.transform(image), int(self.labels[index])
+        label = self.labels[index]  # a class index, or a row of 0/1 indicators for multi-label data
+        return self.transform(image), (int(label) if np.ndim(label) == 0 else torch.from_numpy(np.asarray(label)))

@@ -28,3 +28,13 @@ def cross_entropy(probabilities: np.ndarray, labels: np.ndarray) -> float:
         return 0.0
     picked = probabilities[np.arange(len(labels)), labels]
     return float(-np.log(np.clip(picked, 1e-12, None)).mean())
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Element-wise logistic function, without overflow warnings for large negative logits.
+
+    Example:
+        >>> sigmoid(np.array([0.0])).tolist()
+        [0.5]
+    """
+    return np.exp(-np.logaddexp(0.0, -logits))
