@@ -1,11 +1,12 @@
 """Answering "unknown" for never-taught classes: rejection AUROC, rejection rate and the accuracy it buys.
 
-    python benchmarks/bench_unknown.py [--modes linear,auto] [--scores knn,confidence]
+    python benchmarks/bench_unknown.py [--modes linear,auto] [--settings knn,knn:coverage=0.8,confidence]
 
 Protocol (issue 14), on signs and mri, twice each with different held-out classes: train on the training
-images of the other classes only (a label file listing them; `--split 80,20,0`; `--reject SCORE`, threshold
-chosen on val for the default target accuracy 0.95), then predict every image of the set's test folder —
-known classes and never-taught ones — with the saved model. Reported per case:
+images of the other classes only (a label file listing them; `--split 80,20,0`; `--reject SCORE` with its
+default target — knn: answer 95% of val images, confidence: 95% of answers right — or the one given), then
+predict every image of the set's test folder — known classes and never-taught ones — with the saved model.
+Reported per case:
 
 * `auroc`: how well the reject score separates known-class test images (positives) from never-taught ones;
 * `unknown_rejected`: share of never-taught images answered "unknown" at the stored threshold;
@@ -78,26 +79,46 @@ def measure(model: Path, test: Path, held_out: tuple[str, ...]) -> dict[str, flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modes", default="linear", help="comma-separated training modes (linear, auto)")
-    parser.add_argument("--scores", default="knn,confidence", help="comma-separated reject scores")
+    parser.add_argument(
+        "--settings",
+        default="knn,knn:coverage=0.8,confidence",
+        help="comma-separated reject settings: a score (knn, confidence) with its default target, or "
+        "score:coverage=C / score:accuracy=A",
+    )
+    parser.add_argument("--name", default="unknown", help="results file: benchmarks/results/NAME.json")
     args = parser.parse_args()
     require_shared()
     work = Path(tempfile.mkdtemp(prefix="tlearn-bench-unknown-"))
     results: dict[str, dict] = {}
     try:
         for case, (name, held_out) in CASES.items():
-            labels = known_label_file(work / f"{case}.csv", SHARED / name / "train", held_out)
+            (work / "labels").mkdir(exist_ok=True)  # the label file's folder is its data folder: runs go beside it
+            labels = known_label_file(work / "labels" / f"{case}.csv", SHARED / name / "train", held_out)
             for mode in args.modes.split(","):
-                for score in args.scores.split(","):
-                    run = work / f"{case}-{mode}-{score}"
+                for setting in args.settings.split(","):
+                    score, _, target = setting.partition(":")
+                    option = [f"--target-{target.split('=')[0]}", target.split("=")[1]] if target else []
+                    run = work / f"{case}-{mode}-{setting.replace(':', '-').replace('=', '')}"
                     seconds, _ = run_tlearn(
-                        "train", labels, "--out", run, "--mode", mode, "--reject", score, "--split", "80,20,0", "-q"
+                        "train",
+                        labels,
+                        "--out",
+                        run,
+                        "--mode",
+                        mode,
+                        "--reject",
+                        score,
+                        *option,
+                        "--split",
+                        "80,20,0",
+                        "-q",
                     )
                     figures = {
                         "train_seconds": round(seconds, 1),
                         **measure(run / "model", SHARED / name / "test", held_out),
                     }
-                    results.setdefault(case, {})[f"{mode}/{score}"] = figures
-                    print(case, mode, score, json.dumps(figures), flush=True)
+                    results.setdefault(case, {})[f"{mode}/{setting}"] = figures
+                    print(case, mode, setting, json.dumps(figures), flush=True)
         summary = {}
         for key in {key for case in results.values() for key in case}:
             rows = [case[key] for case in results.values() if key in case]
@@ -111,7 +132,7 @@ def main() -> None:
                     "known_accuracy_answered",
                 )
             }
-        save("unknown", {"cases": results, "mean": summary, "goal": "AUROC >= 0.85, >= 80% of never-taught rejected"})
+        save(args.name, {"cases": results, "mean": summary, "goal": "AUROC >= 0.85, >= 80% of never-taught rejected"})
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from PIL import Image
 
 import tlearn
-from helpers import TINY_BACKBONE, tiny_backbone_weights
+from helpers import TINY_BACKBONE, run_cli, tiny_backbone_weights
 from tlearn.engines.answers import KnnReferences
 from tlearn.errors import DataError
 
@@ -161,3 +162,14 @@ def test_finetuned_model_rejects_with_its_own_embeddings(tiny_data, tmp_path):
     assert not failures and model.references.vectors.shape == expected.vectors.shape
     assert np.abs(model.references.vectors - expected.vectors).max() < 2e-2  # stored in float16
     assert run.metrics["val"]["reject"]["coverage"] > 0
+
+
+def test_cli_prints_multilabel_and_reject_figures(tiny_data, tmp_path, capsys):
+    labels = _multilabel_folder(tmp_path / "multilabel-data", count=30)
+    code, out, _ = run_cli(capsys, "train", labels, "--out", tmp_path / "multilabel", "--mode", "linear", "-q")
+    assert code == 0 and re.search(r"val: mAP \d\.\d{4}  subset accuracy \d\.\d{4}", out)
+    code, out, _ = run_cli(capsys, "evaluate", tmp_path / "multilabel", labels, "-q")
+    assert code == 0 and re.search(r"all: mAP \d\.\d{4}", out)
+    args = ("--mode", "linear", "--reject", "confidence", "--target-coverage", "0.5", "-q")
+    code, out, _ = run_cli(capsys, "train", tiny_data, "--out", tmp_path / "reject", *args)
+    assert code == 0 and re.search(r"val: accuracy .*; answered \d+% \(confidence score >= [\d.]+\)", out)

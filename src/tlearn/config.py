@@ -134,11 +134,14 @@ class TrainConfig(BaseModel):
         None,
         gt=0,
         le=1,
-        description="With --reject: the threshold keeps this accuracy on the answered val images (default 0.95 "
-        "unless --target-coverage is given).",
+        description="With --reject: the threshold keeps this accuracy on the answered val images (default for "
+        "confidence: 0.95).",
     )
     target_coverage: float | None = Field(
-        None, gt=0, le=1, description="With --reject: the threshold answers this share of the val images."
+        None,
+        gt=0,
+        le=1,
+        description="With --reject: the threshold answers this share of the val images (default for knn: 0.95).",
     )
     # Where and how to compute
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
@@ -164,6 +167,12 @@ class TrainConfig(BaseModel):
             if values.pop("refit") is False:
                 values.setdefault("final_fit", "train")
         return values
+
+    @model_validator(mode="after")
+    def _one_reject_target(self) -> TrainConfig:
+        if self.target_accuracy is not None and self.target_coverage is not None:
+            raise ValueError("give --target-accuracy or --target-coverage, not both")
+        return self
 
     @field_validator("time_budget", mode="before")
     @classmethod

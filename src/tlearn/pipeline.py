@@ -30,7 +30,7 @@ from tlearn.data.discovery import DataSource, discover
 from tlearn.engines.imagenet import imagenet_answers
 from tlearn.errors import BackboneError, DataError
 from tlearn.evaluation.calibration import apply_temperature, fit_temperature
-from tlearn.evaluation.metrics import classification_metrics
+from tlearn.evaluation.metrics import classification_metrics, headline
 from tlearn.evaluation.multilabel import multilabel_metrics
 from tlearn.report.display import RunReport
 from tlearn.report.page import write_report
@@ -176,7 +176,7 @@ def run_training(
                 _write_run(context, prepared, result, metrics, summary)
                 write_report(run.root, progress=progress)
                 for split in metrics:
-                    progress.info(f"{split}: {_headline_line(metrics[split])}")
+                    progress.info(f"{split}: {headline(metrics[split])}")
     dist.barrier()
     dist.close()
     return Run(run.root, config, metrics, result.history, prepared.checked.report, summary, rank=dist.rank)
@@ -241,23 +241,6 @@ def _metrics(prepared: PreparedData, result: Candidate) -> dict[str, dict[str, A
     return {
         split: classification_metrics(labels[split], result.probabilities[split], prepared.classes) for split in splits
     }
-
-
-def _headline_line(metrics: dict[str, Any]) -> str:
-    """One console line of a split's figures."""
-    if metrics.get("task") == "multilabel":
-        return (
-            f"mAP {metrics['mAP']:.3f}, subset accuracy {metrics['subset_accuracy']:.3f}, micro F1 "
-            f"{metrics['micro_f1']:.3f}, macro F1 {metrics['macro_f1']:.3f} (n={metrics['n']})"
-        )
-    line = f"accuracy {metrics['accuracy']:.3f}, macro F1 {metrics['macro_f1']:.3f} (n={metrics['n']})"
-    reject = metrics.get("reject")
-    if reject and reject["selective_accuracy"] is not None:
-        line += (
-            f"; answering {reject['coverage']:.0%} of images ({reject['score']} score >= {reject['threshold']:.3g}): "
-            f"accuracy {reject['selective_accuracy']:.3f}"
-        )
-    return line
 
 
 def _pick_candidate(

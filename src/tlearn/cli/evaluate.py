@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from tlearn.cli.app import DeviceOption, EngineOption, ModelArgument, QuietOption, WorkersOption, app
+from tlearn.evaluation.metrics import headline
 
 
 @app.command()
@@ -41,10 +42,7 @@ def evaluate(
         loaded, data, out=out, quiet=quiet, split=split, tta=tta, workers=workers, follow_links=follow_links
     )
     values = evaluation.metrics[evaluation.split]
-    print(
-        f"{evaluation.split}: accuracy {values['accuracy']:.4f}  balanced {values['balanced_accuracy']:.4f}  "
-        f"macro F1 {values['macro_f1']:.4f}  (n={values['n']})"
-    )
+    print(f"{evaluation.split}: {headline(values)}")
     if evaluation.skipped:
         first = evaluation.skipped[0]
         print(

@@ -17,6 +17,7 @@ from pydantic.fields import FieldInfo
 
 from tlearn.cli.app import app
 from tlearn.config import TrainConfig, parse_split
+from tlearn.evaluation.metrics import headline
 from tlearn.runs.layout import RunFolder
 
 # Options of the command itself, not of the configuration.
@@ -102,10 +103,7 @@ def _train(**values: Any) -> None:
     if run.rank != 0:  # under torchrun, rank 0 reports
         return
     for split_name, metrics in run.metrics.items():
-        print(
-            f"{split_name}: accuracy {metrics['accuracy']:.4f}  balanced {metrics['balanced_accuracy']:.4f}  "
-            f"macro F1 {metrics['macro_f1']:.4f}  (n={metrics['n']})"
-        )
+        print(f"{split_name}: {headline(metrics)}")
     print(f"model: {run.model_path}")
     files = RunFolder(run.path)
     print(f"metrics: {files.metrics}  ({run.summary['seconds']:.1f} s)")
