@@ -321,6 +321,7 @@ def main() -> None:
     parser.add_argument(
         "--draft-accuracy", action="store_true", help="also: linear accuracy on the shared data sets per JPEG decoding"
     )
+    parser.add_argument("--name", default="scale", help="results file: benchmarks/results/NAME.json")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tlearn-bench-scale-"))
     prepared = work / "prepared-cache"
@@ -335,7 +336,7 @@ def main() -> None:
         decoding = None if args.skip_photos else decode_speed(work)
         accuracy = draft_accuracy(prepared, work) if args.draft_accuracy else None
         save(
-            "scale",
+            args.name,
             {
                 "command": "tlearn train DATA --out RUN --mode linear (fresh processes)",
                 "prepare_s": prepare_s,

@@ -217,3 +217,13 @@ def test_two_ranks_fill_one_cache_at_once(tiny_ref, tmp_path):
         sorted(data.iterdir()), progress=Progress(quiet=True)
     )
     assert everything.cache_hits == 24 and everything.computed == 0 and everything.files_read == 0
+
+
+def test_engine_setting_auto_defers_to_the_environment(tiny_ref, tmp_path, monkeypatch):
+    from tlearn.backbones.features import ENGINE_ENV
+
+    monkeypatch.setenv(ENGINE_ENV, "onnx")
+    assert FeatureExtractor(tiny_ref, tmp_path, engine="auto")._engine_choice() == "onnx"
+    assert FeatureExtractor(tiny_ref, tmp_path, engine="torch")._engine_choice() == "torch"  # explicit wins
+    monkeypatch.delenv(ENGINE_ENV)
+    assert FeatureExtractor(tiny_ref, tmp_path, engine="auto")._engine_choice() == "auto"

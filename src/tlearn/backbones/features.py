@@ -317,7 +317,9 @@ class FeatureExtractor:
         return self._onnx
 
     def _engine_choice(self) -> str:
-        choice = (self.engine or os.environ.get(ENGINE_ENV) or "auto").lower()
+        # An explicit engine wins; "auto" (the setting's default) defers to the environment, then decides itself.
+        explicit = self.engine if self.engine and self.engine.lower() != "auto" else None
+        choice = (explicit or os.environ.get(ENGINE_ENV) or "auto").lower()
         if choice not in ENGINES:
             raise BackboneError(f"embedding engine {choice!r}: expected one of {', '.join(ENGINES)} ({ENGINE_ENV})")
         return choice
