@@ -41,7 +41,7 @@ def multilabel_metrics(
         >>> metrics["subset_accuracy"], metrics["mAP"]
         (1.0, 1.0)
     """
-    from sklearn.metrics import average_precision_score, f1_score, precision_recall_fscore_support
+    from sklearn.metrics import f1_score, precision_recall_fscore_support
 
     truth = np.asarray(targets) > 0
     decided = np.asarray(probabilities) >= np.asarray(thresholds)[None, :]
@@ -49,10 +49,7 @@ def multilabel_metrics(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # classes absent from a small split: undefined scores count as 0
         precision, recall, f1, support = precision_recall_fscore_support(truth, decided, zero_division=0)
-        average_precision = [
-            float(average_precision_score(truth[:, k], probabilities[:, k])) if truth[:, k].any() else None
-            for k in range(len(classes))
-        ]
+        average_precision = _average_precisions(truth, probabilities)
         micro = float(f1_score(truth, decided, average="micro", zero_division=0)) if n else 0.0
         macro = float(f1_score(truth, decided, average="macro", zero_division=0)) if n else 0.0
     exact = int((truth == decided).all(axis=1).sum())
@@ -94,13 +91,18 @@ def binary_log_loss(probabilities: np.ndarray, targets: np.ndarray) -> float:
 
 def mean_average_precision(targets: np.ndarray, probabilities: np.ndarray) -> float:
     """Mean over the classes that have positives of scikit-learn's average precision (0 when none has)."""
+    scores = [value for value in _average_precisions(np.asarray(targets) > 0, probabilities) if value is not None]
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def _average_precisions(truth: np.ndarray, probabilities: np.ndarray) -> list[float | None]:
+    """Per class, scikit-learn's average precision (None for a class without positives: undefined)."""
     from sklearn.metrics import average_precision_score
 
-    truth = np.asarray(targets) > 0
-    scores = [
-        average_precision_score(truth[:, k], probabilities[:, k]) for k in range(truth.shape[1]) if truth[:, k].any()
+    return [
+        float(average_precision_score(truth[:, k], probabilities[:, k])) if truth[:, k].any() else None
+        for k in range(truth.shape[1])
     ]
-    return float(np.mean(scores)) if scores else 0.0
 
 
 def worst_label_sets(
