@@ -315,7 +315,7 @@ def _embed_all(backbone, sources: list[Path], prep) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="1000", help="comma-separated folder sizes, e.g. 1000,5000,20000")
+    parser.add_argument("--sizes", default="1000", help="folder sizes, e.g. 1000,5000,20000 (empty: none)")
     parser.add_argument("--big", type=int, default=200, help="4000x3000 JPEGs among each folder's images")
     parser.add_argument("--skip-photos", action="store_true", help="skip the 48-photo test and decode speed")
     parser.add_argument(
@@ -328,7 +328,7 @@ def main() -> None:
     try:
         prepare_s = prepare_backbone(work, prepared)
         sizes = {}
-        for count in (int(value) for value in args.sizes.split(",")):
+        for count in (int(value) for value in args.sizes.split(",") if value):
             cache = work / f"cache-{count}"
             shutil.copytree(prepared, cache)
             sizes[str(count)] = measure_size(work, count, args.big, cache)

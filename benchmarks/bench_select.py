@@ -1,6 +1,6 @@
 """`tlearn select` against the accuracy each backbone really reaches: Kendall's tau of its rankings.
 
-    python benchmarks/bench_select.py [--finetune [--epochs N]]
+    python benchmarks/bench_select.py [--finetune [--epochs N] | --finetuned-from RESULTS.json]
 
 Protocol, on the four shared sets (hymenoptera train → val, pools, signs and mri train → test), for lite0, lite1
 and lite2:
@@ -10,18 +10,21 @@ and lite2:
 * the truth, always: the linear probe's test accuracy (tlearn's head fitted on all of train/, scored once on
   the held-out split);
 * the truth, with `--finetune`: `tlearn train train/ --mode finetune --backbone X` then `tlearn evaluate` on the
-  held-out split. Three backbones on four sets is an hour or more on 2 shared CPU cores, hence optional;
+  held-out split. Three backbones on four sets is about 25 minutes on 2 CPU cores, hence optional;
+  `--finetuned-from` takes these accuracies from an earlier results file instead (they do not depend on the
+  selection, so a change to the ranking can be checked against them in seconds);
 * Kendall's tau (tau-b) between each ranking score (cross-validated probe accuracy, LogME, k-NN) and each
   truth, per set, and the mean over sets. With three backbones a tau is one of -1, -1/3, 1/3, 1 (or 0 with
   ties), so single sets say little; pools' test split has 4 images, so its truth is mostly noise.
 
-Timings come from a 2-core machine shared with other engineers' jobs: contended, slower than on a quiet one.
+Timings: 2 CPU cores; the load average at the end is saved beside them (above 1: something else was running).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -102,7 +105,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--finetune", action="store_true", help="also fine-tune every backbone (an hour or more)")
     parser.add_argument("--epochs", type=int, default=6, help="fine-tuning epochs with --finetune")
+    parser.add_argument("--finetuned-from", type=Path, help="fine-tuned accuracies of an earlier --finetune run")
     args = parser.parse_args()
+    earlier = json.loads(args.finetuned_from.read_text())["sets"] if args.finetuned_from else {}
     require_shared()
     work = Path(tempfile.mkdtemp(prefix="tlearn-bench-select-"))
     sets = {}
@@ -120,6 +125,8 @@ def main() -> None:
                 truths["finetune_test_accuracy"] = {
                     b: finetuned_test_accuracy(work, name, b, args.epochs) for b in BACKBONES
                 }
+            elif name in earlier:
+                truths["finetune_test_accuracy"] = earlier[name]["finetune_test_accuracy"]
             sets[name] = {
                 "images": selection.payload["images"],
                 "winner": selection.winner["name"],
@@ -148,8 +155,8 @@ def main() -> None:
         "select",
         {
             "command": "tlearn.select(DATA, backbones=('lite0', 'lite1', 'lite2')); DATA = train/ + held-out test/",
-            "timings": "2 CPU cores shared with other engineers' jobs: contended",
-            "finetuned": args.finetune,
+            "load_average_at_end": [round(value, 2) for value in os.getloadavg()],
+            "finetuned": args.finetune or (f"taken from {args.finetuned_from.name}" if earlier else False),
             "mean_kendall_tau": mean_tau,
             "probe_seconds_per_backbone_mean": round(float(np.mean(seconds)), 3),
             "sets": sets,

@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import tlearn
 from helpers import TINY_BACKBONE, make_class_folder, run_cli, tiny_backbone_weights
-from tlearn.audits.select import best_backbone, parse_budget, selection_record
+from tlearn.audits.select import PROBE_REPEATS, best_backbone, parse_budget, probe_outcomes, selection_record
 from tlearn.errors import BackboneError, DataError, TlearnError
 from tlearn.runs.lifecycle import read_marker
+from tlearn.training.head import select_c
 
 SECOND = "test_resnet"  # another tiny timm network, with seeded random weights
 
@@ -63,6 +65,22 @@ def test_available_candidates_are_ranked_by_probe_accuracy_with_every_figure(sel
         assert row["weights"] == str(setup[1][row["name"]].resolve())
     assert ranked[1]["p_vs_best"] is not None and 0 <= ranked[1]["p_vs_best"] <= 1
     assert sorted(row["logme_rank"] for row in ranked) == [1, 2]
+
+
+def test_probe_accuracy_averages_several_draws_of_the_folds(selection):
+    """One draw of 5 folds moves a few hundred images' accuracy by 1-2 points: the ranking averages draws."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 40)
+    embeddings = rng.normal(size=(120, 16)) + 0.6 * np.eye(3, 16)[labels]  # overlapping classes
+    draws = [
+        float((select_c(embeddings, labels, 3, seed=seed).out_of_fold.argmax(1) == labels).mean())
+        for seed in range(PROBE_REPEATS)
+    ]
+    assert len(set(draws)) > 1  # the folds' draw matters on such data
+    right_share, _ = probe_outcomes(embeddings, labels, 3)
+    assert right_share.mean() == pytest.approx(np.mean(draws))
+    assert set(np.round(right_share * PROBE_REPEATS, 6)) <= set(range(PROBE_REPEATS + 1))
+    assert all(row["probe_repeats"] == PROBE_REPEATS for row in selection.candidates if row["status"] == "ranked")
 
 
 def test_candidates_without_weights_are_listed_with_the_reason_not_fatal(selection):

@@ -207,3 +207,25 @@ def test_models_the_new_exporter_cannot_handle_fall_back_to_torchscript(tiny_ref
         json.loads(GraphFiles.of(tmp_path / "cache", tiny_ref.key, info).record.read_text())["exporter"]
         == "torchscript"
     )
+
+
+def test_the_caller_decodes_before_its_model_is_loaded_only_when_that_is_a_stored_graph(
+    tiny_ref, tmp_path, monkeypatch
+):
+    """A stored graph loads in a fraction of a second; importing torch takes seconds, during which the workers
+    decode alone and decoding in the caller would only delay the import."""
+    from tlearn.data.decoding import BatchDecoder
+
+    helped = []
+    real_init = BatchDecoder.__init__
+
+    def noting(self, *args, **kwargs):
+        helped.append(kwargs["caller_decodes"])
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(BatchDecoder, "__init__", noting)
+    cache = tmp_path / "cache"
+    _embed(tiny_ref, cache, "onnx", _folder(tmp_path / "first", 4))  # exports the graph after its first batch
+    _embed(tiny_ref, cache, "onnx", _folder(tmp_path / "second", 4, start=10))
+    _embed(tiny_ref, cache, "torch", _folder(tmp_path / "third", 4, start=20))
+    assert helped == [False, True, False]

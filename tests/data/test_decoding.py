@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from helpers import colour_image, write_broken_files
-from tlearn.data.decoding import BatchDecoder, DecodeTask, run_task
+from tlearn.data.decoding import TASK_IMAGES, BatchDecoder, DecodeTask, run_task
 from tlearn.data.preprocess import Preprocessing
 
 PRE = Preprocessing((32, 32), "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 1.0)
@@ -75,3 +77,43 @@ def test_each_file_is_read_once(tmp_path, monkeypatch):
     assert sorted(opened) == sorted(map(str, paths))
     assert batch.positions == [0, 1, 2] and len(batch.content_hashes) == 3
     np.testing.assert_array_equal(batch.pixels[0], run_task(0, [paths[0].read_bytes()], DecodeTask(PRE)).pixels[0])
+
+
+@dataclass(frozen=True)
+class SlowInWorkers:
+    """A probe that stalls in worker processes and notes which process asked, in `log` (one pid per line)."""
+
+    caller: int
+    log: str
+
+    def __call__(self, content_hash: str) -> bool:
+        with open(self.log, "a") as record:
+            record.write(f"{os.getpid()}\n")
+        if os.getpid() != self.caller:
+            time.sleep(0.2)
+        return False
+
+
+def test_batches_larger_than_a_task_come_whole_and_in_order(tmp_path):
+    paths = _images(tmp_path, 2 * TASK_IMAGES + 3)
+    size = TASK_IMAGES + 3  # batches span two tasks, the last one is short
+    with BatchDecoder(paths, PRE, batch_size=size, workers=2, hash_contents=True) as batches:
+        seen = list(batches)
+    assert [batch.positions for batch in seen] == [
+        list(range(start, min(start + size, len(paths)))) for start in range(0, len(paths), size)
+    ]
+    assert [sorted(batch.content_hashes) for batch in seen] == [batch.positions for batch in seen]
+    single = run_task(0, paths, DecodeTask(PRE))
+    np.testing.assert_array_equal(np.concatenate([batch.pixels for batch in seen]), single.pixels)
+
+
+def test_the_caller_decodes_queued_tasks_when_the_workers_fall_behind(tmp_path):
+    paths = _images(tmp_path, 4 * TASK_IMAGES)
+    log = tmp_path / "asked.txt"
+    probe = SlowInWorkers(os.getpid(), str(log))
+    with BatchDecoder(paths, PRE, batch_size=len(paths), workers=1, hash_contents=True, skip=probe) as batches:
+        (batch,) = list(batches)
+    assert batch.positions == list(range(len(paths)))
+    askers = log.read_text().split()
+    assert askers.count(str(os.getpid())) >= TASK_IMAGES  # the caller decoded at least one task itself
+    assert len(askers) == len(paths)  # and every file was decoded exactly once

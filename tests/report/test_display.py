@@ -7,7 +7,7 @@ import json
 from tlearn.config import TrainConfig
 from tlearn.pipeline import Run
 from tlearn.report.display import INLINE_FIGURES, RunReport
-from tlearn.report.page import data_uri
+from tlearn.report.thumbnails import data_uri
 from tlearn.runs.layout import RunFolder
 
 

@@ -12,7 +12,8 @@ from PIL import Image
 from tlearn.evaluation.multilabel import worst_label_sets
 from tlearn.report.display import RunReport
 from tlearn.report.multilabel import label_targets, precision_recall_curves
-from tlearn.report.page import data_uri, write_report
+from tlearn.report.page import write_report
+from tlearn.report.thumbnails import data_uri
 from tlearn.runs.layout import LABEL_SET_SEPARATOR
 
 

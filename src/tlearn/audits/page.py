@@ -13,7 +13,8 @@ from typing import Any
 
 from tlearn import __version__
 from tlearn.audits.findings import SPLIT_ORDER
-from tlearn.report.page import render_page, thumbnail
+from tlearn.report.page import render_page
+from tlearn.report.thumbnails import thumbnail
 from tlearn.util import atomic
 
 SHOWN_ISSUES = 60  # thumbnails per gallery; the rest is in audit.json and review.csv

@@ -219,6 +219,7 @@ class FeatureExtractor:
                 max_pixels=self.max_pixels,
                 hash_contents=True,
                 skip=stores.probe,
+                caller_decodes=self._loads_quickly(),  # else only once loaded: the workers decode meanwhile
             ) as batches,
             progress.bar(total=len(representatives), desc="embedding images") as bar,
         ):
@@ -229,6 +230,7 @@ class FeatureExtractor:
                 if len(batch.positions) and embedder is None:
                     # Torch, when needed, is imported here while the workers keep decoding ahead.
                     embedder, export = self._embedder(progress, len(representatives), workers)
+                    batches.caller_decodes = True  # from now on, waiting for a batch means decoding is behind
                     if self.on_compute_start is not None and not run.compute_started:
                         self.on_compute_start()
                     run.compute_started = True
@@ -315,6 +317,19 @@ class FeatureExtractor:
             warn(f"cannot store the backbone's ONNX graph under {files.model.parent} ({error.strerror or error})")
         self._onnx = candidate if passed else None
         return self._onnx
+
+    def _loads_quickly(self) -> bool:
+        """Whether the engine to compute with is an onnxruntime graph already checked and stored: it loads in a
+        fraction of a second, so the caller may decode while waiting for the first batch; importing torch
+        takes seconds, during which the workers decode on their own and the caller's decoding would only
+        delay the import."""
+        if self._onnx is not None:
+            return True
+        if self._engine_choice() == "torch" or self._accelerated():
+            return False
+        stored = StoredBackbone(self.cache_root, self.ref.key).info()
+        record = GraphFiles.of(self.cache_root, self.ref.key, stored).read_record() if stored is not None else None
+        return bool(record and record.get("passed"))
 
     def _engine_choice(self) -> str:
         # An explicit engine wins; "auto" (the setting's default) defers to the environment, then decides itself.

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from tlearn.report.multilabel import is_multilabel
-from tlearn.report.page import data_uri, render_page
+from tlearn.report.page import render_page
+from tlearn.report.thumbnails import data_uri
 from tlearn.runs.layout import RunFolder
 from tlearn.runs.records import RunRecords, read_run
 

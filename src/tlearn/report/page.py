@@ -19,9 +19,7 @@ training or evaluation in `imagenet.json`) and never imports torch.
 
 from __future__ import annotations
 
-import base64
 import functools
-import io
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,6 @@ from typing import Any
 import numpy as np
 
 from tlearn import __version__
-from tlearn.data.images import ImageDecodeError, load_rgb
 from tlearn.evaluation.calibration import apply_temperature, reliability_bins
 from tlearn.evaluation.intervals import smallest_detectable_difference
 from tlearn.evaluation.metrics import classification_metrics
@@ -44,6 +41,7 @@ from tlearn.report.multilabel import (
     worst_label_set_rows,
     wrong_label_sets,
 )
+from tlearn.report.thumbnails import data_uri, thumbnail
 from tlearn.runs.layout import IMAGENET_FILE, RunFolder
 from tlearn.runs.records import RunRecords, read_run
 from tlearn.util import atomic
@@ -51,7 +49,6 @@ from tlearn.util.progress import Progress
 
 GALLERY_SIZE = 12  # images per gallery
 TOP_ANSWERS = 3  # labels shown per image in the before/after panel
-THUMBNAIL_PIXELS = 160  # longest side
 LISTED_FILES = 50  # skipped files, duplicates, ... beyond this are counted, not listed
 MAX_CURVES = 24  # precision–recall panels of a multi-label run; beyond, the classes with the lowest AP
 
@@ -509,28 +506,6 @@ def _dataset_panel(records: RunRecords) -> dict[str, Any]:
         "label_conflicts": report.get("label_conflicts", [])[:LISTED_FILES],
         "checked": "duplicates" in report,  # an evaluation does not look for duplicates
     }
-
-
-def thumbnail(path: Path, *, pixels: int = THUMBNAIL_PIXELS) -> str | None:
-    """A small JPEG of the image as a data URI, or None when the file can no longer be read.
-
-    Example:
-        >>> thumbnail(Path("data/ants/0013035.jpg"))[:23]  # doctest: +SKIP
-        'data:image/jpeg;base64,'
-    """
-    try:
-        picture = load_rgb(path, draft_size=pixels)
-    except ImageDecodeError:
-        return None
-    picture.thumbnail((pixels, pixels))
-    buffer = io.BytesIO()
-    picture.save(buffer, format="JPEG", quality=80)
-    return data_uri(buffer.getvalue(), "image/jpeg")
-
-
-def data_uri(payload: bytes, media_type: str) -> str:
-    """`payload` inlined as a `data:` URI, for pages that must stand alone (the report, notebook output)."""
-    return f"data:{media_type};base64,{base64.b64encode(payload).decode('ascii')}"
 
 
 @functools.cache
