@@ -112,7 +112,7 @@ class BatchDecoder:
             for start in range(batch_start, min(batch_start + batch_size, len(sources)), TASK_IMAGES)
         ]
         self._pool = ProcessPoolExecutor(max_workers=workers) if workers > 0 and len(self._batches) > 0 else None
-        # Enough batches in flight to decode well ahead while the caller is still importing torch.
+        # Tasks in flight: as many images as 8 batches, to decode well ahead while the caller imports torch.
         self._window = max(8, 2 * workers) * -(-batch_size // TASK_IMAGES)
         self._pending: deque[_Task] = deque()
         self._next_task = 0
