@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import numpy as np
 import onnx
 import pytest
@@ -20,7 +17,7 @@ from fastapi.testclient import TestClient
 
 import tlearn
 from answer_models import KNN_THRESHOLD, answer_models
-from helpers import colour_image
+from helpers import colour_image, served_model
 from tlearn.deploy import export as export_module
 from tlearn.deploy.export import _sensitive_nodes
 from tlearn.deploy.serving import ServeSettings, create_app
@@ -215,38 +212,6 @@ def test_the_service_answers_unknown_with_its_score_unless_asked_not_to(models, 
     assert model["task"] == "multiclass" and model["thresholds"] is None
 
 
-@contextmanager
-def live_server(model: Path):
-    """`tlearn serve MODEL` as a real process on a free loopback port."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "tlearn", "serve", str(model), "--port", str(port), "-q"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.stdout.read()
-            assert time.monotonic() < deadline, "the server did not become ready in 60 s"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def upload_on_page(browser, url: str, image: Path):
     page = browser.new_page()
     page.goto(url)
@@ -259,7 +224,7 @@ def upload_on_page(browser, url: str, image: Path):
 def test_the_page_shows_unknown_with_the_score(browser, models, tmp_path):
     image = tmp_path / "green.png"
     GREEN.save(image)
-    with live_server(models.knn_onnx) as url:
+    with served_model(models.knn_onnx) as url:
         page = upload_on_page(browser, url, image)
         try:
             answer = page.locator(".card .answer").inner_text()
@@ -276,7 +241,7 @@ def test_the_page_shows_every_label_above_its_threshold(browser, models):
     files = sorted(models.data.rglob("*.png"))
     expected = load_engine(models.multilabel_onnx).predict(files, top_k=1, workers=0)
     both = next(prediction for prediction in expected if len(prediction.label_set) == 2)
-    with live_server(models.multilabel_onnx) as url:
+    with served_model(models.multilabel_onnx) as url:
         page = upload_on_page(browser, url, Path(both.source))
         try:
             chosen = [row.get_attribute("data-label") for row in page.query_selector_all(".card .bar.chosen")]

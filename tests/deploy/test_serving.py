@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import io
 import re
-import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +12,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from helpers import colour_image, png_with_size, run_cli
+from helpers import colour_image, free_port, png_with_size, run_cli, served_model
 from tlearn.deploy.serving import ServeSettings, create_app
 from tlearn.engines.loading import load_engine
 
@@ -197,42 +194,11 @@ def test_concurrent_requests_are_micro_batched(engine):
     assert all(a["timing"]["batch_requests"] == 7 and a["timing"]["batch_images"] == 7 for a in answers[1:])
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def live_server(exported_model):
     """`tlearn serve MODEL.onnx` as a real process on a free loopback port; stopped after the module."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tlearn", "serve", str(exported_model.onnx), "--port", str(port), "-q"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            assert process.poll() is None, process.stdout.read()
-            assert time.monotonic() < deadline, "the server did not become ready in 60 s"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+    with served_model(exported_model.onnx) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def test_a_real_server_answers_over_http(live_server):
