@@ -18,11 +18,12 @@ PACKAGE = PROJECT / "src" / "tlearn"
 LAYERS = [
     {"tlearn", "tlearn.errors", "tlearn.util"},
     {"tlearn.data"},
+    {"tlearn.evaluation"},  # metrics, intervals and the tasks (single- or multi-label): NumPy and scikit-learn
     {"tlearn.backbones"},
     {"tlearn.runs"},
     {"tlearn.config"},
     {"tlearn.engines"},
-    {"tlearn.evaluation"},
+    {"tlearn.evaluation.folder"},  # evaluating a loaded model on a folder: above the engines it runs
     {"tlearn.training"},
     {"tlearn.report"},
     {"tlearn.audits"},

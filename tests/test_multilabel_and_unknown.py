@@ -78,11 +78,11 @@ def test_multilabel_finetune_trains_sigmoid_heads(tmp_path):
     )
     config = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
     assert config["mode"] == "finetune" and config["task"] == "multilabel" and len(config["thresholds"]) == 2
-    assert run.summary["stages"]["selection"]["kept"] == "finetune"
+    assert run.summary.selection.kept == "finetune"
     with (tmp_path / "run" / "predictions.csv").open() as handle:
         row = next(csv.DictReader(handle))
     assert float(row["p_red"]) + float(row["p_blue"]) != pytest.approx(1.0, abs=1e-3)  # sigmoids, not a softmax
-    assert run.summary["finetune"]["epochs"] == 6 and "mAP" in run.metrics["val"]
+    assert run.summary.finetune.epochs == 6 and "mAP" in run.metrics["val"]
 
 
 def test_reject_is_refused_for_multilabel_data(tmp_path):

@@ -51,7 +51,7 @@ def test_linear_run_writes_the_contract(tiny_data, tmp_path):
     assert yaml.safe_load((out / "config.yaml").read_text())["mode"] == "auto"
     # Red squares against blue circles: the linear head makes no error out of fold, so auto keeps it.
     assert (
-        run.summary["model"] == "linear" and "no error in cross-validation" in run.summary["stages"]["finetune_skipped"]
+        run.summary.model == "linear" and "no error in cross-validation" in run.summary.finetune_skipped
     )
     assert not leftover_temporaries(out)
     assert run.metrics == metrics
@@ -76,13 +76,13 @@ def test_second_run_and_grown_folder_use_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TLEARN_CACHE_DIR", str(tmp_path / "cache"))
     data = make_class_folder(tmp_path / "data", {"red": 12, "blue": 12})
     first = tlearn.train(data, out=tmp_path / "one", quiet=True)
-    assert first.summary["embedding"] == {**first.summary["embedding"], "cache_hits": 0, "computed": 24}
+    assert (first.summary.embedding.cache_hits, first.summary.embedding.computed) == (0, 24)
     second = tlearn.train(data, out=tmp_path / "two", quiet=True)
-    assert second.summary["embedding"]["cache_hits"] == 24 and second.summary["embedding"]["computed"] == 0
+    assert (second.summary.embedding.cache_hits, second.summary.embedding.computed) == (24, 0)
     assert second.metrics == first.metrics
     make_class_folder(data, {"red": 3, "blue": 2}, start=100)
     grown = tlearn.train(data, out=tmp_path / "three", quiet=True)
-    assert grown.summary["embedding"]["cache_hits"] == 24 and grown.summary["embedding"]["computed"] == 5
+    assert (grown.summary.embedding.cache_hits, grown.summary.embedding.computed) == (24, 5)
 
 
 def test_corrupted_cache_entry_is_recomputed(tmp_path, monkeypatch):
@@ -93,7 +93,7 @@ def test_corrupted_cache_entry_is_recomputed(tmp_path, monkeypatch):
     with closing(sqlite3.connect(database)) as connection, connection:  # zero one stored vector: its CRC fails
         connection.execute("UPDATE embeddings SET vector = zeroblob(length(vector)) WHERE rowid = 1")
     again = tlearn.train(data, out=tmp_path / "two", quiet=True)
-    assert again.summary["embedding"]["computed"] == 1 and again.summary["embedding"]["corrupt_cache_entries"] == 1
+    assert (again.summary.embedding.computed, again.summary.embedding.corrupt_cache_entries) == (1, 1)
 
 
 def test_broken_files_are_reported_skipped_and_untouched(tmp_path):
@@ -141,9 +141,9 @@ def test_config_file_round_trip(tiny_data, tmp_path):
 def test_imbalanced_data_uses_a_balanced_loss(tmp_path):
     data = make_class_folder(tmp_path / "data", {"red": 40, "blue": 6})
     run = tlearn.train(data, out=tmp_path / "run", quiet=True, split=(0.5, 0.5, 0.0))
-    assert run.data_report["imbalance"]["imbalanced"] and run.summary["head"]["balanced_loss"]
+    assert run.data_report["imbalance"]["imbalanced"] and run.summary.head.balanced_loss
     off = tlearn.train(data, out=tmp_path / "off", quiet=True, split=(0.5, 0.5, 0.0), balance="off")
-    assert not off.summary["head"]["balanced_loss"]
+    assert not off.summary.head.balanced_loss
 
 
 def test_finetune_keeps_the_best_validated_epoch_not_the_last(tiny_data, tmp_path):
@@ -166,7 +166,7 @@ def test_finetune_keeps_the_best_validated_epoch_not_the_last(tiny_data, tmp_pat
     assert rows[0]["stage"].startswith("linear head") and len(rows) == 4 and rows[1]["stage"].startswith("unfreeze")
     assert len({round(row["val_loss"], 4) for row in rows}) > 1  # the epochs really differ
     best = max(rows, key=lambda row: (row["val_accuracy"], -row["val_loss"]))
-    assert best is not rows[-1] and run.summary["finetune"]["best_epoch"] == best["epoch"]
+    assert best is not rows[-1] and run.summary.finetune.best_epoch == best["epoch"]
     assert run.metrics["val"]["loss"] == pytest.approx(best["val_loss"], abs=1e-4)
     classifier = tlearn.load(run.model_path)
     assert classifier.config.mode == "finetune" and classifier.classes == ["blue", "red"]
@@ -194,20 +194,29 @@ def test_auto_mode_fine_tunes_when_the_linear_head_errs_and_records_its_choice(t
     run = tlearn.train(
         data, out=tmp_path / "run", quiet=True, backbone=TINY_BACKBONE, weights=weights, epochs=2, batch_size=8
     )
-    stages = run.summary["stages"]
-    assert run.config.mode == "auto" and "finetune_skipped" not in stages
-    assert run.summary["head"]["cv_accuracy"] < 1.0 and stages["finetune"]["epochs"] == 2
-    selection = stages["selection"]
-    assert selection["images"] == run.metrics["val"]["n"] and selection["kept"] in ("linear", "finetune")
-    assert selection["kept"] == run.summary["model"] == tlearn.load(run.path).config.mode
-    if selection["kept"] == "linear":
-        assert "cv" in run.metrics  # the linear head is judged on its cross-validation
+    summary = run.summary
+    assert run.config.mode == "auto" and summary.finetune_skipped is None
+    assert summary.head.cv_accuracy < 1.0 and summary.finetune.epochs == 2
+    selection = summary.selection
+    assert selection.images == run.metrics["val"]["n"]
+    # Auto mode ships what the comparison chose, and the comparison follows the validation figures it records.
+    assert selection.kept == selection.chosen == summary.model == tlearn.load(run.path).config.mode
+    finetune_won = summary.finetune.best_epoch > 0 and (
+        selection.finetune_accuracy > selection.linear_accuracy
+        or (
+            selection.finetune_accuracy == selection.linear_accuracy
+            and selection.finetune_loss < 0.9 * selection.linear_loss
+        )
+    )
+    assert selection.chosen == ("finetune" if finetune_won else "linear")
+    if selection.chosen == "linear":
+        assert "cv" in run.metrics and summary.finetune.refits == {}  # judged on its cross-validation, no refit
     else:
-        assert run.summary["final_fit"] == "train+val" and "refit" in run.summary["finetune"]
+        assert summary.final_fit == "train+val" and summary.finetune.refits["refit"].epochs == 2
     linear_only = tlearn.train(
         data, out=tmp_path / "linear", quiet=True, backbone=TINY_BACKBONE, weights=weights, mode="linear"
     )
-    assert linear_only.summary["stages"]["finetune_skipped"] == "--mode linear"
+    assert linear_only.summary.finetune_skipped == "--mode linear"
 
 
 def test_final_fit_decides_which_images_the_shipped_head_learns_from(tmp_path):
@@ -222,7 +231,7 @@ def test_final_fit_decides_which_images_the_shipped_head_learns_from(tmp_path):
         weights = tlearn.load(run.path).backend.model.get_classifier().weight.detach().numpy()
         answers[final_fit] = (run, weights)
     run = answers["all"][0]
-    assert run.summary["final_fit"] == "all" and answers["train+val"][0].summary["final_fit"] == "train+val"
+    assert run.summary.final_fit == "all" and answers["train+val"][0].summary.final_fit == "train+val"
     # The test figures of "all" are measured before the test split joins the fit: the same as train+val's.
     assert run.metrics["test"] == answers["train+val"][0].metrics["test"]
     splits = json.loads((run.path / "splits.json").read_text())
@@ -236,5 +245,5 @@ def test_final_fit_decides_which_images_the_shipped_head_learns_from(tmp_path):
         relpaths = [relpath for name in names for relpath in splits[name]]
         x = extractor.embed_files([data / relpath for relpath in relpaths], progress=Progress(quiet=True)).embeddings
         y = np.array([relpath.startswith("red") for relpath in relpaths], dtype=np.int64)  # classes: blue, red
-        expected = fit_head(x, y, 2, run.summary["head"]["c"]).weight
+        expected = fit_head(x, y, 2, run.summary.head.c).weight
         np.testing.assert_allclose(answers[final_fit][1], expected, atol=1e-4)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,22 +29,14 @@ from tlearn.data.checks import CheckedData, check_data, summary_lines
 from tlearn.data.discovery import DataSource, discover
 from tlearn.engines.imagenet import imagenet_answers
 from tlearn.errors import BackboneError, DataError
-from tlearn.evaluation.calibration import apply_temperature, fit_temperature
-from tlearn.evaluation.metrics import classification_metrics, headline
-from tlearn.evaluation.multilabel import multilabel_metrics
+from tlearn.evaluation.calibration import apply_temperature
+from tlearn.evaluation.tasks import task_for
 from tlearn.report.display import RunReport
 from tlearn.report.page import write_report
-from tlearn.runs.layout import (
-    HISTORY_COLUMNS,
-    RunFolder,
-    multilabel_prediction_rows,
-    prediction_columns,
-    prediction_rows,
-    report_split,
-    sample_rows,
-)
+from tlearn.runs.layout import HISTORY_COLUMNS, RunFolder, prediction_columns, report_split, sample_rows
 from tlearn.runs.lifecycle import OutputFolder
 from tlearn.runs.model_dir import WEIGHTS_FILE, save_model
+from tlearn.runs.summary import EmbeddingRecord, RunSummary, SelectionRecord, write_summary
 from tlearn.training.candidates import (
     Candidate,
     PreparedData,
@@ -57,7 +49,7 @@ from tlearn.training.candidates import (
 from tlearn.training.context import TrainingContext
 from tlearn.training.distributed import DistributedContext
 from tlearn.training.rejection import fit_reject
-from tlearn.training.selection import choose, choose_multilabel
+from tlearn.training.selection import choose
 from tlearn.training.tracking import Tracker
 from tlearn.util import atomic
 from tlearn.util.background import import_in_background
@@ -77,7 +69,7 @@ class Run:
 
     Example:
         >>> run = tlearn.train("data/", out="runs/first")  # doctest: +SKIP
-        >>> run.metrics["test"]["accuracy"], run.history  # doctest: +SKIP
+        >>> run.metrics["test"]["accuracy"], run.summary.model, run.history  # doctest: +SKIP
         >>> run.report()  # doctest: +SKIP
     """
 
@@ -86,7 +78,7 @@ class Run:
     metrics: dict[str, dict[str, Any]]
     history_rows: list[dict[str, Any]]
     data_report: dict[str, Any]
-    summary: dict[str, Any] = field(default_factory=dict)
+    summary: RunSummary = field(default_factory=RunSummary)
     rank: int = 0  # this process's rank when trained under torchrun
 
     @property
@@ -171,12 +163,12 @@ def run_training(
             metrics, result, prepared, summary = _train_and_measure(context, source, ref)
             if review is not None:
                 prepared.checked.report["review"] = review
-            summary["seconds"] = round(time.perf_counter() - started, 3)
+            summary = summary.model_copy(update={"seconds": round(time.perf_counter() - started, 3)})
             if dist.is_main:
-                _write_run(context, prepared, result, metrics, summary)
+                summary = _write_run(context, prepared, result, metrics, summary)
                 write_report(run.root, progress=progress)
                 for split in metrics:
-                    progress.info(f"{split}: {headline(metrics[split])}")
+                    progress.info(f"{split}: {prepared.task.headline(metrics[split])}")
     dist.barrier()
     dist.close()
     return Run(run.root, config, metrics, result.history, prepared.checked.report, summary, rank=dist.rank)
@@ -184,19 +176,20 @@ def run_training(
 
 def _train_and_measure(
     context: TrainingContext, source: DataSource, ref: BackboneRef
-) -> tuple[dict[str, dict[str, Any]], Candidate, PreparedData, dict[str, Any]]:
+) -> tuple[dict[str, dict[str, Any]], Candidate, PreparedData, RunSummary]:
     """Embed, fit the linear head, fine-tune when the mode asks for it, keep the better, fit the final model,
     calibrate; returns metrics, model, data and the run summary."""
     config, progress = context.config, context.progress
     prepared = _embed_and_check(context, source, ref)
+    task = prepared.task
     linear = linear_candidate(config, prepared)
-    result, stages = _pick_candidate(context, prepared, linear)
+    result, outcome = _pick_candidate(context, prepared, linear)
     result = final_fit(context, prepared, linear, result)
     temperature = 1.0
-    if config.calibrate and prepared.multilabel:
-        progress.info("calibration: skipped (multi-label thresholds are chosen on the probabilities as they are)")
+    if config.calibrate and task.calibration_note:
+        progress.info(f"calibration: skipped ({task.calibration_note})")
     elif config.calibrate:  # temperature scaling: fitted on val, stored in the model, applied to every split
-        temperature = fit_temperature(result.probabilities["val"], prepared.labels["val"])
+        temperature = task.temperature(result.probabilities["val"], prepared.targets["val"])
         result.probabilities = {
             split: apply_temperature(values, temperature) for split, values in result.probabilities.items()
         }
@@ -210,73 +203,71 @@ def _train_and_measure(
         for split, block in rejection.metrics.items():
             metrics[split]["reject"] = block
         progress.info(rejection.summary_line)
-    summary = {
-        "tlearn_version": __version__,
-        "task": result.model_config.task,
-        "mode": config.mode,
-        "model": result.model_config.mode,
-        "final_fit": result.summary.get("final_fit"),
-        "backbone": prepared.ref.describe(),
-        "classes": prepared.classes,
-        "world_size": context.dist.world_size,
-        "embedding": prepared.embedding_summary,
-        "head": linear.summary,
-        "finetune": stages.get("finetune", {}),
-        "stages": stages,
-    }
+    summary = RunSummary(
+        tlearn_version=__version__,
+        task=task.name,
+        mode=config.mode,
+        model=result.model_config.mode,
+        final_fit=result.final_fit,
+        backbone=prepared.ref.describe(),
+        classes=prepared.classes,
+        world_size=context.dist.world_size,
+        embedding=EmbeddingRecord(**prepared.embedding_summary),
+        head=linear.head_record,
+        finetune=outcome.tuned.finetune_record if outcome.tuned else None,
+        finetune_skipped=outcome.skipped,
+        selection=outcome.selection,
+    )
     return metrics, result, prepared, summary
 
 
 def _metrics(prepared: PreparedData, result: Candidate) -> dict[str, dict[str, Any]]:
-    """metrics.json: every evaluated split's figures ("cv": the linear head's cross-validation over train+val)."""
-    splits = [split for split in ("val", "test", "cv") if split in result.probabilities]
-    if prepared.multilabel:
-        thresholds = result.model_config.thresholds or []
-        targets = {**prepared.targets, "cv": prepared.answers("train", "val")}
-        return {
-            split: multilabel_metrics(targets[split], result.probabilities[split], thresholds, prepared.classes)
-            for split in splits
-        }
-    labels = {**prepared.labels, "cv": prepared.stack("train", "val")[1]}
+    """metrics.json: every evaluated set's figures ("cv": the linear head's cross-validation over train+val)."""
+    names = [name for name in ("val", "test", "cv") if name in result.probabilities]
+    thresholds = result.model_config.thresholds
     return {
-        split: classification_metrics(labels[split], result.probabilities[split], prepared.classes) for split in splits
+        name: prepared.task.metrics(
+            prepared.answers(*prepared.covered(name)), result.probabilities[name], prepared.classes, thresholds
+        )
+        for name in names
     }
 
 
-def _pick_candidate(
-    context: TrainingContext, prepared: PreparedData, linear: Candidate
-) -> tuple[Candidate, dict[str, Any]]:
+@dataclass
+class _Outcome:
+    """What the choice between the candidates found: the fine-tuned candidate (None when fine-tuning did not
+    run, with the reason), and the comparison on validation."""
+
+    tuned: Candidate | None = None
+    skipped: str | None = None
+    selection: SelectionRecord | None = None
+
+
+def _pick_candidate(context: TrainingContext, prepared: PreparedData, linear: Candidate) -> tuple[Candidate, _Outcome]:
     """The linear head, or the fine-tuned network when the mode asks for it and (in auto mode) it does better
-    on the same validation images; returns the kept candidate and what each stage did."""
+    on the same validation images; returns the kept candidate and what the choice found."""
     config, progress = context.config, context.progress
-    stages: dict[str, Any] = {"linear": linear.summary}
     skip = why_not_finetune(config, linear)
     if skip:
         progress.info(f"fine-tuning skipped: {skip}")
-        return linear, {**stages, "finetune_skipped": skip}
+        return linear, _Outcome(skipped=skip)
     guard_resumed_data(context, prepared)
     tuned = finetune_candidate(context, prepared, linear)
-    improved = tuned.summary["best_epoch"] > 0
-    if prepared.multilabel:
-        thresholds = (linear.model_config.thresholds or [], tuned.model_config.thresholds or [])
-        choice = choose_multilabel(
-            linear.probabilities["val"],
-            tuned.probabilities["val"],
-            prepared.answers("val"),
-            thresholds,
-            improved=improved,
-        )
-    else:
-        choice = choose(
-            linear.probabilities["val"], tuned.probabilities["val"], prepared.labels["val"], improved=improved
-        )
+    choice = choose(
+        prepared.task,
+        linear.probabilities["val"],
+        tuned.probabilities["val"],
+        prepared.targets["val"],
+        (linear.model_config.thresholds, tuned.model_config.thresholds),
+        improved=tuned.finetune_record is not None and tuned.finetune_record.best_epoch > 0,
+    )
     kept = tuned if config.mode == "finetune" or choice.chosen == "finetune" else linear
     if kept is tuned and choice.chosen == "linear":
         progress.info(f"kept the fine-tuned network because of --mode finetune; in auto mode: {choice.reason}")
     else:
         progress.info(f"kept the {'fine-tuned network' if kept is tuned else 'linear head'}: {choice.reason}")
-    selection = {**choice.to_dict(), "kept": "finetune" if kept is tuned else "linear"}
-    return kept, {**stages, "finetune": tuned.summary, "selection": selection}
+    selection = SelectionRecord(**asdict(choice), kept="finetune" if kept is tuned else "linear")
+    return kept, _Outcome(tuned=tuned, selection=selection)
 
 
 def _embed_and_check(context: TrainingContext, source: DataSource, ref: BackboneRef) -> PreparedData:
@@ -305,14 +296,11 @@ def _embed_and_check(context: TrainingContext, source: DataSource, ref: Backbone
     for line in summary_lines(checked.report):
         progress.info(line)
     _require_trainable(checked)
+    task = task_for(config.task, has_label_sets=source.has_label_sets)
+    if config.reject != "off" and task.reject_note:
+        raise DataError(f"{source.root}: {task.reject_note}")
     splits = ("train", "val", "test")
-    labels = {split: np.asarray(checked.labels(split), dtype=np.int64) for split in splits}
-    multilabel = config.task == "multilabel" or (config.task == "auto" and source.multilabel)
-    if multilabel and config.reject != "off":
-        raise DataError(
-            f"{source.root}: --reject is for single-label models; a multi-label model already answers no label "
-            "when no class reaches its threshold"
-        )
+    targets = {split: task.targets(checked.label_indices(split), len(source.classes)) for split in splits}
     balanced = config.balance == "on" or (config.balance == "auto" and checked.report["imbalance"]["imbalanced"])
     return PreparedData(
         ref=ref,
@@ -320,9 +308,10 @@ def _embed_and_check(context: TrainingContext, source: DataSource, ref: Backbone
         info=embedded.info,
         checked=checked,
         classes=source.classes,
+        task=task,
         features={split: embedded.embeddings[checked.positions[split]] for split in splits},
-        labels=labels,
-        evaluated=[split for split in EVALUATED_SPLITS if len(labels[split])],
+        targets=targets,
+        evaluated=[split for split in EVALUATED_SPLITS if len(targets[split])],
         embedding_summary={
             "cache_hits": embedded.cache_hits,
             "computed": embedded.computed,
@@ -333,7 +322,6 @@ def _embed_and_check(context: TrainingContext, source: DataSource, ref: Backbone
             "onnx_exported": embedded.onnx_exported,
         },
         balanced=balanced,
-        targets={split: checked.targets(split) for split in splits} if multilabel else None,
     )
 
 
@@ -342,9 +330,10 @@ def _write_run(
     prepared: PreparedData,
     result: Candidate,
     metrics: dict[str, dict[str, Any]],
-    summary: dict[str, Any],
-) -> None:
-    """Save the model and every output file (rank 0 only), log final metrics, drop the checkpoint."""
+    summary: RunSummary,
+) -> RunSummary:
+    """Save the model and every output file (rank 0 only), log final metrics, drop the checkpoint; returns the
+    summary as written (with the model's size)."""
     run, config, tracker = context.run, context.config, context.tracker
     save_model(
         run.model,
@@ -352,22 +341,23 @@ def _write_run(
         result.model_config.model_copy(update={"metrics": _headline(metrics)}),
         extra_files=result.extra_files,
     )
-    summary["model_bytes"] = (run.model / WEIGHTS_FILE).stat().st_size
+    summary = summary.model_copy(update={"model_bytes": (run.model / WEIGHTS_FILE).stat().st_size})
     checked, classes = prepared.checked, prepared.classes
     atomic.write_json(run.metrics, metrics)
     atomic.write_csv(run.history, result.history, HISTORY_COLUMNS)
     atomic.write_json(run.data_report, checked.report)
     atomic.write_json(run.splits, {split: checked.relpaths(split) for split in ("train", "val", "test")})
     atomic.write_text(run.config, config.to_yaml())
-    atomic.write_json(run.summary, summary)
-    rows = {split: _prediction_rows(prepared, result, split) for split in result.probabilities}
+    write_summary(run.summary, summary)
+    rows = {name: _prediction_rows(prepared, result, name) for name in result.probabilities}
     atomic.write_csv(
         run.predictions,
         [row for split_rows in rows.values() for row in split_rows],
         prediction_columns(classes, with_split=True),
     )
     atomic.write_json(run.imagenet, _imagenet_samples(prepared, rows))
-    audit = {"reason": "the audit is for single-label data"} if prepared.multilabel else _audit(prepared, summary)
+    refusal = prepared.task.audit_note
+    audit = {"reason": refusal} if refusal else _audit(prepared, summary)
     atomic.write_json(run.audit, audit)
     if "summary" in audit:
         write_review(run.review, review_rows(audit))
@@ -383,19 +373,20 @@ def _write_run(
     )
     tracker.log_model(run.model)
     shutil.rmtree(run.checkpoints, ignore_errors=True)  # the run is complete; the model is the artefact
+    return summary
 
 
-def _audit(prepared: PreparedData, summary: dict[str, Any]) -> dict[str, Any]:
+def _audit(prepared: PreparedData, summary: RunSummary) -> dict[str, Any]:
     """The data audit of every usable image (likely label errors, near-duplicates, outliers), from the
     embeddings in hand, with the L2 strength the linear head chose (no second search); folders beyond
     AUDIT_LIMIT images are left to `tlearn audit`."""
-    splits = [split for split in ("train", "val", "test") if len(prepared.labels[split])]
-    images = sum(len(prepared.labels[split]) for split in splits)
+    splits = [split for split in ("train", "val", "test") if len(prepared.targets[split])]
+    images = sum(len(prepared.targets[split]) for split in splits)
     if images > AUDIT_LIMIT:
         return {"reason": f"{images} images: run `tlearn audit` for this folder (training audits up to {AUDIT_LIMIT})"}
     checked = prepared.checked
     table = ImageTable(
-        labels=np.concatenate([prepared.labels[split] for split in splits]),
+        labels=prepared.answers(*splits),
         classes=prepared.classes,
         relpaths=[relpath for split in splits for relpath in checked.relpaths(split)],
         splits=[split for split in splits for _ in checked.relpaths(split)],
@@ -405,39 +396,31 @@ def _audit(prepared: PreparedData, summary: dict[str, Any]) -> dict[str, Any]:
         findings = audit_embeddings(
             np.concatenate([prepared.features[split] for split in splits]),
             table,
-            AuditSettings(c=summary["head"]["c"]),
+            AuditSettings(c=summary.head.c) if summary.head else AuditSettings(),
         )
     except DataError as error:
         return {"reason": str(error)}
     return {**findings.payload, "data": str(checked.source.root), "backbone": prepared.ref.describe()}
 
 
-def _prediction_rows(prepared: PreparedData, result: Candidate, split: str) -> list[dict[str, Any]]:
-    """predictions.csv rows of one split (label sets for a multi-label model)."""
-    checked, classes = prepared.checked, prepared.classes
-    relpaths, probabilities = _relpaths(checked, split), result.probabilities[split]
-    if prepared.multilabel:
-        targets = prepared.answers("train", "val") if split == "cv" else prepared.answers(split)
-        thresholds = result.model_config.thresholds or []
-        return multilabel_prediction_rows(relpaths, targets, probabilities, thresholds, classes, split=split)
-    return prediction_rows(relpaths, _labels(checked, split), probabilities, classes, split=split)
-
-
-def _relpaths(checked: CheckedData, split: str) -> list[str]:
-    """A split's relative paths; "cv" (the linear head's cross-validation) covers train then val."""
-    return checked.relpaths("train") + checked.relpaths("val") if split == "cv" else checked.relpaths(split)
-
-
-def _labels(checked: CheckedData, split: str) -> list[int]:
-    return checked.labels("train") + checked.labels("val") if split == "cv" else checked.labels(split)
+def _prediction_rows(prepared: PreparedData, result: Candidate, name: str) -> list[dict[str, Any]]:
+    """predictions.csv rows of one evaluated set (label sets for a multi-label model)."""
+    return prepared.task.prediction_rows(
+        prepared.relpaths(name),
+        prepared.answers(*prepared.covered(name)),
+        result.probabilities[name],
+        prepared.classes,
+        result.model_config.thresholds,
+        split=name,
+    )
 
 
 def _imagenet_samples(prepared: PreparedData, rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """The original ImageNet model's answers for the report's sample images, from the embeddings in hand."""
-    split = report_split(list(rows))
-    samples = sample_rows(rows[split], BEFORE_AFTER_SAMPLES)
-    position = {relpath: i for i, relpath in enumerate(_relpaths(prepared.checked, split))}
-    features = prepared.stack("train", "val")[0] if split == "cv" else prepared.features[split]
+    name = report_split(list(rows))
+    samples = sample_rows(rows[name], BEFORE_AFTER_SAMPLES)
+    position = {relpath: i for i, relpath in enumerate(prepared.relpaths(name))}
+    features = prepared.stack(*prepared.covered(name))[0]
     embeddings = features[[position[row["path"]] for row in samples]]
     try:
         answers = imagenet_answers(

@@ -14,6 +14,7 @@ from tlearn.data.checks import check_data
 from tlearn.data.discovery import discover, discover_for_evaluation
 from tlearn.data.label_files import read_label_file
 from tlearn.errors import DataError
+from tlearn.evaluation.tasks import MULTI_LABEL, SINGLE_LABEL
 
 
 def _as_rows(source) -> set[tuple[str, str, str]]:
@@ -202,7 +203,7 @@ def test_multilabel_cells_rows_custom_separator_and_json_lists_agree(tmp_path):
     for source in sources:
         assert _labels_of(source) == expected
         assert source.classes == ["big", "blue", "red", "round"]
-        assert source.multilabel and source.problems == []
+        assert source.has_label_sets and source.problems == []
     assert _as_rows(sources[0]) == _as_rows(sources[1]) == _as_rows(sources[2]) == _as_rows(sources[3])
     # The separator matters: read with the default one, 'red;round' is a single label of its own.
     assert _labels_of(discover(semicolons))["red/img_000.png"] == ("red;round",)
@@ -273,7 +274,7 @@ def test_multiclass_task_leaves_out_images_with_several_labels(tmp_path):
         f"{labels} line 5: red/img_000.png: already left out at line 4 (several labels); row left out",
     ]
     source = discover(labels, task="multiclass")
-    assert not source.multilabel and source.problems == problems and len(source.images) == 6
+    assert not source.has_label_sets and source.problems == problems and len(source.images) == 6
     evaluated, _ = discover_for_evaluation(labels, task="multiclass")
     assert sorted(image.relpath for image in evaluated.images) == sorted(row.relpath for row in found)
     # "auto" and "multilabel" keep both images with their two labels.
@@ -294,7 +295,7 @@ def test_evaluation_reads_a_custom_separator(tmp_path):
 def test_single_label_file_is_not_multilabel(tmp_path):
     data = make_class_folder(tmp_path / "data", {"red": 3, "blue": 3})
     source = discover(_write_csv(data / "labels.csv", _listing(data)))
-    assert not source.multilabel
+    assert not source.has_label_sets
     assert all(image.extra_labels == () for image in source.images)
 
 
@@ -325,10 +326,11 @@ def test_checked_multilabel_data_counts_every_label(tmp_path):
     assert checked.report["counts"]["train"] == {"blue": 3, "red": 3, "round": 4}
     assert checked.report["imbalance"]["majority"] == "round" and checked.report["imbalance"]["ratio"] == 1.333
     assert checked.relpaths("val") == ["red/img_003.png", "blue/img_003.png"]
-    assert checked.targets("val").tolist() == [[0.0, 1.0, 0.0], [1.0, 0.0, 1.0]]
-    train = dict(zip(checked.relpaths("train"), checked.targets("train").tolist(), strict=True))
-    assert train["red/img_000.png"] == [0.0, 1.0, 1.0] and train["blue/img_002.png"] == [1.0, 0.0, 0.0]
-    assert checked.labels("val") == [1, 0]  # the first label's index
+    assert checked.label_indices("val") == [(1,), (0, 2)]  # every label an image carries, its first first
+    assert MULTI_LABEL.targets(checked.label_indices("val"), 3).tolist() == [[0.0, 1.0, 0.0], [1.0, 0.0, 1.0]]
+    train = dict(zip(checked.relpaths("train"), checked.label_indices("train"), strict=True))
+    assert train["red/img_000.png"] == (1, 2) and train["blue/img_002.png"] == (0,)
+    assert SINGLE_LABEL.targets(checked.label_indices("val"), 3).tolist() == [1, 0]  # the first label's index
 
 
 def test_identical_copies_conflict_only_when_their_label_sets_differ(tmp_path):

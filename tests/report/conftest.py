@@ -17,13 +17,10 @@ import pytest
 from helpers import colour_image
 from tlearn.evaluation.metrics import classification_metrics
 from tlearn.evaluation.multilabel import multilabel_metrics
-from tlearn.runs.layout import (
-    RunFolder,
-    multilabel_prediction_rows,
-    prediction_columns,
-    prediction_rows,
-)
+from tlearn.evaluation.tasks import MULTI_LABEL, SINGLE_LABEL
+from tlearn.runs.layout import RunFolder, prediction_columns
 from tlearn.runs.model_dir import ModelConfig, RejectRule, save_model
+from tlearn.runs.summary import CSearchRow, HeadRecord, RunSummary, write_summary
 from tlearn.util import atomic
 
 MULTILABEL_CLASSES = ["pool", "garage", "tree", "solar"]
@@ -55,7 +52,7 @@ def write_run(
     rows: list[dict[str, Any]],
     classes: list[str],
     config: dict[str, Any],
-    summary: dict[str, Any],
+    summary: RunSummary,
     imagenet: dict[str, Any] | None = None,
 ) -> None:
     """The files of a finished training run: metrics, predictions, data report, run.json and the model."""
@@ -65,7 +62,7 @@ def write_run(
     atomic.write_csv(files.predictions, rows, prediction_columns(classes, with_split=True))
     counts = {split: {name: 0 for name in classes} for split in metrics}
     atomic.write_text(files.data_report, json.dumps({"data": str(data), "classes": classes, "counts": counts}))
-    atomic.write_text(files.summary, json.dumps(summary))
+    write_summary(files.summary, summary)
     atomic.write_text(files.imagenet, json.dumps(imagenet or {"reason": "not computed for this test"}))
     state = {"head.weight": np.zeros((len(classes), 8), np.float32), "head.bias": np.zeros(len(classes), np.float32)}
     model = ModelConfig(
@@ -108,8 +105,8 @@ def multilabel_run(tmp_path_factory: pytest.TempPathFactory) -> HandBuiltRun:
     for split, (targets, probabilities) in splits.items():
         paths[split] = [f"{split}_{index:02d}.png" for index in range(len(targets))]
         metrics[split] = multilabel_metrics(targets, probabilities, MULTILABEL_THRESHOLDS, MULTILABEL_CLASSES)
-        rows[split] = multilabel_prediction_rows(
-            paths[split], targets, probabilities, MULTILABEL_THRESHOLDS, MULTILABEL_CLASSES, split=split
+        rows[split] = MULTI_LABEL.prediction_rows(
+            paths[split], targets, probabilities, MULTILABEL_CLASSES, MULTILABEL_THRESHOLDS, split=split
         )
     data = root / "data"
     write_images(data, paths["val"] + paths["test"])
@@ -121,18 +118,20 @@ def multilabel_run(tmp_path_factory: pytest.TempPathFactory) -> HandBuiltRun:
         rows=rows["val"] + rows["test"],
         classes=MULTILABEL_CLASSES,
         config={"task": "multilabel", "thresholds": MULTILABEL_THRESHOLDS},
-        summary={
-            "task": "multilabel",
-            "seconds": 4.2,
-            "head": {
-                "c": 1.0,
-                "folds": 3,
-                "candidates": [
-                    {"c": c, "cv_loss": 0.4 - 0.05 * i, "cv_subset_accuracy": 0.3 + 0.1 * i}
+        summary=RunSummary(
+            task="multilabel",
+            seconds=4.2,
+            head=HeadRecord(
+                c=1.0,
+                folds=3,
+                cross_validated_images=22,
+                cv_accuracy=0.5,
+                candidates=[
+                    CSearchRow(c=c, cv_loss=0.4 - 0.05 * i, cv_accuracy=0.3 + 0.1 * i)
                     for i, c in enumerate((0.1, 1.0, 10.0))
                 ],
-            },
-        },
+            ),
+        ),
         imagenet={"answers": answers},
     )
     return HandBuiltRun(
@@ -183,7 +182,7 @@ def reject_run(tmp_path_factory: pytest.TempPathFactory) -> HandBuiltRun:
             **classification_metrics(labels, probabilities, classes),
             "reject": reject_values(labels, probabilities, scores, REJECT_RULE.threshold),
         }
-        rows[split] = prediction_rows(split_paths, labels, probabilities, classes, split=split)
+        rows[split] = SINGLE_LABEL.prediction_rows(split_paths, labels, probabilities, classes, None, split=split)
     data = root / "data"
     for name in classes:
         (data / name).mkdir(parents=True)
@@ -195,6 +194,6 @@ def reject_run(tmp_path_factory: pytest.TempPathFactory) -> HandBuiltRun:
         rows=rows["val"] + rows["test"],
         classes=classes,
         config={"reject": REJECT_RULE},
-        summary={"seconds": 2.0},
+        summary=RunSummary(seconds=2.0),
     )
     return HandBuiltRun(root / "run", metrics, rows)

@@ -10,11 +10,11 @@ import pytest
 from PIL import Image
 
 from tlearn.evaluation.multilabel import worst_label_sets
+from tlearn.evaluation.tasks import LABEL_SET_SEPARATOR
 from tlearn.report.display import RunReport
 from tlearn.report.multilabel import label_targets, precision_recall_curves
 from tlearn.report.page import write_report
 from tlearn.report.thumbnails import data_uri
-from tlearn.runs.layout import LABEL_SET_SEPARATOR
 
 
 def section(page: str, name: str) -> str:

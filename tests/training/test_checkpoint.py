@@ -17,6 +17,7 @@ import pytest
 import tlearn
 from helpers import PROJECT, TINY_BACKBONE, make_class_folder, tiny_backbone_weights
 from tlearn.errors import RunDirError
+from tlearn.runs.summary import read_run_summary
 from tlearn.util.atomic import leftover_temporaries
 
 ENV = {**os.environ, "PYTHONPATH": str(PROJECT / "src")}
@@ -87,8 +88,8 @@ def test_sigterm_then_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path)
         timeout=600,
     )
     assert third.returncode == 0, third.stderr
-    summary = json.loads((run / "run.json").read_text())
-    assert summary["finetune"]["resumed_after_epoch"] == killed_at  # it says where it went on from
+    summary = read_run_summary(run / "run.json")
+    assert summary.finetune.resumed_after_epoch == killed_at  # it says where it went on from
     with open(run / "history.csv") as handle:
         assert [int(row["epoch"]) for row in csv.DictReader(handle)] == [0, 1, 2, 3, 4]
 

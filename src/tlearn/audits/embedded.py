@@ -11,6 +11,7 @@ from tlearn.backbones.features import FeatureExtractor
 from tlearn.backbones.registry import BackboneInfo, BackboneRef
 from tlearn.data.discovery import DataSource
 from tlearn.errors import DataError
+from tlearn.evaluation.tasks import task_for
 from tlearn.util.progress import Progress
 
 
@@ -51,7 +52,7 @@ def embed_source(
         >>> embedded.embeddings.shape  # doctest: +SKIP
         (245, 1280)
     """
-    if source.multilabel:
+    if task_for("auto", has_label_sets=source.has_label_sets).audit_note:
         raise DataError(
             f"{source.root}: images with several labels: audit and select work on single-label data "
             "(one class per image)"

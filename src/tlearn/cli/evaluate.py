@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from tlearn.cli.app import DeviceOption, EngineOption, ModelArgument, QuietOption, WorkersOption, app
-from tlearn.evaluation.metrics import headline
+from tlearn.evaluation.tasks import headline
 
 
 @app.command()

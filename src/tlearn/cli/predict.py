@@ -64,7 +64,7 @@ def predict(
 def answer_text(prediction) -> str:
     """The model's answer for a prediction: "unknown", the label set joined by `|`, or the top class."""
     from tlearn.engines.answers import UNKNOWN  # deferred, as every import of the model side: a fast CLI start
-    from tlearn.runs.layout import LABEL_SET_SEPARATOR
+    from tlearn.evaluation.tasks import LABEL_SET_SEPARATOR
 
     if prediction.unknown:
         return UNKNOWN
@@ -77,7 +77,7 @@ def print_predictions(predictions: Iterable, output_format: OutputFormat, config
     """Print each prediction as soon as it is made (constant memory); returns (failed, total)."""
     failed = total = 0
     writer = csv.writer(sys.stdout, lineterminator="\n")
-    answers = config.task == "multilabel" or config.reject is not None  # more than the top-k to show
+    answers = config.task_type.answers_with_sets or config.reject is not None  # more than the top-k to show
 
     def csv_row(prediction, *cells: object) -> None:
         if answers:  # the answer and the reject score on each of the image's rows

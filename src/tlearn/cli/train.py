@@ -17,7 +17,7 @@ from pydantic.fields import FieldInfo
 
 from tlearn.cli.app import app
 from tlearn.config import TrainConfig, parse_split
-from tlearn.evaluation.metrics import headline
+from tlearn.evaluation.tasks import headline
 from tlearn.runs.layout import RunFolder
 
 # Options of the command itself, not of the configuration.
@@ -106,7 +106,7 @@ def _train(**values: Any) -> None:
         print(f"{split_name}: {headline(metrics)}")
     print(f"model: {run.model_path}")
     files = RunFolder(run.path)
-    print(f"metrics: {files.metrics}  ({run.summary['seconds']:.1f} s)")
+    print(f"metrics: {files.metrics}  ({run.summary.seconds or 0:.1f} s)")
     print(f"report: {files.report}")
 
 

@@ -24,10 +24,10 @@ IMBALANCE_RATIO = 3.0
 
 @dataclass
 class LabelledFiles:
-    """Image files and their class indices (what fine-tuning trains and validates on)."""
+    """Image files and their targets (what fine-tuning trains and validates on)."""
 
     paths: list[Path]
-    labels: np.ndarray  # (N,) int
+    labels: np.ndarray  # the task's targets: (N,) class indices, or (N, K) label indicators
 
 
 @dataclass
@@ -48,18 +48,11 @@ class CheckedData:
             digests[split] = {"images": len(entries), "sha256": hashlib.sha256("\n".join(entries).encode()).hexdigest()}
         return {"classes": list(self.source.classes), "splits": digests}
 
-    def labels(self, split: str) -> list[int]:
-        """Class indices of a split's images."""
+    def label_indices(self, split: str) -> list[tuple[int, ...]]:
+        """Per image of a split, the indices of every class it carries (its first label first): what the run's
+        task turns into targets (`tlearn.evaluation.tasks.Task.targets`)."""
         index = {name: i for i, name in enumerate(self.source.classes)}
-        return [index[self.source.images[p].label] for p in self.positions[split]]
-
-    def targets(self, split: str) -> np.ndarray:
-        """(N, num_classes) float32 indicator matrix of a split's images: 1 for every label an image carries."""
-        index = {name: i for i, name in enumerate(self.source.classes)}
-        matrix = np.zeros((len(self.positions[split]), len(index)), dtype=np.float32)
-        for row, position in enumerate(self.positions[split]):
-            matrix[row, [index[name] for name in self.source.images[position].labels]] = 1.0
-        return matrix
+        return [tuple(index[name] for name in self.source.images[p].labels) for p in self.positions[split]]
 
     def relpaths(self, split: str) -> list[str]:
         """Paths (relative to the data folder) of a split's images."""

@@ -76,8 +76,8 @@ class DataSource:
     problems: list[str] = field(default_factory=list)  # label-file rows left out, with their line numbers
 
     @property
-    def multilabel(self) -> bool:
-        """Whether any image carries several labels."""
+    def has_label_sets(self) -> bool:
+        """Whether any image carries several labels (a multi-label run unless the task is set otherwise)."""
         return any(image.extra_labels for image in self.images)
 
     def in_split(self, split: str) -> list[LabelledImage]:

@@ -63,6 +63,7 @@ from tlearn.engines.onnx_engine import (
 )
 from tlearn.engines.torch_engine import Classifier
 from tlearn.errors import ExportError
+from tlearn.evaluation.tasks import Task
 from tlearn.runs.layout import MODEL_DIR
 from tlearn.runs.records import split_files
 from tlearn.util import atomic
@@ -217,14 +218,14 @@ def export_model(
 
 
 class _ProbabilityGraph(nn.Module):
-    """The classifier with its calibration: (B, 3, H, W) normalised → (B, num_classes) probabilities (softmax, or
-    a sigmoid per class when `multilabel`), and with `embeddings` also the (B, D) features the classifier reads."""
+    """The classifier with its calibration: (B, 3, H, W) normalised → (B, num_classes) probabilities (the task's:
+    a softmax, or a sigmoid per class), and with `embeddings` also the (B, D) features the classifier reads."""
 
-    def __init__(self, model: nn.Module, temperature: float, *, multilabel: bool, embeddings: bool) -> None:
+    def __init__(self, model: nn.Module, temperature: float, *, task: Task, embeddings: bool) -> None:
         super().__init__()
         self.model = model
         self.temperature = temperature
-        self.multilabel = multilabel
+        self.task = task
         self.embeddings = embeddings
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -235,8 +236,7 @@ class _ProbabilityGraph(nn.Module):
         return self._calibrated(self.model.forward_head(features)), pre_logits
 
     def _calibrated(self, logits: torch.Tensor) -> torch.Tensor:
-        scaled = logits / self.temperature
-        return torch.sigmoid(scaled) if self.multilabel else torch.softmax(scaled, dim=1)
+        return self.task.torch_probabilities(logits / self.temperature)
 
 
 def probability_graph(classifier: Classifier) -> nn.Module:
@@ -246,7 +246,7 @@ def probability_graph(classifier: Classifier) -> nn.Module:
     fold_batchnorm(model)
     config = classifier.config
     return _ProbabilityGraph(
-        model, config.temperature, multilabel=config.task == "multilabel", embeddings=needs_embeddings(config)
+        model, config.temperature, task=config.task_type, embeddings=needs_embeddings(config)
     ).eval()
 
 
@@ -307,10 +307,9 @@ def _describe(proto: onnx.ModelProto, classifier: Classifier, export_info: dict[
     input and output in `proto`."""
     export_info = {**export_info, "tlearn_version": __version__, "torch_version": torch.__version__}
     config = classifier.config
-    function = "sigmoid" if config.task == "multilabel" else "softmax"
     output = (
-        f"{OUTPUT_NAME}: float32 (batch, {len(classifier.classes)}), {function}(logits / {config.temperature:g}), "
-        "columns in the order of 'classes'"
+        f"{OUTPUT_NAME}: float32 (batch, {len(classifier.classes)}), {config.task_type.activation}(logits / "
+        f"{config.temperature:g}), columns in the order of 'classes'"
     )
     properties = {
         CONFIG_KEY: config.model_dump_json(),
@@ -320,7 +319,7 @@ def _describe(proto: onnx.ModelProto, classifier: Classifier, export_info: dict[
         "input": _input_description(classifier.preprocessing),
         "output": output,
     }
-    if config.task == "multilabel":
+    if config.thresholds is not None:
         properties["output"] += f"; an image's labels are the classes reaching 'thresholds' {config.thresholds}"
     if config.reject is not None:
         properties["output"] += (
@@ -522,10 +521,8 @@ class _CheckSet:
         (probabilities, scores), (expected, expected_scores) = outputs, reference or self.reference
         difference = float(np.abs(probabilities - expected).max())
         agreement = float((probabilities.argmax(1) == expected.argmax(1)).mean())
-        answers_agree = None
-        if config.task == "multilabel" or config.reject is not None:
-            given, wanted = answer_keys(config, probabilities, scores), answer_keys(config, expected, expected_scores)
-            answers_agree = float(np.mean([a == b for a, b in zip(given, wanted, strict=True)]))
+        given, wanted = answer_keys(config, probabilities, scores), answer_keys(config, expected, expected_scores)
+        answers_agree = float(np.mean([a == b for a, b in zip(given, wanted, strict=True)])) if len(given) else 1.0
         score_difference = None
         if scores is not None and expected_scores is not None:
             score_difference = float(np.abs(scores - expected_scores).max())
@@ -537,7 +534,7 @@ class _CheckSet:
             passed &= score_difference <= max_score_diff
             limits.append(f"max |Δscore| ≤ {max_score_diff:g}")
         if min_agreement is not None:
-            passed &= (agreement if answers_agree is None else answers_agree) >= min_agreement
+            passed &= answers_agree >= min_agreement
             limits.append(f"agreement ≥ {100 * min_agreement:g}%")
         return ExportCheck(
             name,

@@ -22,7 +22,6 @@ from safetensors.numpy import save as save_numpy_safetensors
 
 from tlearn.errors import ModelFileError
 from tlearn.runs.model_dir import ModelConfig, RejectRule
-from tlearn.util.numeric import sigmoid, softmax
 
 UNKNOWN = "unknown"  # the answer of a model that rejects an image
 REFERENCES_FILE = "reject.safetensors"  # beside model.safetensors: the "knn" rule's training embeddings
@@ -116,8 +115,7 @@ def fitting_references(references: KnnReferences, config: ModelConfig, where: st
 def calibrated(logits: np.ndarray, config: ModelConfig) -> np.ndarray:
     """(N, C) probabilities from (N, C) logits: softmax(logits / temperature) for a multiclass model, one
     sigmoid(logit / temperature) per class for a multi-label one."""
-    scaled = logits / config.temperature
-    return sigmoid(scaled) if config.task == "multilabel" else softmax(scaled)
+    return config.task_type.probabilities(logits / config.temperature)
 
 
 def needs_embeddings(config: ModelConfig) -> bool:
@@ -141,12 +139,6 @@ def reject_scores(
     return references.similarity(embeddings, rule.k)
 
 
-def label_set(row: np.ndarray, thresholds: list[float] | np.ndarray) -> list[int]:
-    """Classes of one row of sigmoid probabilities that reach their thresholds, most probable first."""
-    chosen = np.flatnonzero(row >= np.asarray(thresholds))
-    return [int(i) for i in chosen[np.argsort(-row[chosen], kind="stable")]]
-
-
 def is_rejected(rule: RejectRule | None, score: float | None) -> bool:
     """Whether an image with this reject score is answered UNKNOWN (never without a rule or a score)."""
     return rule is not None and score is not None and bool(score < rule.threshold)
@@ -168,10 +160,8 @@ def answer_keys(
     for index, row in enumerate(probabilities):
         if is_rejected(config.reject, None if scores is None else float(scores[index])):
             keys.append(UNKNOWN)
-        elif config.task == "multilabel":
-            keys.append(tuple(label_set(row, config.thresholds or [])))
         else:
-            keys.append((int(np.argmax(row)),))
+            keys.append(config.task_type.answer(row, config.thresholds))
     return keys
 
 

@@ -23,7 +23,7 @@ from PIL import Image
 from tlearn.data.decoding import BatchDecoder, default_workers
 from tlearn.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageDecodeError, to_rgb
 from tlearn.data.preprocess import EvalPreprocess, Preprocessing
-from tlearn.engines.answers import UNKNOWN, KnnReferences, is_rejected, label_set, needs_embeddings, reject_scores
+from tlearn.engines.answers import UNKNOWN, KnnReferences, is_rejected, needs_embeddings, reject_scores
 from tlearn.runs.model_dir import ModelConfig
 from tlearn.util.progress import Progress
 
@@ -328,7 +328,7 @@ class InferenceEngine(ABC):
     ) -> Prediction:
         """The model's answer for one image from its row of probabilities and its reject score.
 
-        The top-k classes always; a multi-label model's label set (`tlearn.engines.answers.label_set`); under a
+        The top-k classes always; a multi-label model's label set (`Task.label_set`); under a
         reject rule the score, and "unknown" below the rule's threshold unless `reject` is False.
 
         Example:
@@ -337,8 +337,8 @@ class InferenceEngine(ABC):
              'unknown': True, 'reject_score': 0.1}
         """
         prediction = self.top_k(source, row, top_k)
-        if self.config.task == "multilabel":
-            chosen = label_set(row, self.config.thresholds or [])
+        chosen = self.config.task_type.label_set(row, self.config.thresholds)
+        if chosen is not None:  # a model that answers with label sets
             prediction.label_set = [self.classes[i] for i in chosen]
             prediction.label_set_probabilities = [float(row[i]) for i in chosen]
         if score is not None and self.config.reject is not None:

@@ -13,20 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from tlearn.data.discovery import DataSource, discover_for_evaluation
 from tlearn.errors import DataError
-from tlearn.evaluation.metrics import classification_metrics
-from tlearn.evaluation.multilabel import multilabel_metrics
 from tlearn.evaluation.rejection import selective_metrics
-from tlearn.runs.layout import (
-    LABEL_SET_SEPARATOR,
-    RunFolder,
-    multilabel_prediction_rows,
-    prediction_columns,
-    prediction_rows,
-)
+from tlearn.runs.layout import RunFolder, prediction_columns
+from tlearn.runs.summary import EvaluationSummary, write_summary
 from tlearn.util import atomic
 from tlearn.util.progress import Progress
 
@@ -91,10 +82,9 @@ def evaluate_folder(
     """
     progress = progress or Progress()
     started = time.perf_counter()
-    multilabel = engine.config.task == "multilabel"
-    source, split_name = discover_for_evaluation(
-        data, split=settings.split, follow_links=settings.follow_links, task="multilabel" if multilabel else "auto"
-    )
+    task = engine.config.task_type
+    # Label sets are read as they are; a single-label model is judged on each image's first label.
+    source, split_name = discover_for_evaluation(data, split=settings.split, follow_links=settings.follow_links)
     unknown = sorted({name for image in source.images for name in image.labels} - set(engine.classes))
     if unknown:
         raise DataError(
@@ -110,21 +100,16 @@ def evaluate_folder(
     if not usable:
         raise DataError(f"{source.root}: none of the {len(paths)} image(s) could be decoded")
     relpaths = [source.images[p].relpath for p in usable]
-    if multilabel:
-        targets = np.zeros((len(usable), len(index)), dtype=np.float32)
-        for row, position in enumerate(usable):
-            targets[row, [index[name] for name in source.images[position].labels]] = 1.0
-        thresholds = engine.config.thresholds or []
-        metrics = {split_name: multilabel_metrics(targets, probabilities[usable], thresholds, engine.classes)}
-        predictions = multilabel_prediction_rows(relpaths, targets, probabilities[usable], thresholds, engine.classes)
-    else:
-        labels = np.asarray([index[source.images[p].label] for p in usable], dtype=np.int64)
-        metrics = {split_name: classification_metrics(labels, probabilities[usable], engine.classes)}
-        predictions = prediction_rows(relpaths, labels, probabilities[usable], engine.classes)
-        rule = engine.config.reject
-        if rule is not None and scores is not None:  # coverage and accuracy of the answers the rule lets through
-            correct = probabilities[usable].argmax(axis=1) == labels
-            metrics[split_name]["reject"] = selective_metrics(scores[usable], correct, rule.threshold, rule.score)
+    targets = task.targets(
+        [tuple(index[name] for name in source.images[p].labels) for p in usable], len(engine.classes)
+    )
+    thresholds = engine.config.thresholds
+    metrics = {split_name: task.metrics(targets, probabilities[usable], engine.classes, thresholds)}
+    predictions = task.prediction_rows(relpaths, targets, probabilities[usable], engine.classes, thresholds)
+    rule = engine.config.reject
+    if rule is not None and scores is not None:  # coverage and accuracy of the answers the rule lets through
+        correct = task.right(probabilities[usable], targets, thresholds)
+        metrics[split_name]["reject"] = selective_metrics(scores[usable], correct, rule.threshold, rule.score)
     skipped = [{"path": source.images[p].relpath, "reason": reason} for p, reason in sorted(failures.items())]
     seconds = time.perf_counter() - started
     return Evaluation(split_name, metrics, predictions, skipped, source, tta=settings.tta, seconds=seconds)
@@ -136,12 +121,8 @@ def write_evaluation(evaluation: Evaluation, out: Path, engine: InferenceEngine)
     classes = engine.classes
     atomic.write_json(files.metrics, evaluation.metrics)
     atomic.write_csv(files.predictions, evaluation.predictions, prediction_columns(classes, with_split=False))
-    multilabel = engine.config.task == "multilabel"
-    counts = Counter(
-        name
-        for row in evaluation.predictions
-        for name in (row["label"].split(LABEL_SET_SEPARATOR) if multilabel else [row["label"]])
-    )
+    task = engine.config.task_type
+    counts = Counter(name for row in evaluation.predictions for name in task.label_names(row["label"]))
     root = evaluation.source.root if evaluation.source else None
     atomic.write_json(
         files.data_report,
@@ -153,14 +134,14 @@ def write_evaluation(evaluation: Evaluation, out: Path, engine: InferenceEngine)
             "ignored": evaluation.source.ignored if evaluation.source else [],
         },
     )
-    atomic.write_json(
+    write_summary(
         files.evaluation,
-        {
-            "model": str(engine.path.resolve()) if engine.path else None,
-            "data": str(root),
-            "split": evaluation.split,
-            "tta": evaluation.tta,
-            "seconds": round(evaluation.seconds, 3),
-            "model_config": engine.config.model_dump(mode="json"),
-        },
+        EvaluationSummary(
+            model=str(engine.path.resolve()) if engine.path else None,
+            data=str(root),
+            split=evaluation.split,
+            tta=evaluation.tta,
+            seconds=round(evaluation.seconds, 3),
+            config=engine.config.model_dump(mode="json"),
+        ),
     )

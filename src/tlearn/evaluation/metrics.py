@@ -78,28 +78,3 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, classe
         "classes": list(classes),
         "n": len(labels),
     }
-
-
-def headline(metrics: dict[str, Any]) -> str:
-    """One console line of a split's figures (single- or multi-label, with the reject rule's when there is one).
-
-    Example:
-        >>> headline({"accuracy": 0.95, "balanced_accuracy": 0.94, "macro_f1": 0.945, "n": 153})
-        'accuracy 0.9500  balanced 0.9400  macro F1 0.9450  (n=153)'
-    """
-    if metrics.get("task") == "multilabel":
-        return (
-            f"mAP {metrics['mAP']:.4f}  subset accuracy {metrics['subset_accuracy']:.4f}  micro F1 "
-            f"{metrics['micro_f1']:.4f}  macro F1 {metrics['macro_f1']:.4f}  (n={metrics['n']})"
-        )
-    line = (
-        f"accuracy {metrics['accuracy']:.4f}  balanced {metrics['balanced_accuracy']:.4f}  "
-        f"macro F1 {metrics['macro_f1']:.4f}  (n={metrics['n']})"
-    )
-    reject = metrics.get("reject")
-    if reject and reject.get("selective_accuracy") is not None:
-        line += (
-            f"; answered {reject['coverage']:.0%} ({reject['score']} score >= {reject['threshold']:.4g}) "
-            f"with accuracy {reject['selective_accuracy']:.4f}"
-        )
-    return line

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tlearn.errors import TlearnError
-from tlearn.report.multilabel import is_multilabel
 from tlearn.runs.layout import RunFolder
 from tlearn.runs.records import RunRecords, read_run
 from tlearn.util import atomic
@@ -51,7 +50,9 @@ NUMERIC = {
     "model size",
 }
 OPTIONAL = ("mAP", "ECE", "answered")  # shown only when at least one run has the figure
-SUBSET_ACCURACY = "subset accuracy"  # the accuracy column's heading when every run is multi-label
+# By task name: the accuracy column's heading when every run shares the task, and what the mode column adds.
+ACCURACY_HEADINGS = {"multiclass": "accuracy", "multilabel": "subset accuracy"}
+TASK_MODE_NOTES = {"multiclass": "", "multilabel": " + multi-label"}
 
 
 @dataclass
@@ -70,7 +71,7 @@ class RunSummary:
     macro_f1: float | None
     ece: float | None
     model_bytes: int | None
-    multilabel: bool = False
+    task: str = "multiclass"  # the task's name (`tlearn.evaluation.tasks`)
     mean_ap: float | None = None  # multi-label runs: mean average precision
     coverage: float | None = None  # runs with a reject rule: the share of images answered
 
@@ -108,27 +109,27 @@ def summarize_run(folder: str | Path) -> RunSummary:
     training = _training_run(records)
     metrics = records.metrics[records.split]
     config = records.model_config
-    mode = config.mode if config else records.summary.get("mode", "?")
+    trained = training.summary if training else None
+    mode = config.mode if config else (trained.model if trained else "?")
     if config and config.temperature != 1.0:
         mode += " + calibrated"
-    if records.summary.get("tta"):
+    if records.evaluation is not None and records.evaluation.tta:
         mode += " + TTA"
-    multilabel = is_multilabel(metrics)
-    if multilabel:
-        mode += " + multi-label"
+    task = records.task
+    mode += TASK_MODE_NOTES[task.name]
     return RunSummary(
         run=str(folder),
         backbone=config.backbone.get("name", "?") if config else "?",
         mode=mode,
         epochs=max(row["epoch"] for row in training.history) if training and training.history else None,
-        seconds=training.summary.get("seconds") if training else None,
+        seconds=trained.seconds if trained else None,
         split=records.split,
         images=metrics.get("n"),
-        accuracy=metrics.get("subset_accuracy", metrics.get("accuracy")) if multilabel else metrics.get("accuracy"),
+        accuracy=metrics.get("accuracy"),  # a multi-label run's is its subset accuracy
         macro_f1=metrics.get("macro_f1"),
         ece=metrics.get("ece"),
         model_bytes=records.model_bytes,
-        multilabel=multilabel,
+        task=task.name,
         mean_ap=metrics.get("mAP"),
         coverage=(metrics.get("reject") or {}).get("coverage"),
     )
@@ -141,9 +142,11 @@ def table_columns(summaries: Sequence[RunSummary]) -> list[str]:
 
 
 def _headings(columns: Sequence[str], summaries: Sequence[RunSummary]) -> list[str]:
-    """Column headings: "subset accuracy" for the accuracy of a table of multi-label runs only."""
-    every_multilabel = bool(summaries) and all(summary.multilabel for summary in summaries)
-    return [SUBSET_ACCURACY if column == "accuracy" and every_multilabel else column for column in columns]
+    """Column headings: the accuracy column is headed by what it holds when every run shares a task ("subset
+    accuracy" for multi-label runs), "accuracy" otherwise."""
+    tasks = {summary.task for summary in summaries}
+    accuracy = ACCURACY_HEADINGS[tasks.pop()] if len(tasks) == 1 else "accuracy"
+    return [accuracy if column == "accuracy" else column for column in columns]
 
 
 def markdown_table(summaries: Sequence[RunSummary]) -> str:
@@ -233,7 +236,9 @@ def _training_run(records: RunRecords) -> RunRecords | None:
     if not records.is_evaluation:
         return records
     run_folder = records.model_path.parent if records.model_path else None
-    return read_run(run_folder) if run_folder and RunFolder(run_folder).summary.is_file() else None
+    if run_folder is None or not RunFolder(run_folder).summary.is_file():
+        return None
+    return read_run(run_folder)
 
 
 def _markdown_cell(text: str) -> str:

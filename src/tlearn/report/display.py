@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tlearn.report.multilabel import is_multilabel
 from tlearn.report.page import render_page
 from tlearn.report.thumbnails import data_uri
 from tlearn.runs.layout import RunFolder
@@ -58,6 +57,9 @@ MULTILABEL_HEADLINE = (
     ("micro F1", "micro_f1"),
     ("macro F1", "macro_f1"),
 )
+# By task name (`tlearn.evaluation.tasks`): the table's columns and the one-line summary's figures.
+TASK_COLUMNS = {"multiclass": SINGLE_LABEL_COLUMNS, "multilabel": MULTILABEL_COLUMNS}
+TASK_HEADLINE = {"multiclass": SINGLE_LABEL_HEADLINE, "multilabel": MULTILABEL_HEADLINE}
 
 
 @dataclass(frozen=True, repr=False)
@@ -96,7 +98,7 @@ class RunReport:
     def __repr__(self) -> str:
         records = read_run(self.folder)
         headline = records.metrics[records.split]
-        names = MULTILABEL_HEADLINE if is_multilabel(headline) else SINGLE_LABEL_HEADLINE
+        names = TASK_HEADLINE[records.task.name]
         figures = [f"{name} {_text(headline.get(key), _decimals)}" for name, key in names]
         reject = headline.get("reject")
         if reject:
@@ -109,8 +111,7 @@ class RunReport:
 
 def metrics_table(records: RunRecords) -> dict[str, Any]:
     """Every evaluated split's headline figures as text: `headings` and `rows` (split, images, figures...)."""
-    multilabel = is_multilabel(records.metrics[records.split])
-    columns = MULTILABEL_COLUMNS if multilabel else SINGLE_LABEL_COLUMNS
+    columns = TASK_COLUMNS[records.task.name]
     with_reject = any(values.get("reject") for values in records.metrics.values())
     rows = []
     for split, values in records.metrics.items():

@@ -107,11 +107,9 @@ def head_search_curves(candidates: Sequence[dict[str, float]], chosen_c: float) 
         True
     """
     strengths = np.array([row["c"] for row in candidates], dtype=float)
-    # A multi-label head scores its candidates by subset accuracy (the whole label set right).
-    accuracy = "accuracy" if "cv_accuracy" in candidates[0] else "subset_accuracy"
     figure = Figure(figsize=(10, 4), dpi=DPI)
     figure.subplots_adjust(**_TWO_PANEL_MARGINS)
-    for axes, metric in zip(figure.subplots(1, 2), ("loss", accuracy), strict=True):
+    for axes, metric in zip(figure.subplots(1, 2), ("loss", "accuracy"), strict=True):
         axes.plot(
             strengths,
             [row[f"cv_{metric}"] for row in candidates],
@@ -129,7 +127,7 @@ def head_search_curves(candidates: Sequence[dict[str, float]], chosen_c: float) 
         axes.set_xlabel("C (inverse L2 strength; weaker regularisation to the right)")
         axes.set_title(f"linear head: {metric.replace('_', ' ')}")
         axes.grid(alpha=0.3)
-        axes.legend(loc="lower left" if metric == accuracy else "upper right", fontsize=8)  # "best" is slow
+        axes.legend(loc="lower left" if metric == "accuracy" else "upper right", fontsize=8)  # "best" is slow
     return _png(figure)
 
 

@@ -1,7 +1,8 @@
 """What the report shows of a multi-label run, read from its files: label sets, baselines, precision–recall curves.
 
 A multi-label run's `predictions.csv` has the columns of a single-label run's, but `label` and `predicted` hold
-label sets joined by `LABEL_SET_SEPARATOR` and the thresholds are per class (in `metrics.json`). Accuracy's
+label sets joined by `tlearn.evaluation.tasks.LABEL_SET_SEPARATOR` and the thresholds are per class (in
+`metrics.json`). Accuracy's
 confusion matrix and calibration do not apply; what does is how well each class's probability ranks its images
 (precision–recall, AP) and which images got the most wrong label sets. Pure functions of rows and metrics: the
 page adds thumbnails and draws the figures.
@@ -18,14 +19,8 @@ import numpy as np
 
 from tlearn.errors import TlearnError
 from tlearn.evaluation.multilabel import worst_label_sets
-from tlearn.runs.layout import LABEL_SET_SEPARATOR, PREDICTIONS_FILE
-
-MULTILABEL_TASK = "multilabel"  # `task` of a multi-label split in metrics.json
-
-
-def is_multilabel(metrics: dict[str, Any]) -> bool:
-    """True for one split's metrics.json values of a multi-label run."""
-    return metrics.get("task") == MULTILABEL_TASK
+from tlearn.evaluation.tasks import MULTI_LABEL
+from tlearn.runs.layout import PREDICTIONS_FILE
 
 
 def label_set(cell: str) -> list[str]:
@@ -35,7 +30,7 @@ def label_set(cell: str) -> list[str]:
         >>> label_set("pool|garage"), label_set("")
         (['pool', 'garage'], [])
     """
-    return [name for name in cell.split(LABEL_SET_SEPARATOR) if name]
+    return MULTI_LABEL.label_names(cell)
 
 
 def label_targets(rows: Sequence[dict[str, str]], classes: Sequence[str]) -> np.ndarray:

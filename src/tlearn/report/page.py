@@ -32,7 +32,6 @@ from tlearn.evaluation.intervals import smallest_detectable_difference
 from tlearn.evaluation.metrics import classification_metrics
 from tlearn.report.multilabel import (
     class_probabilities,
-    is_multilabel,
     label_set,
     label_targets,
     multilabel_baseline,
@@ -42,7 +41,7 @@ from tlearn.report.multilabel import (
     wrong_label_sets,
 )
 from tlearn.report.thumbnails import data_uri, thumbnail
-from tlearn.runs.layout import IMAGENET_FILE, RunFolder
+from tlearn.runs.layout import IMAGENET_FILE, RunFolder, evaluated_set
 from tlearn.runs.records import RunRecords, read_run
 from tlearn.util import atomic
 from tlearn.util.progress import Progress
@@ -75,10 +74,7 @@ def write_report(folder: str | Path, *, progress: Progress | None = None) -> Pat
     records = read_run(folder)
     split = records.split
     rows = records.split_predictions(split)
-    if is_multilabel(records.metrics[split]):
-        figures, task_context = _multilabel_sections(records, rows)
-    else:
-        figures, task_context = _single_label_sections(records, rows)
+    figures, task_context = TASK_SECTIONS[records.task.name](records, rows)
     figures = {**_training_figure(records), **figures}
     unknown = _unknown_panel(records)
     if unknown and unknown["curve"]:
@@ -90,7 +86,7 @@ def write_report(folder: str | Path, *, progress: Progress | None = None) -> Pat
         "report.html",
         records=records,
         split=split,
-        where=split_description(split),
+        where=evaluated_set(split).description,
         title=records.folder.resolve().name,
         figures={name: data_uri(png, "image/png") for name, png in figures.items()},
         unknown=unknown,
@@ -175,6 +171,11 @@ def _multilabel_sections(records: RunRecords, rows: list[dict[str, str]]) -> tup
     return drawn, context
 
 
+# The sections that differ between the tasks, by `Task.name`: a multi-label run has no confusion matrix or
+# calibration, but precision–recall curves per class and the most wrong label sets.
+TASK_SECTIONS = {"multiclass": _single_label_sections, "multilabel": _multilabel_sections}
+
+
 def majority_baseline(records: RunRecords) -> dict[str, Any]:
     """What always answering the most common class scores on the evaluated split.
 
@@ -188,7 +189,7 @@ def majority_baseline(records: RunRecords) -> dict[str, Any]:
     if train_counts:
         majority, source = classes.index(max(train_counts, key=train_counts.get)), "the training split"
     else:
-        majority, source = int(support.argmax()), split_description(split)
+        majority, source = int(support.argmax()), evaluated_set(split).description
     labels = np.repeat(np.arange(len(classes)), support)
     constant = np.eye(len(classes))[np.full(len(labels), majority)]
     metrics = classification_metrics(labels, constant, classes)
@@ -200,16 +201,6 @@ def majority_baseline(records: RunRecords) -> dict[str, Any]:
         "macro_f1": metrics["macro_f1"],
         "chance": 1 / len(classes),
     }
-
-
-def split_description(split: str) -> str:
-    """How the report names a split: "the test split", "the whole folder" for an evaluation's "all", the
-    cross-validation for a linear head's "cv"."""
-    if split == "all":
-        return "the whole folder"
-    if split == "cv":
-        return "cross-validation over train + val"
-    return f"the {split} split"
 
 
 def _resolution(metrics: dict[str, Any], *, measure: str = "accuracy") -> str | None:
@@ -251,45 +242,47 @@ def _audit_panel(records: RunRecords) -> dict[str, Any] | None:
     }
 
 
+FINAL_FIT_SENTENCES = {
+    "train+val": "The shipped model was then fitted again on train + val, with the same settings.",
+    "all": "The shipped model was then fitted again on every image, test split included, after the test split "
+    "had been measured: the test figures describe the model before that last fit.",
+    "train": "The shipped model is the one fitted on the training split (--final-fit train).",
+}
+
+
 def _choice_panel(records: RunRecords) -> dict[str, Any] | None:
     """Linear head against fine-tuning: what each scored on the same validation images and which was kept."""
-    stages = records.summary.get("stages")
-    if not stages:
-        return None
-    final = {
-        "train+val": "The shipped model was then fitted again on train + val, with the same settings.",
-        "all": "The shipped model was then fitted again on every image, test split included, after the test split "
-        "had been measured: the test figures describe the model before that last fit.",
-        "train": "The shipped model is the one fitted on the training split (--final-fit train).",
-    }.get(records.summary.get("final_fit") or "", "")
-    linear = stages.get("linear", {})
-    if "selection" not in stages:
-        skipped = stages.get("finetune_skipped", "")
-        return {"lead": f"The linear head was kept; fine-tuning did not run: {skipped}.", "rows": [], "final": final}
-    selection, tuned = stages["selection"], stages.get("finetune", {})
+    summary = records.summary
+    if summary is None or summary.head is None or (summary.selection is None and summary.finetune_skipped is None):
+        return None  # nothing was chosen (an evaluation, or a run written by hand)
+    final = FINAL_FIT_SENTENCES.get(summary.final_fit or "", "")
+    head, selection, tuned = summary.head, summary.selection, summary.finetune
+    if selection is None or tuned is None:
+        lead = f"The linear head was kept; fine-tuning did not run: {summary.finetune_skipped}."
+        return {"lead": lead, "rows": [], "final": final}
     rows = [
         {
-            "name": f"linear head (C = {linear.get('c')}, cross-validated)",
-            "images": selection["images"],
-            "right": round(selection["linear_accuracy"] * selection["images"]),
-            "accuracy": selection["linear_accuracy"],
-            "loss": selection["linear_loss"],
-            "seconds": linear.get("seconds"),
-            "kept": selection["kept"] == "linear",
+            "name": f"linear head (C = {head.c}, cross-validated)",
+            "images": selection.images,
+            "right": round(selection.linear_accuracy * selection.images),
+            "accuracy": selection.linear_accuracy,
+            "loss": selection.linear_loss,
+            "seconds": head.seconds,
+            "kept": selection.kept == "linear",
         },
         {
-            "name": f"fine-tuned ({tuned.get('epochs')} epochs, best epoch {tuned.get('best_epoch')})",
-            "images": selection["images"],
-            "right": round(selection["finetune_accuracy"] * selection["images"]),
-            "accuracy": selection["finetune_accuracy"],
-            "loss": selection["finetune_loss"],
-            "seconds": tuned.get("seconds"),
-            "kept": selection["kept"] == "finetune",
+            "name": f"fine-tuned ({tuned.epochs} epochs, best epoch {tuned.best_epoch})",
+            "images": selection.images,
+            "right": round(selection.finetune_accuracy * selection.images),
+            "accuracy": selection.finetune_accuracy,
+            "loss": selection.finetune_loss,
+            "seconds": tuned.seconds,
+            "kept": selection.kept == "finetune",
         },
     ]
-    reason = selection["reason"]
+    reason = selection.reason
     lead = f"Both candidates were scored on the same validation images. {reason[0].upper()}{reason[1:]}."
-    if selection["kept"] != selection["chosen"]:
+    if selection.kept != selection.chosen:
         lead += " The fine-tuned network was kept because --mode finetune asked for it."
     return {"lead": lead, "rows": rows, "final": final}
 
@@ -310,12 +303,15 @@ def _training_figure(records: RunRecords) -> dict[str, bytes]:
     """The training curves: per epoch for a fine-tuned run, against the L2 strengths tried for a linear head."""
     from tlearn.report import figures  # deferred: see _single_label_sections
 
+    summary = records.summary
+    if summary is None:
+        return {}
     if len(records.history) > 1:
-        best_epoch = records.summary.get("finetune", {}).get("best_epoch")
+        best_epoch = summary.finetune.best_epoch if summary.finetune else None
         return {"training_curves": figures.training_curves(records.history, best_epoch=best_epoch)}
-    if records.summary.get("head", {}).get("candidates"):
-        head = records.summary["head"]
-        return {"training_curves": figures.head_search_curves(head["candidates"], head["c"])}
+    if summary.head is not None and summary.head.candidates:
+        rows = [row.model_dump() for row in summary.head.candidates]
+        return {"training_curves": figures.head_search_curves(rows, summary.head.c)}
     return {}
 
 
@@ -330,7 +326,9 @@ def _unknown_panel(records: RunRecords) -> dict[str, Any] | None:
     rule = records.model_config.reject if records.model_config else None
     curve = judged.get("curve") or {}
     where = (
-        "these images" if judged["split"] == records.split else f"the images of {split_description(judged['split'])}"
+        "these images"
+        if judged["split"] == records.split
+        else f"the images of {evaluated_set(judged['split']).description}"
     )
     headline = f"With its reject rule the model answered {_percent(judged.get('coverage'))} of {where}"
     if judged.get("selective_accuracy") is not None:
@@ -340,7 +338,7 @@ def _unknown_panel(records: RunRecords) -> dict[str, Any] | None:
     return {
         "splits": splits,
         "judged": judged,
-        "where": split_description(judged["split"]),
+        "where": evaluated_set(judged["split"]).description,
         "headline": headline,
         "score": _reject_score_words(judged.get("score") or (rule.score if rule else None), rule.k if rule else None),
         "target": dict(rule.target) if rule else {},

@@ -6,11 +6,11 @@ report, `compare` and export all ask it. A run directory holds:
     model/               the trained model (see `tlearn.runs.model_dir`)
     metrics.json         per evaluated split
     history.csv          one `HistoryRow` per epoch (epoch 0: the linear head)
-    predictions.csv      one `prediction_rows` row per evaluated image
+    predictions.csv      one row per evaluated image (`prediction_columns`)
     data_report.json     what the data check found
     splits.json          which file went to which split
     config.yaml          the resolved configuration
-    run.json             timings, head search, model size (an evaluation writes evaluation.json instead)
+    run.json             what training decided (`tlearn.runs.summary`; an evaluation writes evaluation.json)
     imagenet.json        the original ImageNet model's answers for the report's sample images
     audit.json           the data audit (likely label errors, near-duplicates, outliers), review.csv to edit
     report.html, figures/, tb/, checkpoints/
@@ -22,8 +22,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 MODEL_DIR = "model"
 METRICS_FILE = "metrics.json"
@@ -194,6 +192,42 @@ class HistoryRow:
         return {column: values[column] for column in HISTORY_COLUMNS}
 
 
+@dataclass(frozen=True)
+class EvaluatedSet:
+    """A set of images a run or evaluation reports figures on: a key of `metrics.json` and a split of the rows of
+    `predictions.csv`.
+
+    Besides the data's own splits, a training run reports "cv": every train and val image scored by a linear
+    head that never saw it (the head's cross-validation), and an evaluation of a whole folder reports "all".
+    """
+
+    name: str
+    splits: tuple[str, ...]  # the data splits whose images it covers, in this order
+    description: str  # how the report names it
+
+
+EVALUATED_SETS = {
+    evaluated.name: evaluated
+    for evaluated in (
+        EvaluatedSet("train", ("train",), "the train split"),
+        EvaluatedSet("val", ("val",), "the val split"),
+        EvaluatedSet("test", ("test",), "the test split"),
+        EvaluatedSet("cv", ("train", "val"), "cross-validation over train + val"),
+        EvaluatedSet("all", ("all",), "the whole folder"),
+    )
+}
+
+
+def evaluated_set(name: str) -> EvaluatedSet:
+    """The evaluated set a `metrics.json` key names (an unknown name: a split of that name).
+
+    Example:
+        >>> evaluated_set("cv").splits, evaluated_set("test").description
+        (('train', 'val'), 'the test split')
+    """
+    return EVALUATED_SETS.get(name) or EvaluatedSet(name, (name,), f"the {name} split")
+
+
 def report_split(splits: Sequence[str]) -> str:
     """The split a run is judged on: its test split when there is one, else the linear head's cross-validation
     over train + val ("cv": more images than val alone), else val; an evaluation's only split otherwise.
@@ -206,7 +240,8 @@ def report_split(splits: Sequence[str]) -> str:
 
 
 def prediction_columns(classes: Sequence[str], *, with_split: bool) -> list[str]:
-    """The columns of `predictions.csv` (a training run's rows carry their split, an evaluation's do not)."""
+    """The columns of `predictions.csv` (a training run's rows carry their split, an evaluation's do not); the
+    rows are the task's (`tlearn.evaluation.tasks.Task.prediction_rows`)."""
     return [
         "path",
         *(["split"] if with_split else []),
@@ -215,61 +250,6 @@ def prediction_columns(classes: Sequence[str], *, with_split: bool) -> list[str]
         "confidence",
         *[f"p_{name}" for name in classes],
     ]
-
-
-def prediction_rows(
-    relpaths: Sequence[str],
-    labels: Sequence[int],
-    probabilities: np.ndarray,
-    classes: Sequence[str],
-    *,
-    split: str | None = None,
-) -> list[dict[str, Any]]:
-    """Rows of `predictions.csv` for one split: true label, prediction, confidence, every class probability."""
-    rows = []
-    for relpath, label, row in zip(relpaths, labels, probabilities, strict=True):
-        rows.append(
-            {
-                "path": relpath,
-                **({"split": split} if split is not None else {}),
-                "label": classes[label],
-                "predicted": classes[int(row.argmax())],
-                "confidence": round(float(row.max()), 6),
-                **{f"p_{name}": round(float(value), 6) for name, value in zip(classes, row, strict=True)},
-            }
-        )
-    return rows
-
-
-LABEL_SET_SEPARATOR = "|"  # between the labels of one image in predictions.csv (multi-label runs)
-
-
-def multilabel_prediction_rows(
-    relpaths: Sequence[str],
-    targets: np.ndarray,
-    probabilities: np.ndarray,
-    thresholds: Sequence[float],
-    classes: Sequence[str],
-    *,
-    split: str | None = None,
-) -> list[dict[str, Any]]:
-    """Rows of a multi-label run's `predictions.csv`, in the same columns as a single-label run's: `label` and
-    `predicted` hold label sets joined by `LABEL_SET_SEPARATOR` (most probable first), `confidence` the
-    highest class probability."""
-    rows = []
-    for relpath, given, row in zip(relpaths, targets, probabilities, strict=True):
-        decided = [k for k in np.argsort(-row, kind="stable") if row[k] >= thresholds[k]]
-        rows.append(
-            {
-                "path": relpath,
-                **({"split": split} if split is not None else {}),
-                "label": LABEL_SET_SEPARATOR.join(classes[k] for k in np.flatnonzero(given)),
-                "predicted": LABEL_SET_SEPARATOR.join(classes[k] for k in decided),
-                "confidence": round(float(row.max()), 6),
-                **{f"p_{name}": round(float(value), 6) for name, value in zip(classes, row, strict=True)},
-            }
-        )
-    return rows
 
 
 def sample_rows(rows: Sequence[dict[str, str]], count: int) -> list[dict[str, str]]:

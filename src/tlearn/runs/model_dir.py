@@ -27,6 +27,7 @@ from safetensors.numpy import save as save_numpy_safetensors
 from tlearn import __version__
 from tlearn.data.preprocess import Preprocessing
 from tlearn.errors import ModelFileError
+from tlearn.evaluation.tasks import Task, task_named
 from tlearn.runs.layout import MODEL_DIR
 from tlearn.runs.lifecycle import is_incomplete_run
 from tlearn.util import atomic
@@ -83,6 +84,11 @@ class ModelConfig(BaseModel):
     def preprocessing_spec(self) -> Preprocessing:
         """The preprocessing as an object."""
         return Preprocessing.from_dict(self.preprocessing)
+
+    @property
+    def task_type(self) -> Task:
+        """What `task` names: how the model's outputs become probabilities and answers."""
+        return task_named(self.task)
 
 
 def linear_model_state(
@@ -229,18 +235,11 @@ def check_model_config(config: ModelConfig, where: str) -> None:
 
 
 def _check_answers(config: ModelConfig, where: str, fix: str) -> None:
-    """A multi-label model needs one threshold in [0, 1] per class; a reject threshold must be a number."""
-    thresholds = config.thresholds
-    if config.task == "multilabel":
-        if thresholds is None or len(thresholds) != len(config.classes):
-            count = "none" if thresholds is None else len(thresholds)
-            raise ModelFileError(
-                f"{where}: a multilabel model needs one threshold per class ({len(config.classes)}), got {count}; {fix}"
-            )
-        if not all(math.isfinite(value) and 0.0 <= value <= 1.0 for value in thresholds):
-            raise ModelFileError(f"{where}: thresholds must be probabilities between 0 and 1, got {thresholds}; {fix}")
-    elif thresholds is not None:
-        raise ModelFileError(f"{where}: thresholds are only used by multilabel models (this is {config.task}); {fix}")
+    """Thresholds as the task needs them (one probability per class for a multi-label model, none otherwise);
+    a reject threshold must be a number."""
+    problem = config.task_type.threshold_problem(config.thresholds, len(config.classes))
+    if problem:
+        raise ModelFileError(f"{where}: {problem}; {fix}")
     if config.reject is not None and not math.isfinite(config.reject.threshold):
         raise ModelFileError(f"{where}: reject threshold {config.reject.threshold} must be a finite number; {fix}")
 

@@ -19,8 +19,10 @@ import numpy as np
 import yaml
 
 from tlearn.errors import ModelFileError, TlearnError
+from tlearn.evaluation.tasks import Task, measured_by
 from tlearn.runs.layout import RunFolder, report_split
 from tlearn.runs.model_dir import WEIGHTS_FILE, ModelConfig, read_config
+from tlearn.runs.summary import EvaluationSummary, RunSummary, read_evaluation_summary, read_run_summary
 from tlearn.util import atomic
 
 # One sample image's answer from the original ImageNet model: (class name, probability) pairs, best first.
@@ -42,7 +44,8 @@ class RunRecords:
     predictions: list[dict[str, str]]  # rows of predictions.csv
     data_report: dict[str, Any]
     history: list[dict[str, Any]]  # rows of history.csv with numbers parsed (empty for an evaluation)
-    summary: dict[str, Any]  # run.json of a training run; evaluation.json of an evaluation
+    summary: RunSummary | None  # run.json of a training run (None for an evaluation)
+    evaluation: EvaluationSummary | None  # evaluation.json of an evaluation (None for a training run)
     model_path: Path | None  # the model directory (or an evaluation's exported model file), if known
     model_config: ModelConfig | None
     imagenet: dict[str, Any]  # imagenet.json: {"answers": {relpath: ImagenetAnswer}} or {"reason": why none}
@@ -51,7 +54,12 @@ class RunRecords:
     @property
     def is_evaluation(self) -> bool:
         """True for a `tlearn evaluate` folder, False for a training run."""
-        return RunFolder(self.folder).evaluation.is_file()
+        return self.evaluation is not None
+
+    @property
+    def task(self) -> Task:
+        """The task the figures were measured for (single- or multi-label), as metrics.json says."""
+        return measured_by(self.metrics[self.split])
 
     @property
     def split(self) -> str:
@@ -83,8 +91,8 @@ class RunRecords:
     @property
     def model_bytes(self) -> int | None:
         """Size of the model's weights file."""
-        if "model_bytes" in self.summary:
-            return int(self.summary["model_bytes"])
+        if self.summary is not None and self.summary.model_bytes is not None:
+            return self.summary.model_bytes
         if self.model_path is None:
             return None
         weights = self.model_path / WEIGHTS_FILE if self.model_path.is_dir() else self.model_path
@@ -103,11 +111,11 @@ def read_run(folder: str | Path) -> RunRecords:
         raise TlearnError(
             f"{folder}: no metrics.json; expected the folder of `tlearn train --out` or `tlearn evaluate --out`"
         )
-    evaluation = _json(files.evaluation)
-    summary = evaluation or _json(files.summary)
+    evaluation = read_evaluation_summary(files.evaluation)
+    summary = None if evaluation else read_run_summary(files.summary)
     if evaluation:  # the model may be a directory or an exported file; its config travels with the evaluation
-        model_path = Path(evaluation["model"]) if evaluation.get("model") else None
-        model_config = ModelConfig.model_validate(evaluation["model_config"])
+        model_path = Path(evaluation.model) if evaluation.model else None
+        model_config = ModelConfig.model_validate(evaluation.config)
     else:
         model_path = files.model
         try:
@@ -121,6 +129,7 @@ def read_run(folder: str | Path) -> RunRecords:
         data_report=_json(files.data_report),
         history=[_parse_history_row(row) for row in _csv(files.history)],
         summary=summary,
+        evaluation=evaluation,
         model_path=model_path,
         model_config=model_config,
         imagenet=_json(files.imagenet),

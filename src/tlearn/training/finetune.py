@@ -52,14 +52,13 @@ from tlearn.data.checks import LabelledFiles
 from tlearn.data.decoding import BatchDecoder, default_workers
 from tlearn.engines.torch_engine import Classifier
 from tlearn.errors import TlearnError
-from tlearn.evaluation.multilabel import binary_log_loss, mean_average_precision
+from tlearn.evaluation.tasks import Task
 from tlearn.runs.layout import HistoryRow
 from tlearn.runs.model_dir import ModelConfig
 from tlearn.training.checkpoint import TrainingState, has_checkpoint, load_checkpoint, save_checkpoint
 from tlearn.training.context import TrainingContext
 from tlearn.training.distributed import DistributedContext, unshard
 from tlearn.training.train_images import STORE_SCALE, TrainImages, train_transform
-from tlearn.util.numeric import cross_entropy
 
 EVAL_BATCH = 64
 MIN_STEPS = 60  # optimizer steps a fine-tune takes at least, however few the images (see `planned_epochs`)
@@ -103,6 +102,7 @@ class _Setup:
     device: torch.device
     precision: torch.dtype | None
     evaluation: dict[str, _EvalImages]
+    task: Task
 
 
 def finetune(
@@ -216,7 +216,7 @@ def _initial_state(setup: _Setup, config: TrainConfig, splits: dict[str, Labelle
     best_score = (-math.inf, -math.inf)
     if "val" in splits:
         probabilities = setup.evaluation["val"].probabilities(setup.evaluator, None)
-        val_loss, val_accuracy = _scores(probabilities, splits["val"].labels)
+        val_loss, val_accuracy = _scores(setup.task, probabilities, splits["val"].labels)
         row = HistoryRow(0, "start", val_loss, val_accuracy)
         best_score = (val_accuracy, -val_loss)
         progress.info(f"start: val accuracy {val_accuracy:.3f}, loss {val_loss:.3f}")
@@ -263,7 +263,7 @@ def _epochs(
         val_loss = val_accuracy = None
         if validated:
             val_loss, val_accuracy = _scores(
-                setup.evaluation["val"].probabilities(setup.evaluator, dist), splits["val"].labels
+                setup.task, setup.evaluation["val"].probabilities(setup.evaluator, dist), splits["val"].labels
             )
         images_per_second = seen / seconds if seconds else 0.0
         row = HistoryRow(
@@ -345,7 +345,7 @@ def train_one_epoch(trainer: nn.Module, setup: _Setup, progress, epoch: int) -> 
             setup.scaler.update()
             setup.scheduler.step()
             total_loss += float(loss.detach()) * len(labels)
-            correct += _right_answers(logits.detach(), labels)
+            correct += setup.task.torch_right(logits.detach(), labels)
             seen += len(labels)
             bar.update(len(labels))
     return total_loss, correct, seen
@@ -393,10 +393,11 @@ def _setup(
         scheduler,
         torch.amp.GradScaler(device.type, enabled=precision == torch.float16),
         loader,
-        _loss(model_config, weights, config.label_smoothing),
+        model_config.task_type.torch_loss(nn, weights, config.label_smoothing),
         device,
         precision,
         evaluation,
+        model_config.task_type,
     )
 
 
@@ -445,27 +446,10 @@ class _EvalImages:
         return probabilities
 
 
-def _loss(model_config: ModelConfig, weights: torch.Tensor | None, label_smoothing: float) -> nn.Module:
-    """Cross-entropy over the classes; for a multi-label model, a binary cross-entropy per class, where
-    `weights` (when the labels are imbalanced) weigh each class's positives by its negatives-to-positives ratio."""
-    if model_config.task == "multilabel":
-        return nn.BCEWithLogitsLoss(pos_weight=weights)
-    return nn.CrossEntropyLoss(weight=weights, label_smoothing=label_smoothing)
-
-
-def _right_answers(logits: torch.Tensor, labels: torch.Tensor) -> int:
-    """Images answered right: the top class, or for (B, K) multi-label targets the whole set at 0.5."""
-    if labels.ndim == 2:
-        return int(((logits > 0) == (labels > 0.5)).all(dim=1).sum())
-    return int((logits.argmax(1) == labels).sum())
-
-
-def _scores(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """(loss, score) on validation: cross-entropy and accuracy; for multi-label targets (N, K), the mean binary
-    cross-entropy and the mean average precision (threshold-free: thresholds are chosen after training)."""
-    if labels.ndim == 2:
-        return binary_log_loss(probabilities, labels), mean_average_precision(labels, probabilities)
-    return cross_entropy(probabilities, labels), float((probabilities.argmax(1) == labels).mean())
+def _scores(task: Task, probabilities: np.ndarray, targets: np.ndarray) -> tuple[float, float]:
+    """(loss, score) on validation: the task's log-loss and its threshold-free validation score (accuracy, or
+    mAP for label sets, whose thresholds are chosen after training)."""
+    return task.loss(probabilities, targets), task.validation_score(probabilities, targets)
 
 
 def _adapt_batch_norm(

@@ -52,7 +52,7 @@ def fit_reject(context: TrainingContext, prepared: PreparedData, result: Candida
     """
     config = context.config
     correct = {
-        split: result.probabilities[split].argmax(axis=1) == prepared.labels[split]
+        split: result.probabilities[split].argmax(axis=1) == prepared.targets[split]
         for split in ("val", "test")
         if split in result.probabilities
     }
@@ -93,7 +93,7 @@ def fit_reject(context: TrainingContext, prepared: PreparedData, result: Candida
 
 def _embeddings(context: TrainingContext, prepared: PreparedData, result: Candidate) -> dict[str, np.ndarray]:
     """Per split, the embeddings the shipped model's classifier reads."""
-    splits = [split for split in ("train", "val", "test") if len(prepared.labels[split])]
+    splits = [split for split in ("train", "val", "test") if len(prepared.targets[split])]
     if result.model_config.mode == "linear":
         return {split: prepared.features[split] for split in splits}
     paths = {split: prepared.files(split).paths for split in splits}

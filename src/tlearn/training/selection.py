@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tlearn.evaluation.intervals import mcnemar_p_value
-from tlearn.evaluation.multilabel import binary_log_loss
-from tlearn.util.numeric import cross_entropy
+from tlearn.evaluation.tasks import SINGLE_LABEL, Task  # noqa: F401 - SINGLE_LABEL: the doctest's task
 
 LOSS_MARGIN = 0.9  # on a tie in right answers, fine-tuning's loss must be below this share of the linear head's
 
@@ -36,44 +35,32 @@ class Choice:
     p_value: float
     reason: str
 
-    def to_dict(self) -> dict[str, object]:
-        return dict(self.__dict__)
 
+def choose(
+    task: Task,
+    linear: np.ndarray,
+    finetuned: np.ndarray,
+    targets: np.ndarray,
+    thresholds: tuple[list[float] | None, list[float] | None] = (None, None),
+    *,
+    improved: bool = True,
+) -> Choice:
+    """Compare two candidates' (N, K) validation probabilities on the same images.
 
-def choose(linear: np.ndarray, finetuned: np.ndarray, labels: np.ndarray, *, improved: bool = True) -> Choice:
-    """Compare two candidates' (N, C) validation probabilities on the same images (N,).
-
+    An image is answered right when the task says so (the top class; a multi-label image's whole label set, at
+    each candidate's own `thresholds` = (linear's, fine-tuning's)); the loss is the task's log-loss.
     `improved` is False when fine-tuning's best epoch was its starting point (the linear head it began from):
     it then brought nothing, whatever the numbers, and the linear head is kept.
 
     Example:
         >>> labels = np.array([0, 1, 1, 0])
-        >>> choose(np.eye(2)[[0, 0, 1, 0]], np.eye(2)[[0, 1, 1, 0]], labels).chosen
+        >>> choose(SINGLE_LABEL, np.eye(2)[[0, 0, 1, 0]], np.eye(2)[[0, 1, 1, 0]], labels).chosen
         'finetune'
     """
     return _compare(
-        linear.argmax(1) == labels,
-        finetuned.argmax(1) == labels,
-        (cross_entropy(linear, labels), cross_entropy(finetuned, labels)),
-        improved=improved,
-    )
-
-
-def choose_multilabel(
-    linear: np.ndarray,
-    finetuned: np.ndarray,
-    targets: np.ndarray,
-    thresholds: tuple[list[float], list[float]],
-    *,
-    improved: bool = True,
-) -> Choice:
-    """`choose` for multi-label candidates: an image is answered right when its whole label set is, at each
-    candidate's own thresholds (`thresholds` = (linear's, fine-tuning's)); the loss is the binary cross-entropy."""
-    truth = targets > 0
-    return _compare(
-        ((linear >= np.asarray(thresholds[0])) == truth).all(axis=1),
-        ((finetuned >= np.asarray(thresholds[1])) == truth).all(axis=1),
-        (binary_log_loss(linear, targets), binary_log_loss(finetuned, targets)),
+        task.right(linear, targets, thresholds[0]),
+        task.right(finetuned, targets, thresholds[1]),
+        (task.loss(linear, targets), task.loss(finetuned, targets)),
         improved=improved,
     )
 
