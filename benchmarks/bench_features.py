@@ -127,7 +127,8 @@ def score(stored, blocks, flip: bool, labels_train, labels_test, classes, draws:
     if flip:
         x = np.concatenate([train, features(stored, blocks, "train", "mirrored")])
         head = fit_head(x, np.concatenate([labels_train, labels_train]), len(classes), c)
-        probabilities = (head.probabilities(test) + head.probabilities(features(stored, blocks, "test", "mirrored"))) / 2
+        mirrored = features(stored, blocks, "test", "mirrored")
+        probabilities = (head.probabilities(test) + head.probabilities(mirrored)) / 2
     else:
         head = fit_head(train, labels_train, len(classes), c)
         probabilities = head.probabilities(test)

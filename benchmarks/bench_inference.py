@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from _common import SHARED, require_shared, run_tlearn, save
+from tlearn.engines.options import PredictOptions
 
 TRAIN = SHARED / "hymenoptera" / "train"
 VAL = SHARED / "hymenoptera" / "val"
@@ -97,7 +98,7 @@ def main() -> None:
             results[name]["decoded"].append(len(pixels) / (time.perf_counter() - started))
             started = time.perf_counter()
             probabilities, _ = engine.predict_files_probabilities(
-                files, batch_size=BATCH, workers=workers, progress=quiet
+                files, PredictOptions(batch_size=BATCH, workers=workers), progress=quiet
             )
             results[name]["files"].append(len(files) / (time.perf_counter() - started))
             accuracy[name] = float((probabilities.argmax(1) == labels).mean())

@@ -1,18 +1,25 @@
 """The public API: `__all__` is complete, documented and torch-free to import; the engines' evaluate/export
-delegate to the library functions and agree with them."""
+delegate to the library functions and agree with them; keywords reach the engine as one `PredictOptions`, and a
+`Model` has every public member of its engine."""
 
 from __future__ import annotations
 
+import copy
 import inspect
 import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
 import tlearn
 from helpers import PROJECT
+from tlearn.engines.base import InferenceEngine
+from tlearn.engines.options import DEFAULT_PREDICT_OPTIONS, PredictOptions
 from tlearn.errors import ModelFileError
+from tlearn.runs.model_dir import ModelConfig
 
 API_REFERENCE = PROJECT / "docs" / "api.md"
 
@@ -83,3 +90,71 @@ def test_export_model_still_works_with_a_deprecation_warning(exported_model, tmp
     with pytest.warns(DeprecationWarning, match="tlearn.export"):
         result = tlearn.export_model(exported_model.run, tmp_path / "model.pt", export_format="torchscript")
     assert result.path.is_file() and result.export_format == "torchscript"
+
+
+class RecordingEngine(InferenceEngine):
+    """Equal probabilities for every image; records the options each prediction call was given."""
+
+    engine = "recording"
+
+    def __init__(self) -> None:
+        preprocessing = {"input_size": [8, 8], "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3}
+        config = ModelConfig(
+            arch="none",
+            backbone={"name": "none", "arch": "none"},
+            classes=["blue", "red"],
+            preprocessing={**preprocessing, "crop_pct": 1.0},
+            embedding_dim=2,
+            classifier_keys=("head.weight", "head.bias"),
+            mode="linear",
+        )
+        super().__init__(config, path=None)
+        self.received: list[PredictOptions] = []
+
+    def _forward(self, pixels: np.ndarray, *, embeddings: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        return np.full((len(pixels), 2), 0.5, dtype=np.float32), None
+
+    def iter_file_predictions(self, paths, options=DEFAULT_PREDICT_OPTIONS, *, progress=None):
+        self.received.append(options)
+        return super().iter_file_predictions(paths, options, progress=progress)
+
+    def predict_files_scored(self, paths, options=DEFAULT_PREDICT_OPTIONS, *, progress=None, scores=True):
+        self.received.append(options)
+        return super().predict_files_scored(paths, options, progress=progress, scores=scores)
+
+
+def test_the_keywords_of_predict_and_evaluate_reach_the_engine_as_one_options_object(tiny_data):
+    engine = RecordingEngine()
+    list(tlearn.predict(engine, [tiny_data / "red"], top_k=1, workers=0, reject=False))
+    assert engine.received == [PredictOptions(top_k=1, workers=0, reject=False)]
+
+    engine.received.clear()
+    picture = Image.new("RGB", (8, 8))
+    answers = tlearn.Model(engine).predict(
+        [picture, *sorted((tiny_data / "red").iterdir())[:2]], top_k=2, batch_size=5, workers=0, reject=False
+    )
+    assert engine.received == [PredictOptions(top_k=2, batch_size=5, workers=0, reject=False)]
+    assert [len(answer.labels) for answer in answers] == [2, 2, 2] and answers[0].source == "<image 0>"
+
+    engine.received.clear()
+    tlearn.evaluate(engine, tiny_data, tta=True, batch_size=3, workers=0, quiet=True)
+    assert engine.received == [PredictOptions(batch_size=3, workers=0, flip=True)]
+
+
+def test_a_model_has_every_public_member_of_its_engine_even_one_added_later():
+    class NewerEngine(RecordingEngine):
+        @property
+        def novelty(self) -> str:
+            return "added after Model was written"
+
+    engine = NewerEngine()
+    model = tlearn.Model(engine)
+    assert model.novelty == "added after Model was written" and "novelty" in dir(model)
+    assert (model.engine, model.classes, model.precision, model.path) == ("recording", ["blue", "red"], "fp32", None)
+    assert model.config is engine.config and model.preprocessing is engine.preprocessing
+    np.testing.assert_array_equal(model.probabilities(np.zeros((3, 8, 8, 3), np.uint8)), np.full((3, 2), 0.5))
+    for missing in ("_forward", "no_such_member"):
+        with pytest.raises(AttributeError, match=missing):
+            getattr(model, missing)
+    assert copy.copy(model).classes == ["blue", "red"]
+    assert repr(model) == "Model(None, engine=recording, classes=['blue', 'red'])"

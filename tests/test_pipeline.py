@@ -50,15 +50,14 @@ def test_linear_run_writes_the_contract(tiny_data, tmp_path):
     ]
     assert yaml.safe_load((out / "config.yaml").read_text())["mode"] == "auto"
     # Red squares against blue circles: the linear head makes no error out of fold, so auto keeps it.
-    assert (
-        run.summary.model == "linear" and "no error in cross-validation" in run.summary.finetune_skipped
-    )
+    assert run.summary.model == "linear" and "no error in cross-validation" in run.summary.finetune_skipped
     assert not leftover_temporaries(out)
     assert run.metrics == metrics
 
 
 def test_saved_model_reproduces_the_run_metrics(tiny_data, tmp_path):
-    run = tlearn.train(tiny_data, out=tmp_path / "run", quiet=True, split=(0.6, 0.2, 0.2))
+    # train+val: the model measured on test is the one shipped (`all` fits it once more, test split included)
+    run = tlearn.train(tiny_data, out=tmp_path / "run", quiet=True, split=(0.6, 0.2, 0.2), final_fit="train+val")
     classifier = tlearn.load(run.path)
     splits = json.loads((run.path / "splits.json").read_text())
     predictions = classifier.predict([tiny_data / relpath for relpath in splits["test"]], top_k=2)

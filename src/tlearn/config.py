@@ -13,9 +13,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tlearn.backbones.registry import DEFAULT_BACKBONE
+from tlearn.backbones.registry import AUTO_BACKBONE
 from tlearn.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from tlearn.errors import TlearnError
+from tlearn.util.durations import parse_duration
 
 DEFAULT_EPOCHS = 12  # fine-tuning epochs when `epochs` is not set (raised for very small folders)
 
@@ -25,8 +26,8 @@ class TrainConfig(BaseModel):
 
     Example:
         >>> config = TrainConfig(data="data/", mode="finetune", epochs=10)
-        >>> config.backbone
-        'tf_efficientnet_lite0'
+        >>> config.backbone, config.epochs
+        ('auto', 10)
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -60,9 +61,10 @@ class TrainConfig(BaseModel):
     )
     # Backbone
     backbone: str = Field(
-        DEFAULT_BACKBONE,
-        description="Embedded backbone or any timm model name (see `tlearn backbones`); best: the winner of the "
-        "last `tlearn select` on this data.",
+        AUTO_BACKBONE,
+        description="auto: the embedded backbone (Lite0, Lite1, Lite2) whose linear head cross-validates best on "
+        "this data; or an embedded backbone or any timm model name (see `tlearn backbones`); best: the winner of "
+        "the last `tlearn select` on this data.",
     )
     weights: Path | None = Field(None, description="Local backbone weights (.safetensors or state dict).")
     # Training
@@ -72,9 +74,9 @@ class TrainConfig(BaseModel):
         "linear: frozen backbone + cached embeddings only; finetune: always fine-tune.",
     )
     final_fit: Literal["train", "train+val", "all"] = Field(
-        "train+val",
-        description="What the shipped model is trained on: train+val once choices are made on val; all: also the "
-        "test split, after it has been measured; train: only the training split.",
+        "all",
+        description="What the shipped model learns from once the choices are made and the figures taken: all "
+        "(every labelled image, test split included, after it has been measured); train+val; train.",
     )
     time_budget: float | None = Field(
         None,
@@ -177,15 +179,8 @@ class TrainConfig(BaseModel):
     @field_validator("time_budget", mode="before")
     @classmethod
     def _duration(cls, value: object) -> object:
-        """`90`, `"90s"`, `"10m"`, `"1.5h"` → seconds."""
-        if isinstance(value, str):
-            text = value.strip().lower()
-            factor = {"s": 1, "m": 60, "h": 3600}.get(text[-1:])
-            try:
-                return float(text[:-1]) * factor if factor else float(text)
-            except ValueError:
-                raise ValueError(f"expected seconds or a duration such as 90s, 10m, 1h; got {value!r}") from None
-        return value
+        """`90`, `"90s"`, `"10m"`, `"1.5h"`, `"1h30m"` → seconds (`tlearn.util.durations`)."""
+        return parse_duration(value.lower()) if isinstance(value, str) else value
 
     @field_validator("data", "weights", "review")
     @classmethod

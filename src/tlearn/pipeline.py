@@ -21,19 +21,15 @@ import numpy as np
 from tlearn import __version__
 from tlearn.audits.findings import AuditSettings, ImageTable, audit_embeddings
 from tlearn.audits.review import apply_review, review_rows, write_review
-from tlearn.backbones.cache import cache_root
-from tlearn.backbones.features import FeatureExtractor
-from tlearn.backbones.registry import BackboneRef, resolve_backbone
+from tlearn.backbones.registry import BackboneRef, resolve_backbones
 from tlearn.config import TrainConfig
-from tlearn.data.checks import CheckedData, check_data, summary_lines
 from tlearn.data.discovery import DataSource, discover
-from tlearn.engines.imagenet import imagenet_answers
-from tlearn.errors import BackboneError, DataError
+from tlearn.engines.imagenet import Answer, imagenet_answers, imagenet_samples
+from tlearn.errors import DataError
 from tlearn.evaluation.calibration import apply_temperature
-from tlearn.evaluation.tasks import task_for
 from tlearn.report.display import RunReport
 from tlearn.report.page import write_report
-from tlearn.runs.layout import HISTORY_COLUMNS, RunFolder, prediction_columns, report_split, sample_rows
+from tlearn.runs.layout import HISTORY_COLUMNS, RunFolder, prediction_columns, report_split
 from tlearn.runs.lifecycle import OutputFolder
 from tlearn.runs.model_dir import WEIGHTS_FILE, save_model
 from tlearn.runs.summary import EmbeddingRecord, RunSummary, SelectionRecord, write_summary
@@ -48,18 +44,14 @@ from tlearn.training.candidates import (
 )
 from tlearn.training.context import TrainingContext
 from tlearn.training.distributed import DistributedContext
+from tlearn.training.prepare import prepare
 from tlearn.training.rejection import fit_reject
 from tlearn.training.selection import choose
 from tlearn.training.tracking import Tracker
 from tlearn.util import atomic
-from tlearn.util.background import import_in_background
 from tlearn.util.progress import Progress
 
-EVALUATED_SPLITS = ("val", "test")
-# Needed after the embeddings (the head, the metrics, the report): imported while the backbone computes.
-MODULES_NEEDED_LATER = ("sklearn.linear_model", "sklearn.metrics", "tlearn.report.figures", "jinja2")
 AUDIT_LIMIT = 5000  # images a training run audits itself (the near-duplicate search grows with their square)
-BEFORE_AFTER_SAMPLES = 8  # sample images the report shows with the original ImageNet model's answers
 IMAGENET_TOP = 3
 
 
@@ -143,7 +135,7 @@ def run_training(
         source, review = apply_review(source, config.review)
         for line in review["errors"]:
             progress.info(f"review: {line}")
-    ref = resolve_backbone(config.backbone, config.weights)
+    backbones = resolve_backbones(config.backbone, config.weights)
     folder = (
         OutputFolder.open(run.root, kind="train", overwrite=overwrite, resume=resume, data=source.root)
         if dist.is_main
@@ -160,7 +152,7 @@ def run_training(
         )
         with tracker:
             context = TrainingContext(config, run, resume, dist, tracker, progress)
-            metrics, result, prepared, summary = _train_and_measure(context, source, ref)
+            metrics, result, prepared, summary = _train_and_measure(context, source, backbones)
             if review is not None:
                 prepared.checked.report["review"] = review
             summary = summary.model_copy(update={"seconds": round(time.perf_counter() - started, 3)})
@@ -175,16 +167,17 @@ def run_training(
 
 
 def _train_and_measure(
-    context: TrainingContext, source: DataSource, ref: BackboneRef
+    context: TrainingContext, source: DataSource, backbones: list[BackboneRef]
 ) -> tuple[dict[str, dict[str, Any]], Candidate, PreparedData, RunSummary]:
-    """Embed, fit the linear head, fine-tune when the mode asks for it, keep the better, fit the final model,
-    calibrate; returns metrics, model, data and the run summary."""
+    """Embed (choosing the backbone among `backbones`), fit the linear head, fine-tune when the mode asks for it,
+    keep the better, fit the final model, calibrate; returns metrics, model, data and the run summary."""
     config, progress = context.config, context.progress
-    prepared = _embed_and_check(context, source, ref)
+    ready = prepare(context, source, backbones)
+    prepared = ready.data
     task = prepared.task
     linear = linear_candidate(config, prepared)
-    result, outcome = _pick_candidate(context, prepared, linear)
-    result = final_fit(context, prepared, linear, result)
+    result, outcome = _pick_candidate(context, ready.finetune_data, linear)
+    result = final_fit(context, linear, result)
     temperature = 1.0
     if config.calibrate and task.calibration_note:
         progress.info(f"calibration: skipped ({task.calibration_note})")
@@ -209,7 +202,9 @@ def _train_and_measure(
         mode=config.mode,
         model=result.model_config.mode,
         final_fit=result.final_fit,
-        backbone=prepared.ref.describe(),
+        backbone=(result.data or prepared).ref.describe(),
+        backbone_trials=ready.choice.trials if ready.choice else [],
+        backbone_choice=ready.choice.reason if ready.choice else None,
         classes=prepared.classes,
         world_size=context.dist.world_size,
         embedding=EmbeddingRecord(**prepared.embedding_summary),
@@ -270,61 +265,6 @@ def _pick_candidate(context: TrainingContext, prepared: PreparedData, linear: Ca
     return kept, _Outcome(tuned=tuned, selection=selection)
 
 
-def _embed_and_check(context: TrainingContext, source: DataSource, ref: BackboneRef) -> PreparedData:
-    """Embed the images through the cache (sharded over ranks), check what is usable."""
-    config, dist, progress = context.config, context.dist, context.progress
-    extractor = FeatureExtractor(
-        ref,
-        cache_root(),
-        device=config.device,
-        batch_size=config.batch_size,
-        workers=config.workers,
-        max_pixels=config.max_image_pixels,
-        on_compute_start=lambda: import_in_background(MODULES_NEEDED_LATER),
-        engine=config.embedding_engine,
-    )
-    paths = [image.path for image in source.images]
-    if dist.enabled:
-        extractor.embed_files(dist.shard(paths), progress=progress)  # each rank fills the cache with its share
-        dist.barrier()
-    embedded = extractor.embed_files(paths, progress=progress)
-    progress.info(
-        f"embeddings: {embedded.cache_hits} cached, {embedded.computed} computed "
-        f"({embedded.seconds:.1f} s, backbone {ref.arch})"
-    )
-    checked = check_data(source, embedded.content_hashes, embedded.failures)
-    for line in summary_lines(checked.report):
-        progress.info(line)
-    _require_trainable(checked)
-    task = task_for(config.task, has_label_sets=source.has_label_sets)
-    if config.reject != "off" and task.reject_note:
-        raise DataError(f"{source.root}: {task.reject_note}")
-    splits = ("train", "val", "test")
-    targets = {split: task.targets(checked.label_indices(split), len(source.classes)) for split in splits}
-    balanced = config.balance == "on" or (config.balance == "auto" and checked.report["imbalance"]["imbalanced"])
-    return PreparedData(
-        ref=ref,
-        extractor=extractor,
-        info=embedded.info,
-        checked=checked,
-        classes=source.classes,
-        task=task,
-        features={split: embedded.embeddings[checked.positions[split]] for split in splits},
-        targets=targets,
-        evaluated=[split for split in EVALUATED_SPLITS if len(targets[split])],
-        embedding_summary={
-            "cache_hits": embedded.cache_hits,
-            "computed": embedded.computed,
-            "seconds": round(embedded.seconds, 3),
-            "corrupt_cache_entries": embedded.corrupt_cache_entries,
-            "engine": embedded.engine or None,
-            "files_read": embedded.files_read,
-            "onnx_exported": embedded.onnx_exported,
-        },
-        balanced=balanced,
-    )
-
-
 def _write_run(
     context: TrainingContext,
     prepared: PreparedData,
@@ -355,7 +295,7 @@ def _write_run(
         [row for split_rows in rows.values() for row in split_rows],
         prediction_columns(classes, with_split=True),
     )
-    atomic.write_json(run.imagenet, _imagenet_samples(prepared, rows))
+    atomic.write_json(run.imagenet, _imagenet_samples(result.data or prepared, rows))
     refusal = prepared.task.audit_note
     audit = {"reason": refusal} if refusal else _audit(prepared, summary)
     atomic.write_json(run.audit, audit)
@@ -418,31 +358,14 @@ def _prediction_rows(prepared: PreparedData, result: Candidate, name: str) -> li
 def _imagenet_samples(prepared: PreparedData, rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """The original ImageNet model's answers for the report's sample images, from the embeddings in hand."""
     name = report_split(list(rows))
-    samples = sample_rows(rows[name], BEFORE_AFTER_SAMPLES)
     position = {relpath: i for i, relpath in enumerate(prepared.relpaths(name))}
     features = prepared.stack(*prepared.covered(name))[0]
-    embeddings = features[[position[row["path"]] for row in samples]]
-    try:
-        answers = imagenet_answers(
-            embeddings, prepared.info, prepared.extractor.stored_weights(Progress(quiet=True)), k=IMAGENET_TOP
-        )
-    except BackboneError as error:
-        return {"reason": str(error)}
-    return {"answers": {row["path"]: answer for row, answer in zip(samples, answers, strict=True)}}
 
+    def answers_for(paths: list[str]) -> list[Answer]:
+        weights = prepared.extractor.stored_weights(Progress(quiet=True))
+        return imagenet_answers(features[[position[path] for path in paths]], prepared.info, weights, k=IMAGENET_TOP)
 
-def _require_trainable(checked: CheckedData) -> None:
-    """Every class needs training images and the validation split must not be empty."""
-    train_counts = checked.counts("train")
-    where = checked.source.root
-    for name, count in train_counts.items():
-        if count == 0:
-            raise DataError(
-                f"{where}: class {name!r} has no usable training images left after skipping bad files "
-                "(see data_report.json)"
-            )
-    if not checked.positions["val"]:
-        raise DataError(f"{where}: the validation split is empty; add images or give a larger val share (--split)")
+    return imagenet_samples(rows[name], answers_for)
 
 
 def _headline(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from helpers import make_class_folder
 from tlearn.data.discovery import assign_split, discover, discover_for_evaluation, list_image_files
@@ -20,13 +22,12 @@ def test_class_folders_are_split_by_path_hash(tmp_path):
     assert 0.55 < train_share < 0.75
 
 
-def test_small_folders_keep_every_image_for_training_and_validation(tmp_path):
-    # Below 150 images a test split would hold a handful of images: all go to train and val instead.
-    data = make_class_folder(tmp_path / "data", {"a": 40, "b": 30}, size=16)
+@pytest.mark.parametrize("per_class", [20, 200])
+def test_every_folder_size_uses_the_same_buckets(tmp_path, per_class):
+    data = make_class_folder(tmp_path / "data", {"a": per_class, "b": per_class}, size=16)
     source = discover(data)
-    assert not source.in_split("test")
-    assert all(image.split == assign_split(image.relpath, (0.8, 0.2, 0.0)) for image in source.images)
-    assert 0.65 < len(source.in_split("train")) / len(source.images) < 0.92
+    assert all(image.split == assign_split(image.relpath, (0.64, 0.16, 0.20)) for image in source.images)
+    assert source.in_split("train") and source.in_split("val") and source.in_split("test")
 
 
 def test_split_is_stable_when_files_are_added(tmp_path):
@@ -118,3 +119,36 @@ def test_list_image_files(tmp_path):
     assert [f.name for f in files] == ["img_000.png", "img_001.png", "img_000.png"]
     with pytest.raises(DataError, match="no such file"):
         list_image_files([tmp_path / "nope.jpg"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    first=st.integers(min_value=20, max_value=150), sizes=st.lists(st.integers(min_value=1, max_value=120), max_size=4)
+)
+def test_no_image_ever_changes_split_as_a_folder_grows(tmp_path_factory, first, sizes):
+    """A folder grown in any steps, across every size (149 → 150 included): each image keeps its first split."""
+    data = tmp_path_factory.mktemp("grow")
+    (data / "a").mkdir()
+    (data / "b").mkdir()
+    seen: dict[str, str] = {}
+    total = 0
+    for step, size in enumerate([first, *sizes]):
+        for index in range(size):  # empty files: discovery decides splits from names alone
+            (data / ("a" if index % 2 else "b") / f"img_{step:02d}_{index:04d}.png").write_bytes(b"")
+        total += size
+        splits = {image.relpath: image.split for image in discover(data).images}
+        assert len(splits) == total
+        assert all(splits[relpath] == split for relpath, split in seen.items())
+        seen = splits
+
+
+def test_growing_from_149_to_150_and_to_190_images_moves_nothing(tmp_path):
+    data = make_class_folder(tmp_path / "data", {"a": 75, "b": 74})
+    before = {image.relpath: image.split for image in discover(data).images}
+    for added, extra in ((1, {"b": 1}), (40, {"a": 20, "b": 20})):
+        make_class_folder(data, extra, start=1000 + len(before))
+        after = {image.relpath: image.split for image in discover(data).images}
+        assert len(after) == len(before) + added
+        assert [relpath for relpath, split in before.items() if after[relpath] != split] == []
+        before = after
+    assert {"train", "val", "test"} == set(before.values())

@@ -335,9 +335,12 @@ def test_checked_multilabel_data_counts_every_label(tmp_path):
 
 def test_identical_copies_conflict_only_when_their_label_sets_differ(tmp_path):
     data = make_class_folder(tmp_path / "data", {"red": 4, "blue": 4})
-    rows = [("red/img_000.png", "red|round"), ("red/img_001.png", "round|red"), ("red/img_002.png", "red")]
-    rows += [row for row in _listing(data) if row[0] not in {"red/img_000.png", "red/img_001.png", "red/img_002.png"}]
-    source = discover(_write_csv(data / "labels.csv", rows))
+    # The copies stay in train ('round' has no other image, and a class needs training images).
+    rows = [("red/img_000.png", "red|round", "train"), ("red/img_001.png", "round|red", "train")]
+    rows += [("red/img_002.png", "red", "train")]
+    listed = {"red/img_000.png", "red/img_001.png", "red/img_002.png"}
+    rows += [(*row, "") for row in _listing(data) if row[0] not in listed]
+    source = discover(_write_csv(data / "labels.csv", rows, header="path,label,split"))
     position = {image.relpath: n for n, image in enumerate(source.images)}
     hashes = [f"hash-{n}" for n in range(len(source.images))]
     hashes[position["red/img_001.png"]] = hashes[position["red/img_000.png"]]  # the same set, in another order

@@ -15,9 +15,10 @@ import tlearn
 from helpers import TINY_BACKBONE, run_cli
 from tlearn.cli import main
 from tlearn.data.preprocess import normalize
-from tlearn.deploy import export as export_module
-from tlearn.deploy.export import ExportLimits
+from tlearn.deploy.export import ExportLimits, ExportOptions, export_model
+from tlearn.deploy.exporters import Exported, Exporter, onnx_exporter, register, registry
 from tlearn.engines.onnx_engine import CONFIG_KEY, EXPORT_KEY, INPUT_NAME, OnnxClassifier
+from tlearn.engines.options import PredictOptions
 from tlearn.engines.torch_engine import Classifier
 from tlearn.errors import ExportError
 from tlearn.util import atomic
@@ -77,7 +78,7 @@ def test_int8_static_export_agrees_with_fp32(capsys, exported_model, tmp_path):
     assert len(int8_weights) >= 10 and any(node.op_type == "DequantizeLinear" for node in graph.node)
     check = quantized.export_info["checks"][1]
     assert check["top1_agreement"] >= 0.99 and check["passed"]
-    predictions = quantized.predict(sorted(exported_model.data.rglob("*.png")), top_k=1)
+    predictions = quantized.predict(sorted(exported_model.data.rglob("*.png")), PredictOptions(top_k=1))
     assert all(p.label == p.source.split("/")[-2] for p in predictions)
 
 
@@ -136,7 +137,7 @@ def test_conflicting_options_are_refused_before_any_work(exported_model, tmp_pat
 
 
 class _SkewedOnnx:
-    """Stands in for `OnnxClassifier` inside the export module: the file named `which` answers through `skew`,
+    """Stands in for `OnnxClassifier` inside the ONNX exporter: the file named `which` answers through `skew`,
     so a check fails for real (the comparison and its limit are the export's own)."""
 
     def __init__(self, which: str, skew) -> None:
@@ -169,7 +170,7 @@ class _SkewedOnnx:
 def test_a_failed_onnx_check_is_one_line_exit_2_and_no_file(
     capsys, monkeypatch, exported_model, tmp_path, options, which, skew, failed_check
 ):
-    monkeypatch.setattr(export_module, "OnnxClassifier", _SkewedOnnx(which, skew))
+    monkeypatch.setattr(onnx_exporter, "OnnxClassifier", _SkewedOnnx(which, skew))
     out = tmp_path / "exports" / "model.onnx"
     out.parent.mkdir()
     code, printed, err = run_cli(
@@ -178,3 +179,66 @@ def test_a_failed_onnx_check_is_one_line_exit_2_and_no_file(
     assert code == 2 and err.count("\n") == 1, err
     assert err.startswith(f"error: export not written: {failed_check}: 28 images") and err.rstrip().endswith("FAILED")
     assert "exported:" not in printed and not out.exists() and list(out.parent.iterdir()) == []
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """The exporter table as it is, in a copy the test may register into (restored afterwards)."""
+    monkeypatch.setattr(registry, "_EXPORTERS", dict(registry._EXPORTERS))
+
+
+class _Throwaway(Exporter):
+    """A format no one ships: writes a fixed payload and checks PyTorch against itself."""
+
+    name, suffix = "throwaway", ".bin"
+
+    def __init__(self) -> None:
+        self.calls = []
+
+    def export(self, graph, check_set, options, progress):
+        self.calls.append((graph, check_set, options))
+        check = check_set.compare_with_pytorch("throwaway vs pytorch", check_set.reference, options.limits)
+        return Exported(b"throwaway bytes", [check], "fp32", ["a throwaway note"])
+
+
+def test_the_registry_is_what_picks_the_format(scratch_registry, exported_model, tmp_path):
+    register(_Throwaway)
+    out = tmp_path / "model.bin"
+    result = export_model(
+        exported_model.run, out, ExportOptions(export_format="throwaway", check_data=exported_model.data)
+    )
+    assert out.read_bytes() == b"throwaway bytes" and result.size_bytes == len(b"throwaway bytes")
+    assert result.export_format == "throwaway" and result.notes == ["a throwaway note"]
+    assert [check.name for check in result.checks] == ["throwaway vs pytorch"] and result.checks[0].images == 28
+    [(graph, check_set, options)] = registry.exporter_for("throwaway").calls
+    assert isinstance(graph, torch.nn.Module) and check_set.real and options.export_format == "throwaway"
+
+
+def test_an_unknown_format_lists_the_registered_ones(scratch_registry):
+    register(_Throwaway)
+    with pytest.raises(
+        ExportError, match=r"^unknown export format 'tflite'; expected one of onnx, torchscript, throwaway$"
+    ):
+        ExportOptions(export_format="tflite")
+
+
+def test_int8_is_offered_by_the_exporters_that_say_they_quantize(scratch_registry):
+    with pytest.raises(ExportError, match=r"^--int8 and --calibration-data apply to --format onnx only$"):
+        ExportOptions(export_format="torchscript", int8=True)
+
+    @register
+    class Quantizing(_Throwaway):
+        name, quantizes = "quantizing", True
+
+    assert ExportOptions(export_format="quantizing", int8=True).int8
+    with pytest.raises(ExportError, match=r"apply to --format onnx, quantizing only$"):
+        ExportOptions(export_format="torchscript", calibration_data=Path("data"), int8=True)
+
+
+def test_two_exporters_cannot_claim_one_format(scratch_registry):
+    class Impostor(_Throwaway):
+        name = "onnx"
+
+    with pytest.raises(ValueError, match="'onnx' is already registered by OnnxExporter"):
+        register(Impostor)
+    assert isinstance(registry.exporter_for("onnx"), onnx_exporter.OnnxExporter)

@@ -18,12 +18,13 @@ from fastapi.testclient import TestClient
 import tlearn
 from answer_models import KNN_THRESHOLD, answer_models
 from helpers import colour_image, served_model
-from tlearn.deploy import export as export_module
-from tlearn.deploy.export import _sensitive_nodes
+from tlearn.deploy.exporters import onnx_exporter
+from tlearn.deploy.exporters.int8 import sensitive_nodes
 from tlearn.deploy.serving import ServeSettings, create_app
 from tlearn.engines.answers import REFERENCES_FILE, KnnReferences
 from tlearn.engines.loading import load_engine
 from tlearn.engines.onnx_engine import CONFIG_KEY, EMBEDDINGS_NAME, OUTPUT_NAME, OnnxClassifier
+from tlearn.engines.options import PredictOptions
 from tlearn.errors import ExportError
 
 LOCAL = "http://localhost"
@@ -88,7 +89,7 @@ def test_a_reject_score_the_export_gets_wrong_fails_the_check(models, monkeypatc
 
             return Shifted()
 
-    monkeypatch.setattr(export_module, "OnnxClassifier", Skewed)
+    monkeypatch.setattr(onnx_exporter, "OnnxClassifier", Skewed)
     out = tmp_path / "knn.onnx"
     with pytest.raises(ExportError, match=r"check onnx fp32 vs pytorch: .*max \|Δscore\| 1\.00e-02.* FAILED"):
         tlearn.export(models.knn, out, check_data=models.data)
@@ -125,7 +126,7 @@ def test_int8_keeps_the_classifier_and_its_sigmoid_in_fp32_and_agrees_on_answers
     initializers = {tensor.name: tensor for tensor in graph.initializer}
     assert initializers[classifier.input[1]].data_type == onnx.TensorProto.FLOAT  # fp32 classifier weights
     if which == "knn":
-        answers = load_engine(result.path).predict(sorted(models.unseen.glob("*.png")), workers=0)
+        answers = load_engine(result.path).predict(sorted(models.unseen.glob("*.png")), PredictOptions(workers=0))
         assert [answer.label for answer in answers] == ["unknown"] * 4
 
 
@@ -141,7 +142,7 @@ def test_int8_that_changes_label_sets_is_refused(models, tmp_path):
 
 def test_int8_spares_the_final_sigmoid_but_not_the_backbones_sigmoids(models):
     graph = onnx.load(str(models.multilabel_onnx)).graph
-    spared = set(_sensitive_nodes(graph))
+    spared = set(sensitive_nodes(graph))
     sigmoids = [node.name for node in graph.node if node.op_type == "Sigmoid"]
     assert len(sigmoids) > 5 and [name for name in sigmoids if name in spared] == [producer(graph, OUTPUT_NAME).name]
 
@@ -174,7 +175,7 @@ def client_for(engine):
 
 def test_the_service_answers_a_multilabel_models_label_sets_as_the_model_directory_does(models):
     files = sorted(models.data.rglob("*.png"))[::3]
-    expected = load_engine(models.multilabel, device="cpu").predict(files, top_k=2, workers=0)
+    expected = load_engine(models.multilabel, device="cpu").predict(files, PredictOptions(top_k=2, workers=0))
     with client_for(load_engine(models.multilabel_onnx)) as client:
         body = client.post(
             "/v1/predict?top_k=2", files=[("files", (path.name, png(path), "image/png")) for path in files]
@@ -239,7 +240,7 @@ def test_the_page_shows_unknown_with_the_score(browser, models, tmp_path):
 
 def test_the_page_shows_every_label_above_its_threshold(browser, models):
     files = sorted(models.data.rglob("*.png"))
-    expected = load_engine(models.multilabel_onnx).predict(files, top_k=1, workers=0)
+    expected = load_engine(models.multilabel_onnx).predict(files, PredictOptions(top_k=1, workers=0))
     both = next(prediction for prediction in expected if len(prediction.label_set) == 2)
     with served_model(models.multilabel_onnx) as url:
         page = upload_on_page(browser, url, Path(both.source))

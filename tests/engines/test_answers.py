@@ -16,6 +16,7 @@ from tlearn.engines.answers import REFERENCES_FILE, KnnReferences
 from tlearn.engines.base import Prediction
 from tlearn.engines.loading import load_engine
 from tlearn.engines.onnx_engine import REFERENCES_KEY
+from tlearn.engines.options import PredictOptions
 from tlearn.errors import ModelFileError
 
 
@@ -41,7 +42,7 @@ def test_a_multilabel_model_answers_the_classes_whose_sigmoid_reaches_their_thre
     ]
     assert {len(chosen) for chosen in expected_sets} == {1, 2}  # some images get both labels
     for engine in (torch_engine, load_engine(models.multilabel_onnx)):
-        answers = engine.predict(files, top_k=1, workers=0)
+        answers = engine.predict(files, PredictOptions(top_k=1, workers=0))
         assert [answer.label_set for answer in answers] == expected_sets, engine.engine
         assert [answer.label for answer in answers] == [chosen[0] if chosen else None for chosen in expected_sets]
         for answer, row in zip(answers, expected_probabilities, strict=True):
@@ -62,9 +63,9 @@ def test_a_multilabel_model_answers_the_classes_whose_sigmoid_reaches_their_thre
 def test_a_multilabel_answer_may_be_empty_and_lists_every_label_reaching_its_threshold(models):
     engine = load_engine(models.multilabel_onnx)
     blue, red = engine.config.thresholds
-    nothing = engine.answer("x.png", np.array([blue - 0.01, red - 0.02]), 2)
+    nothing = engine.answer("x.png", np.array([blue - 0.01, red - 0.02]), PredictOptions(top_k=2))
     assert nothing.label_set == [] and nothing.label is None and nothing.labels == ["blue", "red"]
-    both = engine.answer("y.png", np.array([blue, red + 0.2]), 1)
+    both = engine.answer("y.png", np.array([blue, red + 0.2]), PredictOptions(top_k=1))
     assert both.label_set == ["red", "blue"] and both.label_set_probabilities == pytest.approx([red + 0.2, blue])
     assert both.labels == ["red"] and both.to_dict()["label"] == "red"
 
@@ -77,7 +78,7 @@ def test_a_knn_rule_answers_unknown_far_from_the_references_on_both_engines(mode
     expected_scores = references.similarity(embeddings, 3)
     assert (expected_scores >= KNN_THRESHOLD).tolist() == [not far for far in unseen]
     for engine in (load_engine(models.knn, device="cpu"), load_engine(models.knn_onnx)):
-        answers = engine.predict(files, top_k=2, workers=0)
+        answers = engine.predict(files, PredictOptions(top_k=2, workers=0))
         np.testing.assert_allclose([a.reject_score for a in answers], expected_scores, atol=1e-3)
         assert [a.unknown for a in answers] == unseen, engine.engine
         assert [a.label for a in answers] == [
@@ -86,7 +87,7 @@ def test_a_knn_rule_answers_unknown_far_from_the_references_on_both_engines(mode
         assert all(len(a.labels) == 2 and set(a.labels) == {"blue", "red"} for a in answers)  # the best guesses
         far = answers[-1].to_dict()
         assert far["label"] == "unknown" and far["unknown"] is True and far["reject_score"] < KNN_THRESHOLD
-        anyway = engine.predict(files[-1:], top_k=1, workers=0, reject=False)[0]
+        anyway = engine.predict(files[-1:], PredictOptions(top_k=1, workers=0, reject=False))[0]
         assert anyway.label in ("blue", "red") and not anyway.unknown
         assert anyway.reject_score == pytest.approx(answers[-1].reject_score)
 
@@ -96,7 +97,7 @@ def test_a_confidence_rule_on_a_multilabel_model_scores_the_top_class_probabilit
     logits, _ = reference_outputs(models.multilabel_confidence, files)
     top = sigmoid(logits / TEMPERATURE).max(axis=1)
     engine = load_engine(models.multilabel_confidence, device="cpu")
-    answers = engine.predict(files, workers=0)
+    answers = engine.predict(files, PredictOptions(workers=0))
     np.testing.assert_allclose([a.reject_score for a in answers], top, atol=1e-5)
     threshold = engine.config.reject.threshold
     assert [a.unknown for a in answers] == (top < threshold).tolist() and 0 < sum(top < threshold) < len(files)
@@ -106,7 +107,7 @@ def test_a_confidence_rule_on_a_multilabel_model_scores_the_top_class_probabilit
 def test_a_plain_model_keeps_its_answers_and_their_shape(exported_model):
     engine = load_engine(exported_model.onnx)
     files = sorted(exported_model.data.rglob("*.png"))[:3]
-    answers = engine.predict(files, top_k=2, workers=0)
+    answers = engine.predict(files, PredictOptions(top_k=2, workers=0))
     for answer in answers:
         assert answer.to_dict() == {
             "source": answer.source,

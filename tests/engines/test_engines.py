@@ -12,6 +12,7 @@ import pytest
 
 from helpers import PROJECT, run_cli, write_broken_files
 from tlearn.engines.loading import load_engine
+from tlearn.engines.options import PredictOptions
 from tlearn.errors import ModelFileError
 
 
@@ -44,7 +45,8 @@ def test_both_engines_predict_the_same_for_files_pictures_and_flips(exported_mod
     files = sorted(exported_model.data.rglob("*.png"))[::5]
     engines = [load_engine(exported_model.run, device="cpu"), load_engine(exported_model.onnx)]
     answers = [
-        engine.predict([*files, np.zeros((30, 40, 3), dtype=np.uint8)], top_k=2, workers=0) for engine in engines
+        engine.predict([*files, np.zeros((30, 40, 3), dtype=np.uint8)], PredictOptions(top_k=2, workers=0))
+        for engine in engines
     ]
     for torch_answer, onnx_answer in zip(*answers, strict=True):
         assert torch_answer.labels == onnx_answer.labels and torch_answer.source == onnx_answer.source
@@ -61,7 +63,7 @@ def test_predict_streams_in_input_order_with_errors_in_place(exported_model, tmp
     write_broken_files(broken)
     files = sorted(broken.iterdir()) + sorted(exported_model.data.rglob("*.png"))[:3]
     engine = load_engine(exported_model.onnx)
-    streamed = engine.iter_file_predictions(files, top_k=1, batch_size=2, workers=1)
+    streamed = engine.iter_file_predictions(files, PredictOptions(top_k=1, batch_size=2, workers=1))
     answers = list(streamed)
     assert [p.source for p in answers] == [str(path) for path in files]
     assert [p.error is not None for p in answers] == [True] * 4 + [False] * 3

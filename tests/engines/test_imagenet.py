@@ -1,4 +1,5 @@
-"""The "before" view: ImageNet class names from timm's tables, answers equal to the original timm model's."""
+"""The "before" view: ImageNet class names from timm's tables, answers equal to the original timm model's, and
+the report's sample answers shaped once for training and evaluation."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ from tlearn.backbones.cache import cache_root
 from tlearn.backbones.features import FeatureExtractor
 from tlearn.backbones.registry import StoredBackbone, resolve_backbone
 from tlearn.data.preprocess import EvalPreprocess, normalize
-from tlearn.engines.imagenet import imagenet_class_names, imagenet_predictions, imagenet_top_k
+from tlearn.engines.imagenet import (
+    BEFORE_AFTER_SAMPLES,
+    imagenet_class_names,
+    imagenet_predictions,
+    imagenet_samples,
+    imagenet_top_k,
+)
+from tlearn.errors import BackboneError, DataError
 from tlearn.util.numeric import softmax
 from tlearn.util.progress import Progress
 
@@ -55,3 +63,24 @@ def test_imagenet_predictions_are_the_named_top_k_and_report_unreadable_files(tm
     assert answer.labels == [name for name, _ in expected] and answer.error is None
     assert answer.probabilities == pytest.approx([score for _, score in expected], abs=1e-6)  # batch of 2 vs 1
     assert missing.labels == [] and "cannot read" in missing.error
+
+
+def test_sample_answers_are_for_the_report_samples_and_a_refusal_is_their_reason():
+    rows = [{"path": f"{label}/{index}.png", "label": label} for label in ("ants", "bees") for index in range(6)]
+    asked: list[list[str]] = []
+
+    def answers_for(paths: list[str]) -> list[list[tuple[str, float]]]:
+        asked.append(paths)
+        return [[] if path == "bees/1.png" else [(f"about {path}", 0.5)] for path in paths]  # one unreadable
+
+    saved = imagenet_samples(list(reversed(rows)), answers_for)
+    # The report's samples (`sample_rows`): each class in turn, in path order, whatever order the rows came in.
+    assert asked == [[f"{label}/{index}.png" for index in range(4) for label in ("ants", "bees")]]
+    assert len(asked[0]) == BEFORE_AFTER_SAMPLES
+    assert saved == {"answers": {path: [(f"about {path}", 0.5)] for path in asked[0] if path != "bees/1.png"}}
+    for error in (BackboneError("backbone x: its classifier has 11 classes"), DataError("cache: unreadable")):
+
+        def refused(paths: list[str], error: Exception = error) -> list:
+            raise error
+
+        assert imagenet_samples(rows, refused) == {"reason": str(error)}

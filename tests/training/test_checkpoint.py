@@ -13,11 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import tlearn
 from helpers import PROJECT, TINY_BACKBONE, make_class_folder, tiny_backbone_weights
 from tlearn.errors import RunDirError
 from tlearn.runs.summary import read_run_summary
+from tlearn.training.checkpoint import TrainingState, load_checkpoint, save_checkpoint
+from tlearn.training.plan import WarmupCosine
 from tlearn.util.atomic import leftover_temporaries
 
 ENV = {**os.environ, "PYTHONPATH": str(PROJECT / "src")}
@@ -113,3 +116,28 @@ def test_resume_refuses_disagreeing_settings(tiny_data, tmp_path):
         tlearn.train(tiny_data, out=tmp_path / "empty", resume=True, quiet=True)
     with pytest.raises(RunDirError, match="already complete"):
         tlearn.train(tiny_data, out=tmp_path / "run", resume=True, quiet=True, seed=0)
+
+
+def test_a_checkpoint_keeps_the_time_budgets_shorter_schedule(tmp_path):
+    """The schedule's length lives in the scheduler's state: a resumed run ends its cosine where the re-plan put it."""
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    schedule = WarmupCosine(total_steps=120, warmup_steps=10)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    schedule.total_steps = 30  # the time budget re-planned 3 epochs instead of 12
+    state = TrainingState(1, 3, [{"epoch": 0}], (0.5, -0.7), 1, 0, 8, 1.5)
+    save_checkpoint(
+        tmp_path / "select",
+        model_state=model.state_dict(),
+        best_state=model.state_dict(),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=torch.amp.GradScaler("cpu", enabled=False),
+        state=state,
+    )
+    loaded = load_checkpoint(tmp_path / "select")
+    fresh = WarmupCosine(total_steps=120, warmup_steps=10)  # what a resumed run plans before reading it back
+    torch.optim.lr_scheduler.LambdaLR(torch.optim.AdamW(model.parameters(), lr=1e-3), fresh).load_state_dict(
+        loaded.scheduler
+    )
+    assert (fresh.total_steps, fresh.warmup_steps) == (30, 10) and loaded.state == state

@@ -23,7 +23,7 @@ def test_mlflow_local_store(tiny_data, tmp_path):
     client = MlflowClient(tracking_uri=str(store))
     experiment = client.get_experiment_by_name("tlearn")
     [logged] = client.search_runs([experiment.experiment_id])
-    assert logged.data.params["backbone"] == "tf_efficientnet_lite0"
+    assert logged.data.params["backbone"] == "auto"
     assert logged.data.metrics["test_accuracy"] == run.metrics["test"]["accuracy"]
     artifacts = {item.path for item in client.list_artifacts(logged.info.run_id, "model")}
     assert artifacts == {"model/config.json", "model/model.safetensors"}

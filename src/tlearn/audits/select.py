@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -48,6 +47,7 @@ from tlearn.runs.layout import SELECT_FILE, SELECT_PAGE
 from tlearn.runs.lifecycle import OutputFolder
 from tlearn.training.head import one_blas_thread, select_c
 from tlearn.util import atomic
+from tlearn.util.durations import parse_duration
 from tlearn.util.numeric import cross_entropy
 from tlearn.util.progress import Progress
 
@@ -59,7 +59,6 @@ REPEATED_UP_TO = 5000  # images; beyond, one draw's noise is small (it shrinks a
 SELECTIONS_DIR = "selections"  # under the cache root: the latest selection per data folder
 SPEED_BATCH = 16
 SPEED_SECONDS = 1.0
-_BUDGET = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$")
 
 
 @dataclass(frozen=True)
@@ -156,13 +155,10 @@ def parse_budget(text: str | float | None) -> float | None:
         >>> parse_budget("10m"), parse_budget("1h30m"), parse_budget("45")
         (600.0, 5400.0, 45.0)
     """
-    if text is None or isinstance(text, int | float):
-        return None if text is None else float(text)
-    match = _BUDGET.match(text)
-    if not text.strip() or match is None or not any(match.groups()):
-        raise TlearnError(f"--budget {text!r}: expected a duration such as 90s, 10m or 1h30m")
-    hours, minutes, seconds = (float(part) if part else 0.0 for part in match.groups())
-    return hours * 3600 + minutes * 60 + seconds
+    try:
+        return parse_duration(text)
+    except ValueError:
+        raise TlearnError(f"--budget {text!r}: expected a duration such as 90s, 10m or 1h30m") from None
 
 
 def select_backbones(

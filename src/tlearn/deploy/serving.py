@@ -32,7 +32,6 @@ Bad input and bad clients never take the service down, and memory stays bounded 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import re
@@ -54,8 +53,9 @@ from tlearn.data.images import ImageDecodeError, ImageTooLargeError
 from tlearn.data.preprocess import EvalPreprocess, Preprocessing
 from tlearn.deploy.batching import BatchError, MicroBatcher
 from tlearn.deploy.guards import ANY_HOST, ASGIApp, BodyLimit, HostCheck, h11_with_header_deadline
+from tlearn.deploy.model_info import describe_model, model_identity, without_directories
 from tlearn.engines.base import InferenceEngine
-from tlearn.runs.model_dir import WEIGHTS_FILE
+from tlearn.engines.options import PredictOptions
 
 logger = logging.getLogger("tlearn.serve")
 
@@ -271,9 +271,8 @@ def create_app(loader: Callable[[], InferenceEngine], settings: ServeSettings = 
                 raise HTTPException(500, without_directories(str(error))) from None
         finally:
             service.pending -= 1
-        predictions = [
-            answer_of(engine, name, row, top_k, reject) for name, row in zip(names, probabilities, strict=True)
-        ]
+        options = PredictOptions(top_k=top_k, reject=reject)
+        predictions = [answer_of(engine, name, row, options) for name, row in zip(names, probabilities, strict=True)]
         return {
             "model": {**service.identity, "engine": engine.engine},
             "predictions": predictions,
@@ -313,11 +312,11 @@ def model_call(engine: InferenceEngine) -> Callable[[np.ndarray], np.ndarray]:
     return scored
 
 
-def answer_of(engine: InferenceEngine, name: str, row: np.ndarray, top_k: int, reject: bool) -> dict[str, Any]:
+def answer_of(engine: InferenceEngine, name: str, row: np.ndarray, options: PredictOptions) -> dict[str, Any]:
     """One image's answer from its row of `model_call`'s matrix: file, labels and probabilities, and a
     multi-label or reject model's answer (`Prediction.to_dict` without its source and error)."""
     probabilities, score = (row[:-1], float(row[-1])) if engine.config.reject is not None else (row, None)
-    answer = engine.answer(name, probabilities, top_k, score, reject=reject).to_dict()
+    answer = engine.answer(name, probabilities, options, score).to_dict()
     return {"file": name, **{key: value for key, value in answer.items() if key not in ("source", "error")}}
 
 
@@ -378,60 +377,6 @@ def decode_upload(name: str, stream: BinaryIO, preprocessing: Preprocessing, max
     except Exception as error:  # a decoder bug must not fail the request's other files silently or crash: 415
         logger.exception("unexpected error decoding %s", name)
         return _Refusal(name, f"cannot be decoded ({type(error).__name__})", 415)
-
-
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.~])(?:/[^\s/'\"():;,]+)+/?")
-
-
-def without_directories(text: str) -> str:
-    """`text` with every absolute path cut to its last part, so answers never reveal the server's folders.
-
-    Example:
-        >>> without_directories("/home/me/runs/ants.onnx: no such ONNX file")
-        'ants.onnx: no such ONNX file'
-    """
-    return _ABSOLUTE_PATH.sub(lambda match: match.group(0).rstrip("/").rsplit("/", 1)[-1], text)
-
-
-def describe_model(engine: InferenceEngine, identity: dict[str, str]) -> dict[str, Any]:
-    """What `GET /v1/model` answers (file names only: a path in the backbone's origin is cut to its name)."""
-    config = engine.config
-    return {
-        **identity,
-        "engine": engine.engine,
-        "precision": engine.precision,
-        "classes": engine.classes,
-        "arch": config.arch,
-        "backbone": {key: without_directories(str(value)) for key, value in config.backbone.items()},
-        "input_size": list(engine.preprocessing.input_size),
-        "preprocessing": engine.preprocessing.to_dict(),
-        "mode": config.mode,
-        "temperature": config.temperature,
-        "task": config.task,
-        "thresholds": config.thresholds,
-        "reject": None if config.reject is None else config.reject.model_dump(),
-        "metrics": config.metrics,
-        "created": config.created,
-        "tlearn_version": config.tlearn_version,
-    }
-
-
-def model_identity(engine: InferenceEngine) -> dict[str, str]:
-    """A name for the model (its run or file name) and a version (the first 12 hex digits of its weights' SHA-256)."""
-    path = engine.path
-    if path is None:
-        return {"name": engine.config.arch, "version": "unknown"}
-    weights = path / WEIGHTS_FILE if path.is_dir() else path
-    name = path.parent.name if path.is_dir() and path.name == "model" else path.stem if path.is_file() else path.name
-    return {"name": name, "version": _sha256(weights)[:12]}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def server_config(app: ASGIApp, *, host: str, port: int, settings: ServeSettings, log_level: str = "info") -> Any:

@@ -6,11 +6,13 @@ whose reject rule scores by "knn", into the embeddings its classifier reads. Eve
 in worker processes while the model runs, constant memory on folders of any size, the progress bar, top-k
 answers, label sets, "unknown" answers (`tlearn.engines.answers`), in-memory pictures — lives here once, so
 predict, evaluate and serve behave the same whichever engine runs the model (`tlearn.engines.loading` picks
-the engine from the file type).
+the engine from the file type). What the caller decides (top-k, batch size, decoding workers, the reject rule,
+flips) arrives as one `tlearn.engines.options.PredictOptions`.
 """
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from tlearn.data.decoding import BatchDecoder, default_workers
 from tlearn.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageDecodeError, to_rgb
 from tlearn.data.preprocess import EvalPreprocess, Preprocessing
 from tlearn.engines.answers import UNKNOWN, KnnReferences, is_rejected, needs_embeddings, reject_scores
+from tlearn.engines.options import DEFAULT_PREDICT_OPTIONS, PredictOptions
 from tlearn.runs.model_dir import ModelConfig
 from tlearn.util.progress import Progress
 
@@ -95,7 +98,8 @@ class InferenceEngine(ABC):
 
     Example:
         >>> engine = load_engine("model.onnx")  # doctest: +SKIP
-        >>> [p.label for p in engine.iter_file_predictions([Path("bee.jpg")], top_k=1)]  # doctest: +SKIP
+        >>> answers = engine.iter_file_predictions([Path("bee.jpg")], PredictOptions(top_k=1))  # doctest: +SKIP
+        >>> [p.label for p in answers]  # doctest: +SKIP
         ['bees']
     """
 
@@ -160,94 +164,72 @@ class InferenceEngine(ABC):
     def predict(
         self,
         images: Sequence[ImageInput],
+        options: PredictOptions = DEFAULT_PREDICT_OPTIONS,
         *,
-        top_k: int = 3,
-        batch_size: int = 32,
-        workers: int | None = None,
         progress: Progress | None = None,
-        reject: bool = True,
     ) -> list[Prediction]:
         """Answers for files (decoded in parallel), PIL images or RGB arrays, in input order.
 
         A file that cannot be decoded gets a `Prediction` with `error` set; the others are still predicted.
-        `reject=False` answers with the best class even where the model's reject rule would say "unknown".
 
         Example:
-            >>> [(p.label, round(p.probabilities[0], 2)) for p in clf.predict(["bee.jpg", picture])]  # doctest: +SKIP
+            >>> answers = clf.predict(["bee.jpg", picture], PredictOptions(top_k=1))  # doctest: +SKIP
+            >>> [(p.label, round(p.probabilities[0], 2)) for p in answers]  # doctest: +SKIP
             [('bees', 0.97), ('ants', 0.88)]
         """
         results: list[Prediction | None] = [None] * len(images)
         files = [(i, Path(item)) for i, item in enumerate(images) if isinstance(item, str | Path)]
         in_memory = [(i, item) for i, item in enumerate(images) if not isinstance(item, str | Path)]
-        answers = self.iter_file_predictions(
-            [path for _, path in files],
-            top_k=top_k,
-            batch_size=batch_size,
-            workers=workers,
-            progress=progress,
-            reject=reject,
-        )
+        answers = self.iter_file_predictions([path for _, path in files], options, progress=progress)
         for (index, _), prediction in zip(files, answers, strict=True):
             results[index] = prediction
         prep = EvalPreprocess(self.preprocessing)
-        for start in range(0, len(in_memory), batch_size):
-            chunk = in_memory[start : start + batch_size]
+        for start in range(0, len(in_memory), options.batch_size):
+            chunk = in_memory[start : start + options.batch_size]
             pixels = np.stack([prep.from_picture(_as_picture(item)) for _, item in chunk])
-            probabilities, scores = self.scored_probabilities(pixels)
+            probabilities, scores = self.scored_probabilities(pixels, flip=options.flip)
             for position, (index, _) in enumerate(chunk):
                 score = None if scores is None else scores[position]
-                results[index] = self.answer(f"<image {index}>", probabilities[position], top_k, score, reject=reject)
+                results[index] = self.answer(f"<image {index}>", probabilities[position], options, score)
         return [result for result in results if result is not None]
 
     def iter_file_predictions(
         self,
         paths: Sequence[Path],
+        options: PredictOptions = DEFAULT_PREDICT_OPTIONS,
         *,
-        top_k: int = 3,
-        batch_size: int = 32,
-        workers: int | None = None,
         progress: Progress | None = None,
-        reject: bool = True,
     ) -> Iterator[Prediction]:
-        """Answers for each file, in input order, yielded batch by batch (constant memory on any folder).
-
-        `reject=False` answers with the best class even where the model's reject rule would say "unknown".
-        """
-        batches = self._stream_files(paths, batch_size, workers, progress, model_call=self.scored_probabilities)
-        for positions, outputs, failures in batches:
+        """Answers for each file, in input order, yielded batch by batch (constant memory on any folder)."""
+        model_call = functools.partial(self.scored_probabilities, flip=options.flip)
+        for positions, outputs, failures in self._stream_files(paths, options, progress, model_call=model_call):
             answers = {position: Prediction(source=str(paths[position]), error=reason) for position, reason in failures}
             probabilities, scores = outputs if positions else (None, None)
             for row, position in enumerate(positions):
                 score = None if scores is None else scores[row]
-                answers[position] = self.answer(str(paths[position]), probabilities[row], top_k, score, reject=reject)
+                answers[position] = self.answer(str(paths[position]), probabilities[row], options, score)
             yield from (answers[position] for position in sorted(answers))
 
     def predict_files_probabilities(
         self,
         paths: Sequence[Path],
+        options: PredictOptions = DEFAULT_PREDICT_OPTIONS,
         *,
-        batch_size: int = 32,
-        workers: int | None = None,
-        flip: bool = False,
-        progress: Progress,
+        progress: Progress | None = None,
     ) -> tuple[np.ndarray, dict[int, str]]:
         """Probabilities for every file ((N, C), zero rows for failures) and the failure reasons.
 
-        `flip` averages each image's probabilities with its mirror image's (test-time augmentation).
+        Only `options.batch_size`, `workers` and `flip` matter here: no answers are shaped.
         """
-        probabilities, _, failures = self.predict_files_scored(
-            paths, batch_size=batch_size, workers=workers, flip=flip, progress=progress, scores=False
-        )
+        probabilities, _, failures = self.predict_files_scored(paths, options, progress=progress, scores=False)
         return probabilities, failures
 
     def predict_files_scored(
         self,
         paths: Sequence[Path],
+        options: PredictOptions = DEFAULT_PREDICT_OPTIONS,
         *,
-        batch_size: int = 32,
-        workers: int | None = None,
-        flip: bool = False,
-        progress: Progress,
+        progress: Progress | None = None,
         scores: bool = True,
     ) -> tuple[np.ndarray, np.ndarray | None, dict[int, str]]:
         """`predict_files_probabilities` plus every file's reject score ((N,), None when the model has no reject
@@ -259,12 +241,10 @@ class InferenceEngine(ABC):
 
         def model_call(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
             if with_scores:
-                return self.scored_probabilities(pixels, flip=flip)
-            return self.probabilities(pixels, flip=flip), None
+                return self.scored_probabilities(pixels, flip=options.flip)
+            return self.probabilities(pixels, flip=options.flip), None
 
-        for positions, outputs, batch_failures in self._stream_files(
-            paths, batch_size, workers, progress, model_call=model_call
-        ):
+        for positions, outputs, batch_failures in self._stream_files(paths, options, progress, model_call=model_call):
             failures.update(batch_failures)
             if positions:
                 matrix[positions] = outputs[0]
@@ -279,8 +259,9 @@ class InferenceEngine(ABC):
         failure reasons: what a "knn" reject rule compares (training computes its references with it)."""
         rows: dict[int, np.ndarray] = {}
         failures: dict[int, str] = {}
+        options = PredictOptions(batch_size=batch_size, workers=workers)
         for positions, features, batch_failures in self._stream_files(
-            paths, batch_size, workers, None, model_call=lambda pixels: self._forward(pixels, embeddings=True)[1]
+            paths, options, None, model_call=lambda pixels: self._forward(pixels, embeddings=True)[1]
         ):
             failures.update(batch_failures)
             rows.update(zip(positions, features, strict=True) if positions else ())
@@ -293,8 +274,7 @@ class InferenceEngine(ABC):
     def _stream_files(
         self,
         paths: Sequence[Path],
-        batch_size: int,
-        workers: int | None,
+        options: PredictOptions,
         progress: Progress | None,
         *,
         model_call: Callable[[np.ndarray], Any],
@@ -302,12 +282,12 @@ class InferenceEngine(ABC):
         """(positions, what `model_call` returns for the decoded pixels, failures) per batch (None for a batch
         of failures only: nothing is run); worker processes decode ahead of the model."""
         progress = progress or Progress(quiet=True)
-        workers = workers if workers is not None else default_workers(accelerator=self.accelerated)
+        workers = options.workers if options.workers is not None else default_workers(accelerator=self.accelerated)
         with (
             BatchDecoder(
                 list(paths),
                 self.preprocessing,
-                batch_size=batch_size,
+                batch_size=options.batch_size,
                 workers=workers,
                 max_pixels=DEFAULT_MAX_IMAGE_PIXELS,
             ) as batches,
@@ -324,26 +304,30 @@ class InferenceEngine(ABC):
         return Prediction(source, [self.classes[i] for i in order], [float(row[i]) for i in order])
 
     def answer(
-        self, source: str, row: np.ndarray, top_k: int, score: float | None = None, *, reject: bool = True
+        self,
+        source: str,
+        row: np.ndarray,
+        options: PredictOptions = DEFAULT_PREDICT_OPTIONS,
+        score: float | None = None,
     ) -> Prediction:
         """The model's answer for one image from its row of probabilities and its reject score.
 
-        The top-k classes always; a multi-label model's label set (`Task.label_set`); under a
-        reject rule the score, and "unknown" below the rule's threshold unless `reject` is False.
+        The `options.top_k` classes always; a multi-label model's label set (`Task.label_set`); under a
+        reject rule the score, and "unknown" below the rule's threshold unless `options.reject` is False.
 
         Example:
-            >>> engine.answer("x.jpg", np.array([0.7, 0.3]), 1, 0.1).to_dict()  # doctest: +SKIP
+            >>> engine.answer("x.jpg", np.array([0.7, 0.3]), PredictOptions(top_k=1), 0.1).to_dict()  # doctest: +SKIP
             {'source': 'x.jpg', 'labels': ['ants'], 'probabilities': [0.7], 'error': None, 'label': 'unknown',
              'unknown': True, 'reject_score': 0.1}
         """
-        prediction = self.top_k(source, row, top_k)
+        prediction = self.top_k(source, row, options.top_k)
         chosen = self.config.task_type.label_set(row, self.config.thresholds)
         if chosen is not None:  # a model that answers with label sets
             prediction.label_set = [self.classes[i] for i in chosen]
             prediction.label_set_probabilities = [float(row[i]) for i in chosen]
         if score is not None and self.config.reject is not None:
             prediction.reject_score = float(score)
-            prediction.unknown = reject and is_rejected(self.config.reject, float(score))
+            prediction.unknown = options.reject and is_rejected(self.config.reject, float(score))
         return prediction
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import csv
 import functools
 import importlib.util
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,11 +30,13 @@ from tlearn.backbones.registry import (
     resolve_described,
 )
 from tlearn.engines.base import Prediction
-from tlearn.errors import BackboneError
+from tlearn.errors import BackboneError, TlearnError
+from tlearn.runs.layout import sample_rows
 from tlearn.util.numeric import softmax
 from tlearn.util.progress import Progress
 
 IMAGENET_CLASSES = 1000
+BEFORE_AFTER_SAMPLES = 8  # sample images the report shows with the original ImageNet model's answers
 
 # One image's answer: (class name, probability) pairs, most probable first; empty if the file is unreadable.
 Answer = list[tuple[str, float]]
@@ -145,6 +148,42 @@ def imagenet_answers(
         best = np.argsort(-row)[:k]
         answers.append([(names[i], float(row[i])) for i in best])
     return answers
+
+
+def imagenet_samples(
+    rows: Sequence[dict[str, Any]], answers_for: Callable[[list[str]], list[Answer]]
+) -> dict[str, Any]:
+    """What `imagenet.json` holds: the original ImageNet model's answers for the report's sample images.
+
+    Training and evaluation save the same thing for the same sample rows (`sample_rows`, which the report
+    shows); only how the answers are computed differs — from the embeddings training holds
+    (`imagenet_answers`), or from the files through the embedding cache (`imagenet_top_k`) — so the caller
+    passes that as `answers_for`: the samples' paths (as in `rows`) → one answer each, in order.
+
+    Args:
+        rows: predictions.csv rows of the set the report shows (`path` and `label` are read).
+        answers_for: the answers for the chosen paths; may raise a `TlearnError` (`BackboneError`).
+
+    Returns:
+        `{"answers": {path: answer}}` (images that could not be read left out), or `{"reason": why}` when the
+        original model cannot answer (its classifier is not ImageNet-1k's, its weights cannot be found again):
+        the "before" view is then missing from the report, and the run or evaluation still succeeds.
+
+    Example:
+        >>> rows = [{"path": "ants/1.jpg", "label": "ants"}, {"path": "bees/1.jpg", "label": "bees"}]
+        >>> imagenet_samples(rows, lambda paths: [[("ant, emmet, pismire", 0.9)], []])
+        {'answers': {'ants/1.jpg': [('ant, emmet, pismire', 0.9)]}}
+        >>> def refused(paths):
+        ...     raise BackboneError("backbone x: its original classifier has 21843 classes")
+        >>> imagenet_samples(rows, refused)
+        {'reason': 'backbone x: its original classifier has 21843 classes'}
+    """
+    samples = [row["path"] for row in sample_rows(rows, BEFORE_AFTER_SAMPLES)]
+    try:
+        answers = answers_for(samples)
+    except TlearnError as error:
+        return {"reason": str(error)}
+    return {"answers": {path: answer for path, answer in zip(samples, answers, strict=True) if answer}}
 
 
 def _predictions(ref: BackboneRef, paths: list[Path], k: int, progress: Progress) -> list[Prediction]:

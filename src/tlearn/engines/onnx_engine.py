@@ -41,7 +41,7 @@ class OnnxClassifier(InferenceEngine):
 
     Example:
         >>> clf = OnnxClassifier.load("ants.onnx")  # doctest: +SKIP
-        >>> clf.predict(["bee.jpg"], top_k=1)[0].label  # doctest: +SKIP
+        >>> clf.predict(["bee.jpg"], PredictOptions(top_k=1))[0].label  # doctest: +SKIP
         'bees'
     """
 

@@ -30,7 +30,7 @@ class Classifier(InferenceEngine):
 
     Example:
         >>> clf = Classifier.load("runs/ants/model")  # doctest: +SKIP
-        >>> clf.predict(["bee.jpg"], top_k=1)[0].label  # doctest: +SKIP
+        >>> clf.predict(["bee.jpg"], PredictOptions(top_k=1))[0].label  # doctest: +SKIP
         'bees'
     """
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tlearn.data.discovery import DataSource, discover_for_evaluation
+from tlearn.engines.options import PredictOptions
 from tlearn.errors import DataError
 from tlearn.evaluation.rejection import selective_metrics
 from tlearn.runs.layout import RunFolder, prediction_columns
@@ -93,9 +94,8 @@ def evaluate_folder(
         )
     index = {name: i for i, name in enumerate(engine.classes)}
     paths = [image.path for image in source.images]
-    probabilities, scores, failures = engine.predict_files_scored(
-        paths, batch_size=settings.batch_size, workers=settings.workers, flip=settings.tta, progress=progress
-    )
+    options = PredictOptions(batch_size=settings.batch_size, workers=settings.workers, flip=settings.tta)
+    probabilities, scores, failures = engine.predict_files_scored(paths, options, progress=progress)
     usable = [position for position in range(len(paths)) if position not in failures]
     if not usable:
         raise DataError(f"{source.root}: none of the {len(paths)} image(s) could be decoded")

@@ -256,10 +256,11 @@ def _choice_panel(records: RunRecords) -> dict[str, Any] | None:
     if summary is None or summary.head is None or (summary.selection is None and summary.finetune_skipped is None):
         return None  # nothing was chosen (an evaluation, or a run written by hand)
     final = FINAL_FIT_SENTENCES.get(summary.final_fit or "", "")
+    backbones = {"backbones": summary.backbone_trials, "backbone_reason": summary.backbone_choice}
     head, selection, tuned = summary.head, summary.selection, summary.finetune
     if selection is None or tuned is None:
         lead = f"The linear head was kept; fine-tuning did not run: {summary.finetune_skipped}."
-        return {"lead": lead, "rows": [], "final": final}
+        return {"lead": lead, "rows": [], "final": final, **backbones}
     rows = [
         {
             "name": f"linear head (C = {head.c}, cross-validated)",
@@ -284,7 +285,7 @@ def _choice_panel(records: RunRecords) -> dict[str, Any] | None:
     lead = f"Both candidates were scored on the same validation images. {reason[0].upper()}{reason[1:]}."
     if selection.kept != selection.chosen:
         lead += " The fine-tuned network was kept because --mode finetune asked for it."
-    return {"lead": lead, "rows": rows, "final": final}
+    return {"lead": lead, "rows": rows, "final": final, **backbones}
 
 
 def worst_errors(rows: list[dict[str, str]], count: int = GALLERY_SIZE) -> list[dict[str, str]]:

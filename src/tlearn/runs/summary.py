@@ -29,6 +29,20 @@ class CSearchRow(_Record):
     cv_accuracy: float  # images answered right (a multi-label image: its whole label set at 0.5)
 
 
+class BackboneTrial(_Record):
+    """One candidate backbone of `--backbone auto`: its linear head cross-validated on train + val."""
+
+    name: str
+    cv_accuracy: float  # mean over the draws of the folds
+    cv_accuracy_draws: list[float] = Field(default_factory=list)
+    cv_accuracy_interval: list[float] = Field(default_factory=list)  # 95% Wilson interval of the mean
+    cv_loss: float = 0.0
+    c: float = 1.0
+    images: int = 0
+    seconds: float = 0.0  # embedding and cross-validation
+    chosen: bool = False
+
+
 class HeadRecord(_Record):
     """The linear head: its C search by cross-validation over train + val and what it reached there."""
 
@@ -100,6 +114,8 @@ class RunSummary(_Record):
     model: str = "linear"  # what was shipped: linear or finetune
     final_fit: str | None = None  # what the shipped model learnt from: train, train+val or all
     backbone: dict[str, str] = Field(default_factory=dict)
+    backbone_trials: list[BackboneTrial] = Field(default_factory=list)  # `--backbone auto`: every candidate
+    backbone_choice: str | None = None  # why the backbone was chosen (auto)
     classes: list[str] = Field(default_factory=list)
     world_size: int = 1
     embedding: EmbeddingRecord = EmbeddingRecord()

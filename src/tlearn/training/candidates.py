@@ -87,6 +87,7 @@ class Candidate:
     final_fit: str | None = None  # what the shipped model learnt from (set by `final_fit`)
     extra_files: dict[str, bytes] = field(default_factory=dict)  # saved beside the weights (reject references)
     head: LinearHead | None = field(default=None, repr=False)  # a linear candidate's head fitted on train + val
+    data: PreparedData | None = field(default=None, repr=False)  # the embeddings (backbone) it was built on
 
 
 def linear_candidate(config: TrainConfig, prepared: PreparedData) -> Candidate:
@@ -143,6 +144,7 @@ def linear_candidate(config: TrainConfig, prepared: PreparedData) -> Candidate:
         history,
         head_record=record,
         head=head,
+        data=prepared,
     )
 
 
@@ -187,6 +189,7 @@ def finetune_candidate(context: TrainingContext, prepared: PreparedData, linear:
     """Fine-tune on the training split from a linear head fitted on it alone, validated on val each epoch; a
     multi-label network's thresholds are chosen on the validation images its kept epoch was picked on."""
     from tlearn.training.finetune import finetune  # deferred: imports torch
+    from tlearn.training.plan import FinetunePlan
 
     config, task = context.config, prepared.task
     train_count = len(prepared.targets["train"])
@@ -196,16 +199,22 @@ def finetune_candidate(context: TrainingContext, prepared: PreparedData, linear:
         splits["test"] = prepared.files("test")
     budget = _budget_seconds(config)
     if config.mode == "auto" and config.final_fit != "train":
-        # the refit on train + val runs as many epochs on more images: leave it its share of the budget
-        budget *= train_count / (train_count + len(prepared.answers("train", "val")))
+        # the final refit runs as many epochs on more images: leave it its share of the budget
+        budget *= train_count / (train_count + len(prepared.answers(*_refit_splits(config, prepared))))
+    plan = FinetunePlan.from_config(
+        config,
+        context.dist,
+        train_images=len(splits["train"].paths),
+        budget_seconds=budget if config.mode == "auto" else None,
+    )
     outcome = finetune(
         context,
+        plan,
         _model_config(prepared, "finetune", task.untuned_thresholds(len(prepared.classes))),
         _linear_state(prepared, head),
         splits,
         _class_weights(prepared, ("train",)),
         stage="select",
-        budget_seconds=budget if config.mode == "auto" else None,
     )
     start = {**outcome.history[0], "stage": "linear head (fitted on train)"}
     thresholds = task.choose_thresholds(outcome.probabilities["val"], prepared.answers("val"))
@@ -223,13 +232,15 @@ def finetune_candidate(context: TrainingContext, prepared: PreparedData, linear:
             budget_seconds=round(budget, 1) if config.mode == "auto" else None,
             resumed_after_epoch=outcome.resumed_after,
         ),
+        data=prepared,
     )
 
 
-def final_fit(context: TrainingContext, prepared: PreparedData, linear: Candidate, chosen: Candidate) -> Candidate:
-    """The shipped model: the chosen candidate refitted on train + val (and on the test split too with
-    `--final-fit all`, once the test split has been measured)."""
-    config = context.config
+def final_fit(context: TrainingContext, linear: Candidate, chosen: Candidate) -> Candidate:
+    """The shipped model: the chosen candidate fitted again on every labelled image (`--final-fit all`, the
+    default) or on train + val, once the test split has been measured with the model before that fit (the
+    linear head fitted on train + val; the fine-tuned network validated on val)."""
+    config, prepared = context.config, chosen.data or linear.data
     chosen.final_fit = _final_fit_name(config, prepared)
     if chosen is linear:
         if config.final_fit == "train":
@@ -244,13 +255,18 @@ def final_fit(context: TrainingContext, prepared: PreparedData, linear: Candidat
         return chosen
     if config.final_fit == "train":
         return chosen
-    refit = _refit_finetuned(context, prepared, linear, chosen, ("train", "val"), stage="refit")
-    if chosen.final_fit == "all":
-        measured = refit.probabilities["test"]
-        refit = _refit_finetuned(context, prepared, linear, refit, ("train", "val", "test"), stage="refit-all")
-        refit.probabilities["test"] = measured
+    splits = _refit_splits(config, prepared)
+    refit = _refit_finetuned(
+        context, prepared, linear, chosen, splits, stage="refit-all" if "test" in splits else "refit"
+    )
     refit.final_fit = chosen.final_fit
     return refit
+
+
+def _refit_splits(config: TrainConfig, prepared: PreparedData) -> tuple[str, ...]:
+    """The splits a fine-tuned network is fitted on again at the end (one refit, after the test split was
+    measured by the network validated on val)."""
+    return ("train", "val", "test") if _final_fit_name(config, prepared) == "all" else ("train", "val")
 
 
 def _final_fit_name(config: TrainConfig, prepared: PreparedData) -> str:
@@ -285,17 +301,19 @@ def _refit_finetuned(
 ) -> Candidate:
     """Fine-tune again from the start on more images, with the validated run's schedule (its epochs)."""
     from tlearn.training.finetune import finetune  # deferred: imports torch
+    from tlearn.training.plan import FinetunePlan
 
     config = context.config
     record = tuned.finetune_record
     epochs = max(1, (record.epochs if record else 0) or config.epochs or DEFAULT_EPOCHS)
-    refit_config = config.model_copy(update={"epochs": epochs, "patience": epochs + 1})
     head = _fit_linear_on(config, prepared, linear, splits)
     files = {"train": prepared.files(*splits)}
     if "test" in prepared.evaluated and "test" not in splits:
         files["test"] = prepared.files("test")
+    plan = FinetunePlan.from_config(config, context.dist, train_images=len(files["train"].paths)).fixed(epochs)
     outcome = finetune(
-        TrainingContext(refit_config, context.run, context.resume, context.dist, context.tracker, context.progress),
+        context,
+        plan,
         tuned.model_config,
         _linear_state(prepared, head),
         files,
@@ -314,9 +332,10 @@ def _refit_finetuned(
     return Candidate(
         tuned.model_config,
         outcome.state,
-        {**tuned.probabilities, **outcome.probabilities},
+        {**tuned.probabilities, **outcome.probabilities},  # a refit on every split keeps the measured test
         tuned.history + rows,
         finetune_record=finetune_record,
+        data=prepared,
     )
 
 
