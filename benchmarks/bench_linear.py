@@ -178,6 +178,8 @@ def main() -> None:
             work / name,
             "--mode",
             "linear",
+            "--backbone",  # the floor is Lite0's: the default would also compare Lite1 and Lite2
+            "lite0",
             "-q",
             env={"TLEARN_CACHE_DIR": str(work / cache), **env},
         )
@@ -212,7 +214,8 @@ def main() -> None:
     save(
         "linear",
         {
-            "command": f"tlearn train {TRAIN} --out RUN --mode linear ; tlearn evaluate RUN/model {VAL}",
+            "command": f"tlearn train {TRAIN} --out RUN --mode linear --backbone lite0 ; "
+            f"tlearn evaluate RUN/model {VAL}",
             "val_accuracy": accuracy,
             "val_accuracy_torch_engine": torch_accuracy,
             "val_images": json.loads((work / "eval" / "metrics.json").read_text())["all"]["n"],

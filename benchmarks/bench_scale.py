@@ -149,7 +149,9 @@ def measure_size(work: Path, count: int, big: int, cache: Path) -> dict[str, obj
             draw_folder(data, added, big=0, seed=count + 1, start=count)
             figures["incremental_new_files"] = added
         out = work / f"run-{count}-{phase}"
-        result = timed_run(["train", str(data), "--out", str(out), "--mode", "linear", "-q"], env)
+        result = timed_run(
+            ["train", str(data), "--out", str(out), "--mode", "linear", "--backbone", "lite0", "-q"], env
+        )
         embedding = json.loads((out / "run.json").read_text()).get("embedding", {})
         images = count + (figures.get("incremental_new_files", 0) if phase == "incremental" else 0)
         result["images_per_s"] = round(images / result["wall_s"], 1)
@@ -167,7 +169,9 @@ def prepare_backbone(work: Path, cache: Path) -> float:
     data = work / "prepare"
     draw_folder(data, 12, big=0, seed=1)
     env = {"TLEARN_CACHE_DIR": str(cache), "TLEARN_EMBEDDING_ENGINE": "onnx"}
-    seconds = timed_run(["train", str(data), "--out", str(work / "prepare-run"), "--mode", "linear", "-q"], env)
+    seconds = timed_run(
+        ["train", str(data), "--out", str(work / "prepare-run"), "--mode", "linear", "--backbone", "lite0", "-q"], env
+    )
     shutil.rmtree(cache / "embeddings")
     (cache / "files.sqlite").unlink()
     return seconds["wall_s"]
@@ -188,7 +192,8 @@ def photo_test(work: Path, prepared: Path) -> dict[str, object]:
         shutil.copytree(prepared, cache)
         env = {"TLEARN_CACHE_DIR": str(cache)}
         results[name] = timed_run(
-            ["train", str(data), "--out", str(work / f"run-{name}"), "--mode", "linear", "-q"], env
+            ["train", str(data), "--out", str(work / f"run-{name}"), "--mode", "linear", "--backbone", "lite0", "-q"],
+            env,
         )
     results["ratio"] = round(results["big_4000x3000"]["wall_s"] / results["small_400x300"]["wall_s"], 3)
     return results
@@ -338,7 +343,7 @@ def main() -> None:
         save(
             args.name,
             {
-                "command": "tlearn train DATA --out RUN --mode linear (fresh processes)",
+                "command": "tlearn train DATA --out RUN --mode linear --backbone lite0 (fresh processes)",
                 "prepare_s": prepare_s,
                 "sizes": sizes,
                 "photos_48": photos,

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from _common import RESULTS, SHARED, require_shared, run_tlearn, save
+from tlearn.runs.summary import read_run_summary
 
 SETS = {"hymenoptera": "val", "pools": "test", "signs": "test", "mri": "test"}
 CONFIGS = {"linear": ["--mode", "linear"], "finetune": ["--mode", "finetune"], "default": []}
@@ -39,8 +40,7 @@ def run_config(data_set: str, flags: list[str], work: Path) -> dict[str, object]
     seconds, _ = run_tlearn("train", train, "--out", work / "run", "-q", *flags)
     run_tlearn("evaluate", work / "run", held_out, "--out", work / "eval", "-q")
     metrics = json.loads((work / "eval" / "metrics.json").read_text())["all"]
-    summary = json.loads((work / "run" / "run.json").read_text())
-    selection = summary.get("stages", {}).get("selection", {})
+    summary = read_run_summary(work / "run" / "run.json")
     return {
         "accuracy": metrics["accuracy"],
         "accuracy_interval": metrics["accuracy_interval"],
@@ -49,10 +49,12 @@ def run_config(data_set: str, flags: list[str], work: Path) -> dict[str, object]
         "correct": round(metrics["accuracy"] * metrics["n"]),
         "images": metrics["n"],
         "train_seconds": round(seconds, 1),
-        "model": summary.get("model"),
-        "skipped_finetune": summary.get("stages", {}).get("finetune_skipped"),
-        "validation_choice": selection.get("reason"),
-        "finetune": summary.get("finetune"),
+        "model": summary.model,
+        "backbone": summary.backbone.get("name"),
+        "backbone_choice": summary.backbone_choice,
+        "skipped_finetune": summary.finetune_skipped,
+        "validation_choice": summary.selection.reason if summary.selection else None,
+        "finetune": summary.finetune.model_dump() if summary.finetune else None,
     }
 
 

@@ -14,6 +14,7 @@ import yaml
 import tlearn
 from helpers import make_class_folder, write_broken_files
 from tlearn.errors import DataError, RunDirError
+from tlearn.evaluation.intervals import wilson_interval
 from tlearn.util.atomic import leftover_temporaries
 
 METRIC_KEYS = {"accuracy", "balanced_accuracy", "macro_f1", "per_class", "confusion_matrix", "classes", "n"}
@@ -208,6 +209,11 @@ def test_auto_mode_fine_tunes_when_the_linear_head_errs_and_records_its_choice(t
         )
     )
     assert selection.chosen == ("finetune" if finetune_won else "linear")
+    page = (run.path / "report.html").read_text(encoding="utf-8")
+    choice = page[page.index('id="choice"') : page.index('id="training"')]
+    for accuracy in (selection.linear_accuracy, selection.finetune_accuracy):  # each candidate with its interval
+        low, high = wilson_interval(round(accuracy * selection.images), selection.images)
+        assert f"{100 * low:.1f}%–{100 * high:.1f}%" in choice
     if selection.chosen == "linear":
         assert "cv" in run.metrics and summary.finetune.refits == {}  # judged on its cross-validation, no refit
     else:

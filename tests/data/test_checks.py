@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
+
 from helpers import make_class_folder
 from tlearn.backbones.cache import file_sha256
 from tlearn.data.checks import check_data, summary_lines
@@ -26,6 +28,21 @@ def test_leaking_copies_are_excluded_from_evaluation(tmp_path):
     ]
     assert "val/a/copy.png" not in checked.relpaths("val") and len(checked.relpaths("val")) == 4
     assert any("leakage" in line for line in summary_lines(checked.report))
+
+
+@pytest.mark.parametrize(("copy_in", "kept_in"), [("test", "train"), ("test", "val")])
+def test_a_test_copy_of_a_train_or_val_image_is_excluded_from_the_test_figures(tmp_path, copy_in, kept_in):
+    make_class_folder(tmp_path / "train", {"a": 4, "b": 4})
+    make_class_folder(tmp_path / "val", {"a": 2, "b": 2}, start=50)
+    make_class_folder(tmp_path / "test", {"a": 2, "b": 2}, start=80)
+    original = tmp_path / kept_in / "a" / ("img_000.png" if kept_in == "train" else "img_050.png")
+    shutil.copy(original, tmp_path / copy_in / "a" / "copy.png")
+    checked = _check(tmp_path)
+    assert checked.report["leakage"] == [
+        {"sha256": file_sha256(original), "kept_in": kept_in, "excluded": [f"{copy_in}/a/copy.png"]}
+    ]
+    assert f"{copy_in}/a/copy.png" not in checked.relpaths(copy_in) and len(checked.relpaths(copy_in)) == 4
+    assert len(checked.relpaths(kept_in)) == (8 if kept_in == "train" else 4)  # the original stays where it is
 
 
 def test_duplicates_and_label_conflicts_are_reported(tmp_path):

@@ -80,6 +80,20 @@ def test_the_chosen_c_has_the_lowest_out_of_fold_loss(task: Task) -> None:
     assert max(losses.values()) - min(losses.values()) > 0.02  # the candidates really differ
 
 
+def test_c_follows_the_loss_where_another_c_answers_more_images_right() -> None:
+    # Seeded so that the C with the most right answers out of fold (0.01) is not the one with the lowest
+    # out-of-fold log-loss (0.1): choosing by accuracy would pick the other one.
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1, 2], 20)
+    x = rng.normal(size=(60, 300))
+    x[:, :3] += np.eye(3)[labels]
+    selection = select_c(x, labels, 3)
+    by_accuracy = max(selection.candidates, key=lambda row: row["cv_accuracy"])
+    by_loss = min(selection.candidates, key=lambda row: row["cv_loss"])
+    assert by_accuracy["c"] != by_loss["c"]  # the data really separates the two rules
+    assert selection.c == by_loss["c"]
+
+
 @pytest.mark.parametrize("task", TASKS)
 def test_out_of_fold_answers_come_from_heads_that_never_saw_the_image(task: Task) -> None:
     # Labels that are pure noise: a head scored on its own training images looks perfect at weak

@@ -28,7 +28,7 @@ import numpy as np
 
 from tlearn import __version__
 from tlearn.evaluation.calibration import apply_temperature, reliability_bins
-from tlearn.evaluation.intervals import smallest_detectable_difference
+from tlearn.evaluation.intervals import smallest_detectable_difference, wilson_interval
 from tlearn.evaluation.metrics import classification_metrics
 from tlearn.report.multilabel import (
     class_probabilities,
@@ -281,6 +281,8 @@ def _choice_panel(records: RunRecords) -> dict[str, Any] | None:
             "kept": selection.kept == "finetune",
         },
     ]
+    for row in rows:  # each candidate's accuracy on these images, with its 95% Wilson interval
+        row["interval"] = wilson_interval(row["right"], row["images"])
     reason = selection.reason
     lead = f"Both candidates were scored on the same validation images. {reason[0].upper()}{reason[1:]}."
     if selection.kept != selection.chosen:

@@ -102,7 +102,7 @@ class TrainImages(Dataset):
 
     Example:
         >>> images = TrainImages(paths, labels, transform, shorter_side=258, workers=1)  # doctest: +SKIP
-        >>> pixels, label = images[0]  # (3, 224, 224) uint8, int
+        >>> pixels, label = images[0]  # (3, 224, 224) uint8, int  # doctest: +SKIP
     """
 
     def __init__(
