@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -261,7 +261,7 @@ def _pick_candidate(context: TrainingContext, prepared: PreparedData, linear: Ca
         progress.info(f"kept the fine-tuned network because of --mode finetune; in auto mode: {choice.reason}")
     else:
         progress.info(f"kept the {'fine-tuned network' if kept is tuned else 'linear head'}: {choice.reason}")
-    selection = SelectionRecord(**asdict(choice), kept="finetune" if kept is tuned else "linear")
+    selection = choice.model_copy(update={"kept": "finetune" if kept is tuned else "linear"})
     return kept, _Outcome(tuned=tuned, selection=selection)
 
 

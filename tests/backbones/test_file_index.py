@@ -6,7 +6,10 @@ import os
 import shutil
 import time
 
-from tlearn.backbones.cache import FileIndex
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tlearn.backbones.cache import RACY_SECONDS, FileIndex, FileState
 
 HASH_A, HASH_B = "aa" * 32, "bb" * 32
 
@@ -71,3 +74,30 @@ def test_missing_files_and_non_utf8_names(tmp_path):
     states, errors = index.stat([tmp_path / "gone.jpg", odd])
     assert states[0] is None and "No such file" in errors[0]
     assert index.lookup(states) == [None, HASH_B]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    mtime_before=st.integers(min_value=-5_000_000_000, max_value=5_000_000_000),
+    ctime_before=st.integers(min_value=-5_000_000_000, max_value=5_000_000_000),
+)
+def test_the_racy_rule_trusts_a_file_only_when_both_timestamps_are_older_than_the_tick(
+    tmp_path_factory, mtime_before, ctime_before
+):
+    """Recorded exactly when mtime and ctime both lie more than RACY_SECONDS before the stat was taken."""
+    seen = 1_700_000_000_000_000_000
+    state = FileState(b"/data/a.jpg", 1, 2, 3, seen - mtime_before, seen - ctime_before, seen)
+    index = FileIndex(tmp_path_factory.mktemp("racy") / "cache")
+    tick = int(RACY_SECONDS * 1e9)
+    assert index.record(state, HASH_A) == (mtime_before > tick and ctime_before > tick)
+    index.close()
+
+
+def test_the_racy_tick_boundary(tmp_path):
+    seen, tick = 1_700_000_000_000_000_000, int(RACY_SECONDS * 1e9)
+    index = FileIndex(tmp_path / "cache")
+    old = seen - tick - 1
+    assert index.record(FileState(b"/a", 1, 2, 3, old, old, seen), HASH_A)
+    assert not index.record(FileState(b"/b", 1, 2, 3, seen - tick, old, seen), HASH_A)  # mtime on the tick
+    assert not index.record(FileState(b"/c", 1, 2, 3, old, seen - tick, seen), HASH_A)  # ctime on the tick
+    index.close()

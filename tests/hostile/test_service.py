@@ -235,6 +235,16 @@ def test_a_full_queue_answers_503_with_retry_after(controlled):
         assert still_serves(client)
 
 
+def test_a_refused_upload_gives_its_queue_slot_back(engine):
+    """With a one-slot queue, a request refused while decoding (415, 413) must free the slot: else every later
+    request would be answered 503 "busy"."""
+    with serving_app(lambda: engine, ServeSettings(max_pending_requests=1)) as client:
+        for _ in range(3):
+            refused = post(client, ("broken.png", b"not an image at all"))
+            assert refused.status_code == 415 and "broken.png" in refused.text
+        assert post(client, ("red.png", RED)).status_code == 200
+
+
 # --- what answers reveal, and who may ask ------------------------------------------------------------------
 
 

@@ -56,6 +56,26 @@ def test_overwrite_restores_the_previous_run_when_the_new_one_fails(tiny_data, t
     tlearn.load(out)  # still a usable, complete run
 
 
+def test_a_failed_overwrite_rolls_back_only_its_own_outputs(tiny_data, tmp_path, monkeypatch):
+    """Files tlearn did not write, whenever they appeared (before the run, during it), survive its rollback."""
+    out = tmp_path / "run"
+    tlearn.train(tiny_data, out=out, quiet=True)
+    (out / "samples").mkdir()
+    (out / "samples" / "keep.txt").write_text("before")
+    previous = snapshot(out)
+
+    def write_then_fail(*args, **kwargs):
+        (out / "written-meanwhile.txt").write_text("during")  # e.g. a user's note saved while the run works
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("tlearn.pipeline.write_report", write_then_fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        tlearn.train(tiny_data, out=out, quiet=True, overwrite=True, seed=5)
+    assert (out / "written-meanwhile.txt").read_text() == "during"
+    (out / "written-meanwhile.txt").unlink()
+    assert snapshot(out) == previous
+
+
 def test_overwrite_replaces_only_after_success_and_keeps_other_files(tiny_data, tmp_path):
     out = tmp_path / "run"
     first = tlearn.train(tiny_data, out=out, quiet=True, seed=1, split=(0.6, 0.2, 0.2))

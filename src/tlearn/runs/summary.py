@@ -80,7 +80,7 @@ class FinetuneRecord(_Record):
 class SelectionRecord(_Record):
     """The linear head against fine-tuning on the same validation images, and which one was kept."""
 
-    chosen: str  # "linear" or "finetune": what the comparison chose
+    chosen: str  # "linear" or "finetune": what the comparison chose (`tlearn.training.selection.choose`)
     kept: str  # what was shipped (differs from `chosen` only under --mode finetune)
     images: int
     linear_accuracy: float

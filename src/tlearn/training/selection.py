@@ -10,30 +10,13 @@ than chance.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from tlearn.evaluation.intervals import mcnemar_p_value
 from tlearn.evaluation.tasks import SINGLE_LABEL, Task  # noqa: F401 - SINGLE_LABEL: the doctest's task
+from tlearn.runs.summary import SelectionRecord
 
 LOSS_MARGIN = 0.9  # on a tie in right answers, fine-tuning's loss must be below this share of the linear head's
-
-
-@dataclass(frozen=True)
-class Choice:
-    """Which candidate was kept and why, in numbers and in one sentence."""
-
-    chosen: str  # "linear" or "finetune"
-    images: int
-    linear_accuracy: float
-    finetune_accuracy: float
-    linear_loss: float
-    finetune_loss: float
-    only_linear_right: int
-    only_finetune_right: int
-    p_value: float
-    reason: str
 
 
 def choose(
@@ -44,7 +27,7 @@ def choose(
     thresholds: tuple[list[float] | None, list[float] | None] = (None, None),
     *,
     improved: bool = True,
-) -> Choice:
+) -> SelectionRecord:
     """Compare two candidates' (N, K) validation probabilities on the same images.
 
     An image is answered right when the task says so (the top class; a multi-label image's whole label set, at
@@ -67,7 +50,7 @@ def choose(
 
 def _compare(
     linear_right: np.ndarray, finetune_right: np.ndarray, losses: tuple[float, float], *, improved: bool
-) -> Choice:
+) -> SelectionRecord:
     """The choice from each candidate's right answers per image and (linear, fine-tuning) losses."""
     only_linear, only_finetune = (
         int((linear_right & ~finetune_right).sum()),
@@ -98,15 +81,17 @@ def _compare(
             f"{int(finetune_right.sum())}/{n}, so the cheaper linear head is kept (fine-tuning alone right on "
             f"{only_finetune}, linear alone on {only_linear}; McNemar p = {p_value:.3g}: {verdict})"
         )
-    return Choice(
-        "finetune" if better else "linear",
-        n,
-        float(linear_right.mean()),
-        float(finetune_right.mean()),
-        linear_loss,
-        finetune_loss,
-        only_linear,
-        only_finetune,
-        p_value,
-        reason,
+    chosen = "finetune" if better else "linear"
+    return SelectionRecord(
+        chosen=chosen,
+        kept=chosen,
+        images=n,
+        linear_accuracy=float(linear_right.mean()),
+        finetune_accuracy=float(finetune_right.mean()),
+        linear_loss=linear_loss,
+        finetune_loss=finetune_loss,
+        only_linear_right=only_linear,
+        only_finetune_right=only_finetune,
+        p_value=p_value,
+        reason=reason,
     )
