@@ -154,6 +154,25 @@ def test_balanced_weighting_helps_the_minority() -> None:
     assert balanced.probabilities(x[minority])[:, 1].mean() > plain.probabilities(x[minority])[:, 1].mean()
 
 
+def test_the_balanced_loss_reaches_the_cross_validation_too() -> None:
+    x, y = _blobs(60, 2, seed=3, noise=6.0)
+    keep = np.r_[np.arange(60), np.arange(60, 70)]  # 60 vs 10, overlapping
+    plain = select_c(x[keep], y[keep], 2, c_grid=(0.01,))
+    balanced = select_c(x[keep], y[keep], 2, c_grid=(0.01,), balanced=True)
+    minority = y[keep] == 1
+    assert balanced.out_of_fold[minority, 1].mean() > plain.out_of_fold[minority, 1].mean() + 0.05
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_constant_features_leave_a_finite_float32_head(task: Task) -> None:
+    x, targets, classes = _learnable(task)
+    x = np.c_[x, np.full(len(x), 3.0, dtype=np.float32)]  # a feature that never changes
+    head = fit_head(x, targets, classes, 1.0, task=task)
+    assert head.weight.dtype == np.float32 and head.bias.dtype == np.float32
+    assert np.isfinite(head.weight).all() and np.isfinite(head.bias).all()
+    assert task.right(head.probabilities(x), targets, None).mean() > 0.85
+
+
 def test_a_class_present_on_every_image_is_answered_without_a_fit() -> None:
     x, targets = _label_sets(n=50)
     targets[:, 1] = 1.0

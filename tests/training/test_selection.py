@@ -57,3 +57,5 @@ def test_each_candidate_answers_label_sets_at_its_own_thresholds() -> None:
     probabilities = np.array([[0.4], [0.2]])  # right at a threshold of 0.3, half right at 0.5
     choice = choose(MULTI_LABEL, probabilities, probabilities, targets, ([0.5], [0.3]))
     assert (choice.linear_accuracy, choice.finetune_accuracy) == (0.5, 1.0)
+    choice = choose(MULTI_LABEL, probabilities, probabilities, targets, ([0.3], [0.5]))
+    assert (choice.linear_accuracy, choice.finetune_accuracy) == (1.0, 0.5)
