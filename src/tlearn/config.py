@@ -39,8 +39,8 @@ class TrainConfig(BaseModel):
     )
     split: tuple[float, float, float] | None = Field(
         None,
-        description="train,val,test fractions for DATA/<class>/* (e.g. 70,15,15); default: 64,16,20, or 80,20,0 "
-        "below 150 images.",
+        description="train,val,test fractions for DATA/<class>/* (e.g. 70,15,15); default: 64,16,20 at every "
+        "folder size (fixed hash buckets: adding images never moves one).",
     )
     follow_links: bool = Field(
         False, description="Follow symbolic links that lead outside DATA (else listed, skipped)."
