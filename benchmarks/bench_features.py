@@ -83,13 +83,15 @@ def load(out: Path, data_set: str, backbone: str) -> dict[str, np.ndarray]:
         return dict(stored)
 
 
-def candidates(stored: dict[str, dict[str, np.ndarray]]) -> dict[str, tuple[list[tuple[str, str]], bool]]:
-    """name → (feature blocks as (backbone, kind), mirrored-view training) of every candidate feature set."""
+def candidates(stored: dict[str, dict[str, np.ndarray]]) -> dict[str, tuple[list[tuple[str, str]], bool | str]]:
+    """name → (feature blocks as (backbone, kind), mirrored views: True to train and test on both, "test" to
+    average only the test images' two views) of every candidate feature set."""
     names = list(stored)
     found: dict[str, tuple[list[tuple[str, str]], bool]] = {}
     for backbone in names:
         found[backbone] = ([(backbone, "plain")], False)
         found[f"{backbone}+flip"] = ([(backbone, "plain")], True)
+        found[f"{backbone}+testflip"] = ([(backbone, "plain")], "test")
         found[f"{backbone}+layers"] = ([(backbone, "plain"), (backbone, "layers")], False)
         found[f"{backbone}+layers+flip"] = ([(backbone, "plain"), (backbone, "layers")], True)
     if len(names) > 1:
@@ -117,14 +119,14 @@ def score(stored, blocks, flip: bool, labels_train, labels_test, classes, draws:
     cv = []
     chosen = []
     for draw in range(draws):
-        if flip:  # both views of an image always share a fold: the mirror must not leak into its own test fold
+        if flip is True:  # both views of an image always share a fold: the mirror must not leak into its own test fold
             selection = _select_c_paired(train, features(stored, blocks, "train", "mirrored"), labels_train, draw)
         else:
             selection = select_c(train, labels_train, len(classes), seed=draw)
         cv.append(float((selection.out_of_fold.argmax(1) == labels_train).mean()))
         chosen.append(selection.c)
     c = chosen[0]
-    if flip:
+    if flip is True:
         x = np.concatenate([train, features(stored, blocks, "train", "mirrored")])
         head = fit_head(x, np.concatenate([labels_train, labels_train]), len(classes), c)
         mirrored = features(stored, blocks, "test", "mirrored")
@@ -132,6 +134,8 @@ def score(stored, blocks, flip: bool, labels_train, labels_test, classes, draws:
     else:
         head = fit_head(train, labels_train, len(classes), c)
         probabilities = head.probabilities(test)
+        if flip == "test":  # a head trained on the plain view, each test image averaged with its mirror
+            probabilities = (probabilities + head.probabilities(features(stored, blocks, "test", "mirrored"))) / 2
     return {
         "cv_accuracy": round(float(np.mean(cv)), 4),
         "cv_sd": round(float(np.std(cv)), 4),
