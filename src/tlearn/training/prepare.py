@@ -63,8 +63,8 @@ def prepare(context: TrainingContext, source: DataSource, backbones: Sequence[Ba
         return Prepared(prepared)
     choice = _choose_backbone(context, prepared, backbones)
     cheapest = prepared
-    if choice.chosen:
-        prepared = _embed_and_check(context, source, backbones[choice.chosen])
+    if choice.chosen:  # the same files, checked again on this backbone's outcome (the summary was printed)
+        prepared = _embed_and_check(context, source, backbones[choice.chosen], announce=False)
     cost = backbones[choice.chosen].relative_cost
     if cost is not None and cost >= SLOW_TO_SERVE:
         choice = BackboneChoice(
@@ -149,13 +149,16 @@ def _extractor(context: TrainingContext, ref: BackboneRef) -> FeatureExtractor:
     )
 
 
-def _embed_and_check(context: TrainingContext, source: DataSource, ref: BackboneRef) -> PreparedData:
-    """Embed every image through the cache, check what is usable, and build the task's targets."""
+def _embed_and_check(
+    context: TrainingContext, source: DataSource, ref: BackboneRef, *, announce: bool = True
+) -> PreparedData:
+    """Embed every image through the cache, check what is usable (printing the data summary when `announce`),
+    and build the task's targets."""
     config, progress = context.config, context.progress
     extractor = _extractor(context, ref)
     embedded = _embed(context, extractor, [image.path for image in source.images])
     checked = check_data(source, embedded.content_hashes, embedded.failures)
-    for line in summary_lines(checked.report):
+    for line in summary_lines(checked.report) if announce else []:
         progress.info(line)
     _require_trainable(checked)
     task = task_for(config.task, has_label_sets=source.has_label_sets)
