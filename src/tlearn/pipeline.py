@@ -32,7 +32,7 @@ from tlearn.report.page import write_report
 from tlearn.runs.layout import HISTORY_COLUMNS, RunFolder, prediction_columns, report_split
 from tlearn.runs.lifecycle import OutputFolder
 from tlearn.runs.model_dir import WEIGHTS_FILE, save_model
-from tlearn.runs.summary import EmbeddingRecord, RunSummary, SelectionRecord, write_summary
+from tlearn.runs.summary import RunSummary, SelectionRecord, write_summary
 from tlearn.training.candidates import (
     Candidate,
     PreparedData,
@@ -207,7 +207,7 @@ def _train_and_measure(
         backbone_choice=ready.choice.reason if ready.choice else None,
         classes=prepared.classes,
         world_size=context.dist.world_size,
-        embedding=EmbeddingRecord(**prepared.embedding_summary),
+        embedding=prepared.embedding,
         head=linear.head_record,
         finetune=outcome.tuned.finetune_record if outcome.tuned else None,
         finetune_skipped=outcome.skipped,

@@ -23,7 +23,7 @@ from tlearn.errors import RunDirError
 from tlearn.evaluation.tasks import Task
 from tlearn.runs.layout import HistoryRow, evaluated_set
 from tlearn.runs.model_dir import ModelConfig, linear_model_state
-from tlearn.runs.summary import CSearchRow, FinetuneRecord, HeadRecord, RefitRecord
+from tlearn.runs.summary import CSearchRow, EmbeddingRecord, FinetuneRecord, HeadRecord, RefitRecord
 from tlearn.training.context import TrainingContext
 from tlearn.training.head import LinearHead, fit_head, select_c
 from tlearn.util import atomic
@@ -48,7 +48,7 @@ class PreparedData:
     features: dict[str, np.ndarray]  # split → (N, D) embeddings
     targets: dict[str, np.ndarray]  # split → the task's targets: (N,) class indices or (N, K) label indicators
     evaluated: list[str]  # splits with images among val / test
-    embedding_summary: dict[str, Any]
+    embedding: EmbeddingRecord  # how the embeddings were obtained (cache hits, engine, seconds)
     balanced: bool = False
 
     def files(self, *splits: str) -> LabelledFiles:

@@ -20,6 +20,7 @@ from tlearn.data.checks import CheckedData, check_data, summary_lines
 from tlearn.data.discovery import DataSource
 from tlearn.errors import DataError
 from tlearn.evaluation.tasks import task_for
+from tlearn.runs.summary import EmbeddingRecord
 from tlearn.training.backbone_choice import BackboneChoice, CandidateFeatures, compare_backbones, comparison_rows
 from tlearn.training.candidates import PreparedData
 from tlearn.training.context import TrainingContext
@@ -100,7 +101,7 @@ def _choose_backbone(
         )
     images = prepared.checked.source.images
     paths = [images[p].path for split in ("train", "val") for p in prepared.checked.positions[split]]
-    candidates = [CandidateFeatures(backbones[0].name, dev_x[rows], prepared.embedding_summary["seconds"])]
+    candidates = [CandidateFeatures(backbones[0].name, dev_x[rows], prepared.embedding.seconds)]
     compared = [0]  # positions in `backbones` of the candidates
     for position, ref in enumerate(backbones[1:], start=1):
         embedded = _embed(context, _extractor(context, ref), [paths[row] for row in rows])
@@ -177,15 +178,15 @@ def _embed_and_check(
         features={split: embedded.embeddings[checked.positions[split]] for split in splits},
         targets=targets,
         evaluated=[split for split in EVALUATED_SPLITS if len(targets[split])],
-        embedding_summary={
-            "cache_hits": embedded.cache_hits,
-            "computed": embedded.computed,
-            "seconds": round(embedded.seconds, 3),
-            "corrupt_cache_entries": embedded.corrupt_cache_entries,
-            "engine": embedded.engine or None,
-            "files_read": embedded.files_read,
-            "onnx_exported": embedded.onnx_exported,
-        },
+        embedding=EmbeddingRecord(
+            cache_hits=embedded.cache_hits,
+            computed=embedded.computed,
+            seconds=round(embedded.seconds, 3),
+            corrupt_cache_entries=embedded.corrupt_cache_entries,
+            engine=embedded.engine or None,
+            files_read=embedded.files_read,
+            onnx_exported=embedded.onnx_exported,
+        ),
         balanced=balanced,
     )
 
