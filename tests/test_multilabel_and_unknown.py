@@ -63,6 +63,39 @@ def test_multilabel_linear_run_answers_label_sets(tmp_path):
     assert sum(right) >= len(kinds) - 1 and all(answer.label == answer.label_set[0] for answer in answers)
 
 
+def _wide_multilabel_folder(root: Path, count: int = 60) -> Path:
+    """2:1 pictures with a red square at the left edge and/or a blue one at the right edge (labels.csv): a
+    centre crop of the backbone's square input cuts both off."""
+    root.mkdir(parents=True)
+    rows = []
+    for index in range(count):
+        red, blue = [(True, False), (False, True), (True, True)][index % 3]
+        pixels = np.random.default_rng(index).integers(90, 166, (64, 128, 3)).astype(np.uint8)
+        if red:
+            pixels[22:42, 2:22] = RED
+        if blue:
+            pixels[22:42, 106:126] = BLUE
+        Image.fromarray(pixels).save(root / f"wide_{index:03d}.png")
+        rows.append((f"wide_{index:03d}.png", "|".join(name for name, on in (("red", red), ("blue", blue)) if on)))
+    with (root / "labels.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows([("path", "label"), *rows])
+    return root / "labels.csv"
+
+
+def test_multilabel_pictures_are_squashed_whole_not_centre_cropped(tmp_path):
+    """The labels of a multi-label picture may sit at its edges: `--crop auto` squashes the whole picture onto
+    the square input (stored in the model, so predictions see it the same way); a centre crop loses them."""
+    labels = _wide_multilabel_folder(tmp_path / "data")
+    whole = tlearn.train(labels, out=tmp_path / "auto", quiet=True, mode="linear")
+    cropped = tlearn.train(labels, out=tmp_path / "center", quiet=True, mode="linear", crop="center")
+    stored = [json.loads((tmp_path / run / "model" / "config.json").read_text()) for run in ("auto", "center")]
+    assert [config["preprocessing"]["crop_mode"] for config in stored] == ["squash", "center"]
+    assert whole.metrics["cv"]["mAP"] >= 0.95
+    assert cropped.metrics["cv"]["mAP"] <= 0.85  # the markers are outside the centre crop: near chance
+    answers = tlearn.load(tmp_path / "auto").predict(sorted((tmp_path / "data").glob("wide_00[0-5].png")))
+    assert [set(answer.label_set) for answer in answers] == [{"red"}, {"blue"}, {"red", "blue"}] * 2
+
+
 def test_multilabel_finetune_trains_sigmoid_heads(tmp_path):
     labels = _multilabel_folder(tmp_path / "data", count=30)
     weights = tiny_backbone_weights(tmp_path)

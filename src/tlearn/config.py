@@ -67,6 +67,12 @@ class TrainConfig(BaseModel):
         "the last `tlearn select` on this data.",
     )
     weights: Path | None = Field(None, description="Local backbone weights (.safetensors or state dict).")
+    crop: Literal["auto", "center", "squash", "border"] = Field(
+        "auto",
+        description="How a picture is fitted to the backbone's square input: center (crop the middle), squash "
+        "(resize the whole picture, changing its proportions), border (fit it whole, padding the sides); auto: "
+        "center for single-label data, squash for multi-label.",
+    )
     # Training
     mode: Literal["auto", "linear", "finetune"] = Field(
         "auto",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,13 @@ from PIL import Image
 from helpers import colour_image
 from tlearn.backbones.registry import EMBEDDED
 from tlearn.errors import TlearnError
-from tlearn.training.train_images import MAX_STORED_ASPECT, TrainImages, decode_for_training, train_transform
+from tlearn.training.train_images import (
+    MAX_STORED_ASPECT,
+    StoredFit,
+    TrainImages,
+    decode_for_training,
+    train_transform,
+)
 
 LITE0 = EMBEDDED["tf_efficientnet_lite0"].preprocessing  # bicubic, like most timm backbones
 
@@ -31,6 +39,25 @@ def test_decoded_size_is_bounded_whatever_the_picture(tmp_path):
     Image.new("RGB", (1000, 100), (10, 200, 10)).save(wide)
     pixels = decode_for_training(wide, 64, max_pixels=10**8)
     assert pixels.shape == (64, int(MAX_STORED_ASPECT * 64), 3) and pixels.flags.writeable
+
+
+def test_training_pictures_are_fitted_as_the_evaluation_fits_them(tmp_path):
+    """Fine-tuning crops from what the evaluation's crop mode keeps: the whole picture under squash and border
+    (both edges of a 2:1 picture survive), the centre under the default crop."""
+    wide = tmp_path / "wide.png"
+    pixels = np.full((50, 100, 3), 128, dtype=np.uint8)
+    pixels[:, :10], pixels[:, -10:] = (250, 0, 0), (0, 0, 250)
+    Image.fromarray(pixels).save(wide)
+    squashed = decode_for_training(wide, 64, 10**8, StoredFit("squash"))
+    bordered = decode_for_training(wide, 64, 10**8, StoredFit.of(replace(LITE0, crop_mode="border")))
+    assert squashed.shape == bordered.shape == (64, 64, 3)
+    for fitted in (squashed, bordered):
+        assert fitted[32, 1, 0] > 200 and fitted[32, -2, 2] > 200  # red left edge, blue right edge kept
+    fill = tuple(round(255 * value) for value in LITE0.mean)
+    assert tuple(bordered[0, 32]) == fill and tuple(bordered[-1, 32]) == fill  # padded above and below
+    assert squashed[0, 32, 0] == squashed[0, 32, 2]  # squash stretches the picture: no padding rows
+    centred = decode_for_training(wide, 64, 10**8)
+    assert centred.shape == (64, 128, 3)  # the whole width kept for the random crop, as before
 
 
 def test_memory_and_files_give_the_same_images(tmp_path):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -91,6 +91,8 @@ class FeatureExtractor:
         engine: "onnx", "torch" or "auto" (onnxruntime on a CPU once its graph is checked; see module doc);
             None reads `$TLEARN_EMBEDDING_ENGINE`, else "auto".
         threads: onnxruntime threads (default: the cores the decoding workers leave free).
+        crop_mode: how pictures are fitted to the input ("center", "squash", "border"; None: the backbone's own,
+            timm's centre crop). The embeddings' cache and the returned info's preprocessing follow it.
 
     Example:
         >>> extractor = FeatureExtractor(resolve_backbone("lite0"), cache_root(), device="cpu")  # doctest: +SKIP
@@ -106,6 +108,7 @@ class FeatureExtractor:
     on_compute_start: Callable[[], None] | None = None
     engine: str | None = None
     threads: int | None = None
+    crop_mode: str | None = None
     _backbone: object | None = field(default=None, init=False, repr=False)
     _onnx: OnnxBackbone | None = field(default=None, init=False, repr=False)
 
@@ -143,11 +146,16 @@ class FeatureExtractor:
             )
         return StoredBackbone(self.cache_root, self.ref.key).weights() or self._backbone.source_weights
 
+    def preprocessing(self, progress: Progress) -> Preprocessing:
+        """How images are prepared for this backbone: its own data config, with the crop mode asked for."""
+        own = self.ref.known_preprocessing(self.cache_root) or self.backbone(progress).info.preprocessing
+        return own if self.crop_mode is None else replace(own, crop_mode=self.crop_mode)
+
     def embed_files(self, paths: Sequence[Path], *, progress: Progress) -> EmbeddingResult:
         """Embeddings for `paths` (cache first), with per-file failure reasons for unusable files."""
         started = time.perf_counter()
         warn = warn_once(lambda message: progress.info(f"warning: {message}"))
-        preprocessing = self.ref.known_preprocessing(self.cache_root) or self.backbone(progress).info.preprocessing
+        preprocessing = self.preprocessing(progress)
         stored_info = StoredBackbone(self.cache_root, self.ref.key).info()
         stores = _Stores.open(self, preprocessing, stored_info, warn)
         run = _Run(paths)
@@ -171,7 +179,7 @@ class FeatureExtractor:
                 self._compute(run, leftover, states, no_probe, preprocessing, progress)
         finally:
             stores.close()
-        info = self._current_info(stored_info, progress)
+        info = replace(self._current_info(stored_info, progress), preprocessing=preprocessing)
         return EmbeddingResult(
             embeddings=run.finish(info.num_features),
             content_hashes=run.hashes,

@@ -60,6 +60,7 @@ class Task(ABC):
         calibration_note: why temperature scaling does not apply (None: it does).
         audit_note: why the data audit does not apply (None: it does).
         reject_note: why an "unknown" answer rule does not apply (None: it does).
+        crop_mode: how `--crop auto` fits a picture to the backbone's square input (data/preprocess.py).
     """
 
     name: ClassVar[str]
@@ -69,6 +70,7 @@ class Task(ABC):
     calibration_note: ClassVar[str | None] = None
     audit_note: ClassVar[str | None] = None
     reject_note: ClassVar[str | None] = None
+    crop_mode: ClassVar[str]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -226,6 +228,7 @@ class SingleLabel(Task):
     title = "single-label"
     activation = "softmax"
     answers_with_sets = False
+    crop_mode = "center"  # timm's evaluation crop: the object of a one-class photo is mostly central
 
     def targets(self, label_indices: Sequence[Sequence[int]], num_classes: int) -> np.ndarray:
         return np.asarray([indices[0] for indices in label_indices], dtype=np.int64)
@@ -342,6 +345,9 @@ class MultiLabel(Task):
     title = "multi-label"
     activation = "sigmoid"
     answers_with_sets = True
+    # The labels of a multi-label picture may sit at its edges: a centre crop of two photos side by side keeps
+    # half of each (benchmarks/bench_multilabel.py --layout side measures the difference).
+    crop_mode = "squash"
     calibration_note = "multi-label thresholds are chosen on the probabilities as they are"
     audit_note = "the audit is for single-label data"
     reject_note = (

@@ -19,7 +19,7 @@ from tlearn.backbones.registry import BackboneRef
 from tlearn.data.checks import CheckedData, check_data, summary_lines
 from tlearn.data.discovery import DataSource
 from tlearn.errors import DataError
-from tlearn.evaluation.tasks import task_for
+from tlearn.evaluation.tasks import Task, task_for
 from tlearn.runs.summary import EmbeddingRecord
 from tlearn.training.backbone_choice import BackboneChoice, CandidateFeatures, compare_backbones, comparison_rows
 from tlearn.training.candidates import PreparedData
@@ -104,7 +104,7 @@ def _choose_backbone(
     candidates = [CandidateFeatures(backbones[0].name, dev_x[rows], prepared.embedding.seconds)]
     compared = [0]  # positions in `backbones` of the candidates
     for position, ref in enumerate(backbones[1:], start=1):
-        embedded = _embed(context, _extractor(context, ref), [paths[row] for row in rows])
+        embedded = _embed(context, _extractor(context, ref, prepared.task), [paths[row] for row in rows])
         if embedded.failures:  # another input size made a file unusable: compare only on equal terms
             context.progress.info(f"backbone {ref.name} left out: {len(embedded.failures)} image(s) fail with it")
             continue
@@ -136,7 +136,7 @@ def _embed(context: TrainingContext, extractor: FeatureExtractor, paths: list[Pa
     return embedded
 
 
-def _extractor(context: TrainingContext, ref: BackboneRef) -> FeatureExtractor:
+def _extractor(context: TrainingContext, ref: BackboneRef, task: Task) -> FeatureExtractor:
     config = context.config
     return FeatureExtractor(
         ref,
@@ -147,6 +147,7 @@ def _extractor(context: TrainingContext, ref: BackboneRef) -> FeatureExtractor:
         max_pixels=config.max_image_pixels,
         on_compute_start=lambda: import_in_background(MODULES_NEEDED_LATER),
         engine=config.embedding_engine,
+        crop_mode=task.crop_mode if config.crop == "auto" else config.crop,
     )
 
 
@@ -156,15 +157,15 @@ def _embed_and_check(
     """Embed every image through the cache, check what is usable (printing the data summary when `announce`),
     and build the task's targets."""
     config, progress = context.config, context.progress
-    extractor = _extractor(context, ref)
+    task = task_for(config.task, has_label_sets=source.has_label_sets)
+    if config.reject != "off" and task.reject_note:
+        raise DataError(f"{source.root}: {task.reject_note}")
+    extractor = _extractor(context, ref, task)
     embedded = _embed(context, extractor, [image.path for image in source.images])
     checked = check_data(source, embedded.content_hashes, embedded.failures)
     for line in summary_lines(checked.report) if announce else []:
         progress.info(line)
     _require_trainable(checked)
-    task = task_for(config.task, has_label_sets=source.has_label_sets)
-    if config.reject != "off" and task.reject_note:
-        raise DataError(f"{source.root}: {task.reject_note}")
     splits = ("train", "val", "test")
     targets = {split: task.targets(checked.label_indices(split), len(source.classes)) for split in splits}
     balanced = config.balance == "on" or (config.balance == "auto" and checked.report["imbalance"]["imbalanced"])

@@ -26,7 +26,7 @@ from tlearn.runs.model_dir import ModelConfig
 from tlearn.training.distributed import DistributedContext
 from tlearn.training.eval_images import EvalImages
 from tlearn.training.plan import FinetunePlan, WarmupCosine
-from tlearn.training.train_images import STORE_SCALE, TrainImages, train_transform
+from tlearn.training.train_images import STORE_SCALE, StoredFit, TrainImages, train_transform
 
 LayerGroups = list[list[tuple[str, nn.Parameter]]]  # bottom group first: (name, parameter) pairs
 
@@ -170,6 +170,7 @@ def train_images(files: LabelledFiles, model_config: ModelConfig, plan: Finetune
         shorter_side=math.ceil(size * STORE_SCALE),
         workers=plan.workers,
         max_pixels=plan.max_image_pixels,
+        fit=StoredFit.of(preprocessing),
     )
 
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode, v2
 
@@ -28,6 +29,20 @@ from tlearn.errors import TlearnError
 STORE_SCALE = 1.15  # stored shorter side / training crop size: room for the random crop's scale range
 MAX_STORED_ASPECT = 2.0  # longer side kept at most this multiple of the shorter (centre), bounding memory
 DEFAULT_MEMORY_LIMIT = 3 * 2**30
+
+
+@dataclass(frozen=True)
+class StoredFit:
+    """How a training picture is fitted before the random crop: as the evaluation's crop mode fits it, so
+    training and evaluation see the same part of the picture (all of it under squash and border)."""
+
+    crop_mode: str = "center"
+    fill: tuple[int, int, int] = (0, 0, 0)  # border's padding colour (the backbone's mean)
+
+    @classmethod
+    def of(cls, preprocessing: Preprocessing) -> StoredFit:
+        return cls(preprocessing.crop_mode, tuple(round(255 * value) for value in preprocessing.mean))
+
 
 _INTERPOLATION = {
     "nearest": InterpolationMode.NEAREST,
@@ -68,10 +83,17 @@ def train_transform(
     return v2.Compose(steps)
 
 
-def decode_for_training(path: Path, shorter_side: int, max_pixels: int) -> np.ndarray:
-    """(H, W, 3) uint8: the image resized so its shorter side is `shorter_side`, its longer side at most
-    MAX_STORED_ASPECT times that (centre kept). Raises `ImageDecodeError`."""
+def decode_for_training(path: Path, shorter_side: int, max_pixels: int, fit: StoredFit | None = None) -> np.ndarray:
+    """(H, W, 3) uint8: the image fitted per `fit` (default: its shorter side resized to `shorter_side`, its
+    longer side at most MAX_STORED_ASPECT times that, centre kept). Raises `ImageDecodeError`."""
     picture = load_rgb(path, max_pixels=max_pixels, draft_size=2 * shorter_side)
+    fit = fit or StoredFit()
+    if fit.crop_mode == "squash":  # the whole picture, as the evaluation's squash sees it
+        picture = picture.resize((shorter_side, shorter_side), Image.Resampling.BICUBIC, reducing_gap=3.0)
+        return np.array(picture, dtype=np.uint8)
+    if fit.crop_mode == "border":  # the whole picture on a square of the mean colour, as evaluation pads it
+        padded = ImageOps.pad(picture, (shorter_side, shorter_side), Image.Resampling.BICUBIC, color=fit.fill)
+        return np.array(padded, dtype=np.uint8)
     width, height = picture.size
     ratio = shorter_side / min(width, height)
     new_width, new_height = max(shorter_side, round(width * ratio)), max(shorter_side, round(height * ratio))
@@ -87,11 +109,11 @@ def decode_for_training(path: Path, shorter_side: int, max_pixels: int) -> np.nd
     return np.ascontiguousarray(pixels)
 
 
-def _decode_chunk(paths: Sequence[Path], shorter_side: int, max_pixels: int) -> list[np.ndarray | str]:
+def _decode_chunk(paths: Sequence[Path], shorter_side: int, max_pixels: int, fit: StoredFit) -> list[np.ndarray | str]:
     decoded: list[np.ndarray | str] = []
     for path in paths:
         try:
-            decoded.append(decode_for_training(path, shorter_side, max_pixels))
+            decoded.append(decode_for_training(path, shorter_side, max_pixels, fit))
         except ImageDecodeError as error:
             decoded.append(str(error))
     return decoded
@@ -114,10 +136,11 @@ class TrainImages(Dataset):
         shorter_side: int,
         workers: int,
         max_pixels: int,
+        fit: StoredFit | None = None,
         memory_limit: int = DEFAULT_MEMORY_LIMIT,
     ) -> None:
         self.paths, self.labels, self.transform = list(paths), labels, transform
-        self.shorter_side, self.max_pixels = shorter_side, max_pixels
+        self.shorter_side, self.max_pixels, self.fit = shorter_side, max_pixels, fit or StoredFit()
         estimate = len(self.paths) * 3 * shorter_side * int(shorter_side * 1.5)
         self.stored: list[torch.Tensor] | None = None
         if estimate <= memory_limit:
@@ -126,7 +149,7 @@ class TrainImages(Dataset):
     def _decode_all(self, workers: int) -> list[torch.Tensor]:
         chunk = 16
         chunks = [self.paths[start : start + chunk] for start in range(0, len(self.paths), chunk)]
-        arguments = (self.shorter_side, self.max_pixels)
+        arguments = (self.shorter_side, self.max_pixels, self.fit)
         if workers > 0 and len(chunks) > 1:
             with ProcessPoolExecutor(max_workers=workers) as pool:
                 results = list(pool.map(_decode_chunk, chunks, *[[value] * len(chunks) for value in arguments]))
@@ -152,7 +175,7 @@ class TrainImages(Dataset):
             image = self.stored[index]
         else:
             try:
-                pixels = decode_for_training(self.paths[index], self.shorter_side, self.max_pixels)
+                pixels = decode_for_training(self.paths[index], self.shorter_side, self.max_pixels, self.fit)
             except ImageDecodeError as error:
                 raise TlearnError(f"{self.paths[index]}: became unreadable during training ({error})") from None
             image = torch.from_numpy(pixels).permute(2, 0, 1)
