@@ -158,9 +158,7 @@ def run_training(
             summary = summary.model_copy(update={"seconds": round(time.perf_counter() - started, 3)})
             if dist.is_main:
                 summary = _write_run(context, prepared, result, metrics, summary)
-                write_report(run.root, progress=progress)
-                for split in metrics:
-                    progress.info(f"{split}: {prepared.task.headline(metrics[split])}")
+                write_report(run.root, progress=progress)  # the figures themselves: the caller's to print
     dist.barrier()
     dist.close()
     return Run(run.root, config, metrics, result.history, prepared.checked.report, summary, rank=dist.rank)

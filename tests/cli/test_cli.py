@@ -31,6 +31,17 @@ def test_train_prints_results_and_paths(capsys, tiny_data, tmp_path):
     assert "val: accuracy" in out and f"model: {tmp_path / 'run' / 'model'}" in out
 
 
+def test_each_figure_is_printed_once_on_stdout_with_its_interval(capsys, tiny_data, tmp_path):
+    """Results go to stdout once (with their 95% interval); stderr carries progress only."""
+    code, out, err = run_cli(capsys, "train", tiny_data, "--out", tmp_path / "run", "--mode", "linear")
+    assert code == 0
+    for split in ("val", "test", "cv"):
+        lines = [line for line in (out + err).splitlines() if line.startswith(f"{split}: accuracy")]
+        assert len(lines) == 1 and lines[0] in out.splitlines(), (split, lines)
+        assert re.search(r"accuracy \d+\.\d% \(95% CI \d+\.\d–\d+\.\d%\)", lines[0]), lines[0]
+    assert out.count("report: ") == 1 and err.index("data: 2 classes") < err.index("embeddings: ")
+
+
 @pytest.mark.parametrize(
     "arguments, message",
     [

@@ -8,7 +8,7 @@ import pytest
 
 from helpers import make_class_folder
 from tlearn.backbones.cache import file_sha256
-from tlearn.data.checks import check_data, summary_lines
+from tlearn.data.checks import check_data, found_line, summary_lines
 from tlearn.data.discovery import discover
 
 
@@ -62,3 +62,18 @@ def test_imbalance_and_skipped(tmp_path):
     assert imbalance["imbalanced"] and imbalance["majority"] == "many" and imbalance["ratio"] > 3
     assert checked.report["skipped"] == [{"path": "train/few/img_000.png", "reason": "truncated or corrupt image"}]
     assert checked.counts("train") == {"few": 2, "many": 12}
+
+
+def test_the_counts_found_before_the_checks_are_repeated_only_when_the_checks_change_them(tmp_path):
+    """The console shows the classes and split sizes before embedding starts; after the checks it says
+    "usable:" with the new counts when files were skipped, and nothing more when they agree."""
+    make_class_folder(tmp_path / "train", {"a": 4, "b": 4})
+    make_class_folder(tmp_path / "val", {"a": 2, "b": 2}, start=50)
+    source = discover(tmp_path)
+    announced = found_line(source)
+    assert announced == "data: 2 classes (a, b); train 8, val 4 images"
+    assert summary_lines(_check(tmp_path).report, announced) == []
+    broken = {0: "not an image"}
+    lines = summary_lines(_check(tmp_path, broken).report, announced)
+    assert lines[0] == "usable: 2 classes (a, b); train 7, val 4 images" and lines[1].startswith("skipped 1 ")
+    assert summary_lines(_check(tmp_path).report)[0] == announced  # without an announcement: the counts line

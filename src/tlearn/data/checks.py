@@ -131,12 +131,28 @@ def check_data(source: DataSource, content_hashes: list[str | None], failures: d
     return checked
 
 
-def summary_lines(report: dict[str, Any]) -> list[str]:
-    """Human-readable one-liners for the console."""
+def found_line(source: DataSource) -> str:
+    """The console's first word on the data, before any file is opened: classes and images per split.
+
+    Printed before the embedding starts (minutes on a large folder), so a wrong folder or split shows at once;
+    `summary_lines` then repeats it only when the checks changed the counts.
+    """
+    images = {split: len(source.in_split(split)) for split in SPLITS}
+    return _data_line(source.classes, {split: count for split, count in images.items() if count})
+
+
+def _data_line(classes: list[str], images: dict[str, int]) -> str:
+    per_split = ", ".join(f"{split} {count}" for split, count in images.items())
+    return f"data: {len(classes)} classes ({', '.join(classes)}); {per_split} images"
+
+
+def summary_lines(report: dict[str, Any], announced: str | None = None) -> list[str]:
+    """Human-readable one-liners for the console; the counts line is left out when it repeats `announced`
+    (the `found_line` printed before the checks) and says "usable" when the checks changed it."""
     counts = report["counts"]
     images = report.get("images") or {split: sum(table.values()) for split, table in counts.items()}
-    per_split = ", ".join(f"{split} {images[split]}" for split in counts)
-    lines = [f"data: {len(report['classes'])} classes ({', '.join(report['classes'])}); {per_split} images"]
+    line = _data_line(report["classes"], {split: images[split] for split in counts})
+    lines = [] if line == announced else [line if announced is None else line.replace("data:", "usable:", 1)]
     if report["skipped"]:
         first = report["skipped"][0]
         more = f" and {len(report['skipped']) - 1} more" if len(report["skipped"]) > 1 else ""

@@ -277,8 +277,8 @@ class SingleLabel(Task):
 
     def headline(self, metrics: dict[str, Any]) -> str:
         line = (
-            f"accuracy {metrics['accuracy']:.4f}  balanced {metrics['balanced_accuracy']:.4f}  "
-            f"macro F1 {metrics['macro_f1']:.4f}  (n={metrics['n']})"
+            f"accuracy {_figure(metrics, 'accuracy', '.1%')}  balanced {metrics['balanced_accuracy']:.1%}  "
+            f"macro F1 {_figure(metrics, 'macro_f1', '.3f')}  (n={metrics['n']})"
         )
         reject = metrics.get("reject")
         if reject and reject.get("selective_accuracy") is not None:
@@ -409,8 +409,8 @@ class MultiLabel(Task):
 
     def headline(self, metrics: dict[str, Any]) -> str:
         return (
-            f"mAP {metrics['mAP']:.4f}  subset accuracy {metrics['subset_accuracy']:.4f}  micro F1 "
-            f"{metrics['micro_f1']:.4f}  macro F1 {metrics['macro_f1']:.4f}  (n={metrics['n']})"
+            f"mAP {metrics['mAP']:.3f}  subset accuracy {_figure(metrics, 'subset_accuracy', '.1%')}  micro F1 "
+            f"{metrics['micro_f1']:.3f}  macro F1 {metrics['macro_f1']:.3f}  (n={metrics['n']})"
         )
 
     def label_names(self, cell: str) -> list[str]:
@@ -494,10 +494,22 @@ def headline(metrics: dict[str, Any]) -> str:
     """One console line of a split's figures, as the task that measured them words it.
 
     Example:
-        >>> headline({"accuracy": 0.95, "balanced_accuracy": 0.94, "macro_f1": 0.945, "n": 153})
-        'accuracy 0.9500  balanced 0.9400  macro F1 0.9450  (n=153)'
+        >>> headline({"accuracy": 0.95, "accuracy_interval": [0.9, 0.97], "balanced_accuracy": 0.94,
+        ...           "macro_f1": 0.945, "macro_f1_interval": [0.91, 0.975], "n": 153})
+        'accuracy 95.0% (95% CI 90.0–97.0%)  balanced 94.0%  macro F1 0.945 (95% CI 0.910–0.975)  (n=153)'
     """
     return measured_by(metrics).headline(metrics)
+
+
+def _figure(metrics: dict[str, Any], name: str, spec: str) -> str:
+    """A figure with its 95% interval when the metrics carry one (`NAME_interval`)."""
+    value, interval = metrics[name], metrics.get(f"{name}_interval")
+    if not interval:
+        return format(value, spec)
+    low, high = (format(bound, spec) for bound in interval)
+    if spec.endswith("%"):
+        low = low.rstrip("%")
+    return f"{format(value, spec)} (95% CI {low}–{high})"
 
 
 def _thresholds(thresholds: Sequence[float] | None, num_classes: int) -> np.ndarray:

@@ -16,7 +16,7 @@ from pathlib import Path
 from tlearn.backbones.cache import cache_root
 from tlearn.backbones.features import EmbeddingResult, FeatureExtractor
 from tlearn.backbones.registry import BackboneRef
-from tlearn.data.checks import CheckedData, check_data, summary_lines
+from tlearn.data.checks import CheckedData, check_data, found_line, summary_lines
 from tlearn.data.discovery import DataSource
 from tlearn.errors import DataError
 from tlearn.evaluation.tasks import Task, task_for
@@ -161,9 +161,12 @@ def _embed_and_check(
     if config.reject != "off" and task.reject_note:
         raise DataError(f"{source.root}: {task.reject_note}")
     extractor = _extractor(context, ref, task)
+    announced = found_line(source)
+    if announce:
+        progress.info(announced)
     embedded = _embed(context, extractor, [image.path for image in source.images])
     checked = check_data(source, embedded.content_hashes, embedded.failures)
-    for line in summary_lines(checked.report) if announce else []:
+    for line in summary_lines(checked.report, announced) if announce else []:
         progress.info(line)
     _require_trainable(checked)
     splits = ("train", "val", "test")
