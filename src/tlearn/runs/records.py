@@ -21,6 +21,7 @@ import yaml
 from tlearn.errors import ModelFileError, TlearnError
 from tlearn.evaluation.tasks import Task, measured_by
 from tlearn.runs.layout import RunFolder, report_split
+from tlearn.runs.lifecycle import settle_interrupted
 from tlearn.runs.model_dir import WEIGHTS_FILE, ModelConfig, read_config
 from tlearn.runs.summary import EvaluationSummary, RunSummary, read_evaluation_summary, read_run_summary
 from tlearn.util import atomic
@@ -106,6 +107,7 @@ def read_run(folder: str | Path) -> RunRecords:
         TlearnError: the folder holds no metrics.json (not a finished run or evaluation).
     """
     folder = Path(folder).expanduser()
+    settle_interrupted(folder)  # a killed --overwrite: read the previous run, put back in place
     files = RunFolder(folder)
     if not files.metrics.is_file():
         raise TlearnError(
