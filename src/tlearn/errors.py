@@ -32,6 +32,14 @@ class ModelFileError(TlearnError):
     """A model directory or file is missing, incomplete or not a tlearn model."""
 
 
+class ModelOutputError(ModelFileError):
+    """A loaded model gave outputs that are not probabilities (NaN or infinite): its files are damaged.
+
+    Loading range-checks config.json, so this is the second line of defence (weights edited or corrupted): an
+    answer is never printed or served with NaN in it.
+    """
+
+
 class RunDirError(TlearnError):
     """The run directory cannot be used (for example it already holds another run)."""
 

@@ -18,6 +18,7 @@ This module imports neither torch nor torchvision so that decoding workers start
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from pathlib import Path
 from typing import BinaryIO
@@ -162,12 +163,24 @@ def load_rgb(
     except UnidentifiedImageError:
         raise ImageDecodeError(_unidentified_reason(source)) from None
     except Image.DecompressionBombError as error:
-        raise ImageTooLargeError(f"too many pixels ({error}; possible decompression bomb)") from None
+        raise ImageTooLargeError(_bomb_reason(error, max_pixels)) from None
     except OSError as error:
         raise ImageDecodeError(f"truncated or corrupt image ({error})") from None
     except (SyntaxError, ValueError, TypeError, IndexError, KeyError, EOFError) as error:
         # PIL's plugins signal malformed content with a variety of built-in exceptions.
         raise ImageDecodeError(f"corrupt image ({type(error).__name__}: {error})") from None
+
+
+def _bomb_reason(error: Image.DecompressionBombError, max_pixels: int) -> str:
+    """The reason for an image Pillow refused to open (over twice its own MAX_IMAGE_PIXELS), naming tlearn's
+    limit: Pillow's message quotes its own 179 MP, which is not the limit the user can change."""
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    pixels = int(found.group(1)) if found else None
+    pillow_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    if pixels is not None and pixels <= max_pixels:  # tlearn allows it, Pillow does not (a limit above Pillow's)
+        return f"too many pixels ({pixels:,} > Pillow's limit {pillow_limit:,}; possible decompression bomb)"
+    count = f"{pixels:,}" if pixels is not None else f"more than {pillow_limit:,}"
+    return f"too many pixels ({count} > limit {max_pixels:,}; possible decompression bomb)"
 
 
 def check_aspect_ratio(size: tuple[int, int], max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO) -> None:

@@ -29,7 +29,12 @@ logger = logging.getLogger("tlearn.serve")
 
 
 class BatchError(RuntimeError):
-    """The model call of a batch failed; the message says why (the service answers 500 with it)."""
+    """The model call of a batch failed; the message says why, and `cause` is the model's own exception (None
+    when batching itself failed), from which the service chooses its answer's status."""
+
+    def __init__(self, reason: str, cause: BaseException | None = None) -> None:
+        super().__init__(reason)
+        self.cause = cause
 
 
 @dataclass(frozen=True)
@@ -192,7 +197,7 @@ class MicroBatcher:
         except Exception as error:  # the model failed on this batch: each of its requests gets the reason
             images = sum(len(job.pixels) for job in jobs)
             await self._after_failure()  # first, so readiness is settled by the time a client hears of it
-            self._fail(jobs, f"the model failed on a batch of {images} image(s) ({_describe(error)})")
+            self._fail(jobs, f"the model failed on a batch of {images} image(s) ({_describe(error)})", error)
             return
         self.consecutive_failures, self.failure = 0, None
         inference_ms = 1000 * (time.perf_counter() - started)
@@ -204,11 +209,11 @@ class MicroBatcher:
             if not job.future.done():
                 job.future.set_result((rows, timing))
 
-    def _fail(self, jobs: list[_Job], reason: str) -> None:
+    def _fail(self, jobs: list[_Job], reason: str, cause: BaseException | None = None) -> None:
         logger.error("%s", reason)
         for job in jobs:
             if not job.future.done():
-                job.future.set_exception(BatchError(reason))
+                job.future.set_exception(BatchError(reason, cause))
 
     async def _after_failure(self) -> None:
         """Count the failure and probe the model: a bad batch leaves it ready, a broken model does not."""

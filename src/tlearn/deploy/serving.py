@@ -22,7 +22,9 @@ Bad input and bad clients never take the service down, and memory stays bounded 
   is 413 before anything large is allocated; a file that is not a decodable image is 415; running out of
   memory while decoding is 503 with `Retry-After` — each naming the file and the reason;
 * a model failure is 500 with the reason and the next request is served; `/readyz` turns 503 when the model
-  can no longer answer (see `MicroBatcher`);
+  can no longer answer (see `MicroBatcher`); a model that gives NaN or infinite probabilities (damaged weights)
+  is never answered with: 422 for the batch's requests while it still answers the probe, else 503, and one that
+  does so on the warm-up input never becomes ready;
 * a `Host` header other than this machine's loopback names (or `allowed_hosts`) is 421, so a web page
   elsewhere cannot drive a service on 127.0.0.1 through DNS rebinding;
 * answers never contain a directory, only file names; `/docs` and `/openapi.json` are off unless `docs`
@@ -56,6 +58,7 @@ from tlearn.deploy.guards import ANY_HOST, ASGIApp, BodyLimit, HostCheck, h11_wi
 from tlearn.deploy.model_info import describe_model, model_identity, without_directories
 from tlearn.engines.base import InferenceEngine
 from tlearn.engines.options import PredictOptions
+from tlearn.errors import ModelOutputError
 
 logger = logging.getLogger("tlearn.serve")
 
@@ -268,7 +271,7 @@ def create_app(loader: Callable[[], InferenceEngine], settings: ServeSettings = 
             try:
                 probabilities, timing = await batcher.submit(pixels)
             except BatchError as error:
-                raise HTTPException(500, without_directories(str(error))) from None
+                raise HTTPException(failure_status(error, batcher), without_directories(str(error))) from None
         finally:
             service.pending -= 1
         options = PredictOptions(top_k=top_k, reject=reject)
@@ -310,6 +313,15 @@ def model_call(engine: InferenceEngine) -> Callable[[np.ndarray], np.ndarray]:
         return np.column_stack([probabilities, scores])
 
     return scored
+
+
+def failure_status(error: BatchError, batcher: MicroBatcher) -> int:
+    """The status of a request whose batch failed: 500 for a model that raised, but for outputs that are not
+    probabilities (`ModelOutputError`) 422 while the model still answers its probe (these images make it give
+    NaN), 503 when it does not (it cannot answer; `/readyz` says so)."""
+    if isinstance(error.cause, ModelOutputError):
+        return 503 if batcher.failure is not None else 422
+    return 500
 
 
 def answer_of(engine: InferenceEngine, name: str, row: np.ndarray, options: PredictOptions) -> dict[str, Any]:

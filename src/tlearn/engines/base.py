@@ -7,7 +7,8 @@ in worker processes while the model runs, constant memory on folders of any size
 answers, label sets, "unknown" answers (`tlearn.engines.answers`), in-memory pictures — lives here once, so
 predict, evaluate and serve behave the same whichever engine runs the model (`tlearn.engines.loading` picks
 the engine from the file type). What the caller decides (top-k, batch size, decoding workers, the reject rule,
-flips) arrives as one `tlearn.engines.options.PredictOptions`.
+flips) arrives as one `tlearn.engines.options.PredictOptions`. Probabilities or reject scores that are not
+finite are a `ModelOutputError`, never an answer.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from tlearn.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageDecodeError, to_rg
 from tlearn.data.preprocess import EvalPreprocess, Preprocessing
 from tlearn.engines.answers import UNKNOWN, KnnReferences, is_rejected, needs_embeddings, reject_scores
 from tlearn.engines.options import DEFAULT_PREDICT_OPTIONS, PredictOptions
+from tlearn.errors import ModelOutputError
 from tlearn.runs.model_dir import ModelConfig
 from tlearn.util.progress import Progress
 
@@ -110,6 +112,10 @@ class InferenceEngine(ABC):
         self.path = path
         self.references = references
         self.preprocessing: Preprocessing = config.preprocessing_spec()
+        # A model loaded from files answers users: outputs that are not finite are an error (`_check_finite`). A
+        # network being trained (no path) is evaluated by training itself, where a diverged epoch scores NaN and
+        # is not kept, and one rank of a distributed run must not stop alone.
+        self.checks_outputs = path is not None
 
     @property
     def classes(self) -> list[str]:
@@ -136,6 +142,10 @@ class InferenceEngine(ABC):
         """(B, H, W, 3) uint8 preprocessed pixels → (B, num_classes) calibrated probabilities.
 
         With `flip` (test-time augmentation), the mean of the probabilities of each image and its mirror image.
+
+        Raises:
+            ModelOutputError: the model gave NaN or infinite probabilities (so do every prediction, evaluation
+                and served answer, which all come through here): an error, never a NaN answer.
         """
         return self._outputs(pixels, flip=flip, embeddings=False)[0]
 
@@ -149,7 +159,9 @@ class InferenceEngine(ABC):
         if rule is None:
             return self.probabilities(pixels, flip=flip), None
         probabilities, embeddings = self._outputs(pixels, flip=flip, embeddings=needs_embeddings(self.config))
-        return probabilities, reject_scores(rule, probabilities, embeddings, self.references)
+        scores = reject_scores(rule, probabilities, embeddings, self.references)
+        self._check_finite(scores, f"{rule.score} reject scores")
+        return probabilities, scores
 
     def _outputs(self, pixels: np.ndarray, *, flip: bool, embeddings: bool) -> tuple[np.ndarray, np.ndarray | None]:
         probabilities, features = self._forward(pixels, embeddings=embeddings)
@@ -159,7 +171,25 @@ class InferenceEngine(ABC):
             probabilities = (probabilities + mirrored_probabilities) / 2
             if features is not None and mirrored_features is not None:
                 features = (features + mirrored_features) / 2
+        self._check_finite(probabilities, "probabilities")
         return probabilities, features
+
+    def _check_finite(self, values: np.ndarray, what: str) -> None:
+        """Refuse NaN or infinite outputs: every answer, metric and served response is made from these, and
+        NaN would print as invalid JSON, sort as an arbitrary class and pass any threshold test.
+
+        Raises:
+            ModelOutputError: some rows of (B, ...) `values` are not finite.
+        """
+        if not self.checks_outputs or not len(values):
+            return
+        finite = np.isfinite(values).reshape(len(values), -1).all(axis=1)  # (B,)
+        if finite.all():
+            return
+        raise ModelOutputError(
+            f"{self.path}: the model gave {what} that are not finite (NaN or infinity) for {int((~finite).sum())} "
+            f"of {len(values)} image(s); its weights or config are damaged (restore them or train again)"
+        )
 
     def predict(
         self,

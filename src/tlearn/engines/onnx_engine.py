@@ -26,7 +26,7 @@ from tlearn.data.preprocess import normalize
 from tlearn.engines.answers import KnnReferences, fitting_references, needs_embeddings
 from tlearn.engines.base import InferenceEngine
 from tlearn.errors import ModelFileError
-from tlearn.runs.model_dir import ModelConfig, check_model_config, describe_validation
+from tlearn.runs.model_dir import ModelConfig, check_format_version, check_model_config, describe_validation
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "probabilities"
@@ -88,7 +88,9 @@ class OnnxClassifier(InferenceEngine):
         if CONFIG_KEY not in metadata:
             raise ModelFileError(f"{path}: an ONNX model without tlearn metadata; export it with `tlearn export`")
         try:
-            config = ModelConfig.model_validate(json.loads(metadata[CONFIG_KEY]))
+            values = json.loads(metadata[CONFIG_KEY])
+            check_format_version(values, f"{path} (metadata {CONFIG_KEY})")
+            config = ModelConfig.model_validate(values)
             export_info = json.loads(metadata.get(EXPORT_KEY, "{}"))
         except ValidationError as error:
             raise ModelFileError(f"{path}: invalid tlearn metadata ({describe_validation(error)})") from None

@@ -22,7 +22,7 @@ from tlearn.backbones.timm_models import normalize_on_device
 from tlearn.engines.answers import KnnReferences, calibrated, read_references
 from tlearn.engines.base import InferenceEngine
 from tlearn.errors import ModelFileError
-from tlearn.runs.model_dir import WEIGHTS_FILE, ModelConfig, model_folder, read_config
+from tlearn.runs.model_dir import CONFIG_FILE, WEIGHTS_FILE, ModelConfig, model_folder, read_config
 
 
 class Classifier(InferenceEngine):
@@ -65,7 +65,7 @@ class Classifier(InferenceEngine):
             state = load_torch_safetensors(folder / WEIGHTS_FILE)
         except (SafetensorError, OSError) as error:
             raise ModelFileError(f"{folder / WEIGHTS_FILE}: unreadable weights ({error})") from None
-        model = timm.create_model(config.arch, pretrained=False, num_classes=len(config.classes))
+        model = _network(config, folder)
         try:
             model.load_state_dict(state)
         except RuntimeError as error:
@@ -78,7 +78,7 @@ class Classifier(InferenceEngine):
     @classmethod
     def from_state(cls, state: dict[str, np.ndarray], config: ModelConfig, *, device: str = "auto") -> Classifier:
         """A model from weights in memory (a run's fine-tuned network before it is saved), batch norm folded."""
-        model = timm.create_model(config.arch, pretrained=False, num_classes=len(config.classes))
+        model = _network(config, None)
         model.load_state_dict({name: torch.from_numpy(np.array(value)) for name, value in state.items()})
         model.eval()
         fold_batchnorm(model)
@@ -102,3 +102,27 @@ class Classifier(InferenceEngine):
         pre_logits = self.model.forward_head(features, pre_logits=True)  # (B, D): what the classifier reads
         logits = self.model.forward_head(features)  # (B, C)
         return calibrated(logits.float().cpu().numpy(), self.config), pre_logits.float().cpu().numpy()
+
+
+def _network(config: ModelConfig, folder: Path | None) -> nn.Module:
+    """timm's network for `config.arch`, with random weights: built from timm's registry alone.
+
+    `check_model_config` has already refused names with a source (`hf-hub:`, `local-dir:`) or a path, which timm
+    would resolve over the network or on disk; a name timm does not know is refused here.
+
+    Raises:
+        ModelFileError: `config.arch` is not in this timm's registry, or its pretrained tag is unknown to it.
+    """
+    where = folder / CONFIG_FILE if folder is not None else "the model's config"
+    base, _ = timm.models.split_model_name_tag(config.arch)
+    if not timm.is_model(base):
+        raise ModelFileError(
+            f"{where}: arch {config.arch!r} is not an architecture of timm {timm.__version__}; "
+            "upgrade timm, or fix arch in config.json"
+        )
+    try:
+        return timm.create_model(config.arch, pretrained=False, num_classes=len(config.classes))
+    except (RuntimeError, ValueError) as error:  # timm's refusal of a tag it does not know
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = f"arch {config.arch!r} cannot be built by timm {timm.__version__} ({first})"
+        raise ModelFileError(f"{where}: {reason}; upgrade timm, or fix arch in config.json") from None

@@ -5,9 +5,13 @@ loads `model.safetensors` strictly. `config.json` adds what timm does not know: 
 the preprocessing, where the backbone came from, and the calibration temperature. Nothing here imports
 torch, so a linear head can be saved on the cached-embedding path.
 
-A model directory is checked when it is read, before any engine uses it: a zero or negative temperature, a
-preprocessing that would divide by zero or resize every image to gigapixels, or a classifier whose rows do
-not match the classes would otherwise fail later, far from the cause, or quietly give wrong answers.
+A model directory is checked when it is read, before any engine uses it: `config.json` is user-supplied input
+(a run folder is copied, mailed, edited), so every number in it is range-checked (`check_model_config`). A
+temperature of 1e-308, a preprocessing that would divide by 1e-45 or resize every image to gigapixels, or a
+classifier whose rows do not match the classes would otherwise fail later, far from the cause, or quietly give
+wrong answers (NaN probabilities). `arch` must be a plain timm registry name: timm reads `hf-hub:` and
+`local-dir:` names from the network or the file system, and loading a model never does either because of its
+config. A config of a newer format than this tlearn reads is refused with the advice to upgrade.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -29,16 +34,34 @@ from tlearn.data.preprocess import Preprocessing
 from tlearn.errors import ModelFileError
 from tlearn.evaluation.tasks import Task, task_named
 from tlearn.runs.layout import MODEL_DIR
-from tlearn.runs.lifecycle import is_incomplete_run
+from tlearn.runs.lifecycle import is_incomplete_run, settle_interrupted
 from tlearn.util import atomic
 
 MODEL_FORMAT = "tlearn-model"
+# The config.json layout this tlearn writes; it reads this one only. Bump it when a field changes meaning, and
+# keep reading the older ones.
+MODEL_FORMAT_VERSION = 1
+FIRST_READER = {1: "0.1.0"}  # the first tlearn release that reads each format version
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 # What a loadable model's preprocessing may ask for: beyond these, an image would be resized to an absurd size
 # (timm's models use 32 to about 600 pixels, crop percentages 0.875 to 1.0).
 INPUT_SIDE_RANGE = (8, 4096)
 CROP_PCT_RANGE = (0.25, 2.0)
+# Normalisation of pixels in [0, 1]: timm's models use means of 0 to 0.5 and stds of 0.2 to 1. Outside these
+# ranges a pixel normalises to thousands (or to infinity in float32), and the answers are noise or NaN.
+MEAN_RANGE = (-10.0, 10.0)
+STD_RANGE = (1e-3, 10.0)
+# Logits are divided by the temperature; calibration fits it within 0.05 to 20 (`fit_temperature`).
+TEMPERATURE_RANGE = (1e-2, 1e2)
+EMBEDDING_DIM_RANGE = (1, 1 << 20)
+# What a reject score can be: a probability ("confidence") or a cosine similarity ("knn"), with room for float32
+# rounding, since the threshold is one of the scores seen on validation.
+REJECT_SCORE_RANGE = {"confidence": (0.0, 1.0), "knn": (-1.0, 1.0)}
+SCORE_ROUNDING = 1e-3
+# A timm registry name, optionally with its pretrained tag ("resnet50.a1_in1k"): no source prefix
+# ("hf-hub:", "local-dir:") and no path, so building the network reads nothing but the model's own weights.
+ARCH_NAME = re.compile(r"[A-Za-z0-9_]{1,100}(\.[A-Za-z0-9_]{1,100})?")
 
 
 class RejectRule(BaseModel):
@@ -64,7 +87,7 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     format: Literal["tlearn-model"] = MODEL_FORMAT
-    format_version: int = 1
+    format_version: int = MODEL_FORMAT_VERSION
     tlearn_version: str = __version__
     arch: str  # timm model name the weights load into
     backbone: dict[str, str]  # name, arch, weights origin, key (see BackboneRef.describe)
@@ -137,20 +160,36 @@ def model_folder(path: str | Path, *, require_complete: bool = True) -> Path:
         ModelFileError: nothing that looks like a tlearn model is there, or its run did not complete.
     """
     path = Path(path).expanduser()
-    if not path.exists():
-        raise ModelFileError(f"{path}: no such model directory")
     if path.is_file() and path.name in (CONFIG_FILE, WEIGHTS_FILE):
         path = path.parent
+    # First, a previous run that a killed --overwrite set aside goes back in place (its model/ may be missing here).
+    run_dirs = (path, path.parent) if path.name == MODEL_DIR else (path,)
+    kept = {run_dir: settle_interrupted(run_dir) for run_dir in run_dirs if run_dir.is_dir()}
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such model directory")
     for candidate in (path, path / MODEL_DIR):
         if (candidate / CONFIG_FILE).is_file():
             run_dir = candidate.parent if candidate.name == MODEL_DIR else candidate
             if require_complete and is_incomplete_run(run_dir):
-                raise ModelFileError(
-                    f"{run_dir}: the run did not complete, so its model is not used; continue it with "
-                    "`tlearn train ... --out RUN --resume` or train again"
-                )
+                raise ModelFileError(_incomplete_message(run_dir, kept.get(run_dir)))
             return candidate
+    for run_dir, kept_at in kept.items():
+        if require_complete and kept_at is not None and is_incomplete_run(run_dir):
+            raise ModelFileError(_incomplete_message(run_dir, kept_at))
     raise ModelFileError(f"{path}: not a tlearn model directory (expected {CONFIG_FILE} and {WEIGHTS_FILE})")
+
+
+def _incomplete_message(run_dir: Path, kept: Path | None) -> str:
+    """Why the model of an unfinished run is refused, and what to do (one line)."""
+    if kept is not None:
+        return (
+            f"{run_dir}: a run replacing this one has not completed (it is still being written, or tlearn cannot "
+            f"put the previous run back); the previous run is kept at {kept}"
+        )
+    return (
+        f"{run_dir}: the run did not complete, so its model is not used; continue it with "
+        "`tlearn train ... --out RUN --resume` or train again"
+    )
 
 
 def read_config(path: str | Path, *, require_complete: bool = True) -> ModelConfig:
@@ -163,7 +202,9 @@ def read_config(path: str | Path, *, require_complete: bool = True) -> ModelConf
     folder = model_folder(path, require_complete=require_complete)
     config_path = folder / CONFIG_FILE
     try:
-        config = ModelConfig.model_validate(json.loads(config_path.read_text(encoding="utf-8")))
+        values = json.loads(config_path.read_text(encoding="utf-8"))
+        check_format_version(values, str(config_path))
+        config = ModelConfig.model_validate(values)
     except ValidationError as error:
         raise ModelFileError(f"{config_path}: not a valid tlearn model config ({describe_validation(error)})") from None
     except ValueError as error:
@@ -182,41 +223,101 @@ def describe_validation(error: ValidationError) -> str:
     return "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else "")
 
 
+def check_format_version(values: object, where: str) -> None:
+    """Refuse a config of a format this tlearn does not read, before its fields are validated (a newer format's
+    fields may not fit this one's, and "upgrade tlearn" is the fix, not "field required").
+
+    Args:
+        values: the parsed config.json (anything JSON holds).
+        where: the file it came from, to start the message with.
+
+    Raises:
+        ModelFileError: `format_version` is a whole number other than the one this tlearn reads.
+
+    Example:
+        >>> check_format_version({"format_version": 99, "tlearn_version": "9.0"}, "m/config.json")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        tlearn.errors.ModelFileError: m/config.json: model format version 99 (written by tlearn '9.0') is newer ...
+    """
+    if not isinstance(values, Mapping):
+        return  # not an object: validation says so
+    version = values.get("format_version", MODEL_FORMAT_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or version == MODEL_FORMAT_VERSION:
+        return  # the right version, or not a whole number: validation says so
+    readers = (
+        f"this tlearn {__version__} reads format version {MODEL_FORMAT_VERSION}, "
+        f"as every tlearn since {FIRST_READER[MODEL_FORMAT_VERSION]} does"
+    )
+    if version < MODEL_FORMAT_VERSION:
+        raise ModelFileError(f"{where}: model format version {version} is not a tlearn model format ({readers})")
+    written_by = values.get("tlearn_version")
+    author = f" (written by tlearn {written_by[:40]!r})" if isinstance(written_by, str) and written_by else ""
+    raise ModelFileError(
+        f"{where}: model format version {version}{author} is newer than this tlearn reads ({readers}); "
+        f"upgrade tlearn (pip install -U tlearn) to a release that reads format version {version} to use this model"
+    )
+
+
 def check_model_config(config: ModelConfig, where: str) -> None:
-    """Refuse values no model can run with, naming the value and the fix.
+    """Refuse values no model can run with or that would give wrong answers, naming the value and the fix.
+
+    Every number is range-checked, not only for being a number: a temperature of 1e-308 or a std of 1e-45 is
+    positive and finite, and turns every probability into NaN.
 
     Args:
         config: a model's config (from `config.json` or an ONNX file's metadata).
         where: the file it came from, to start the message with.
 
     Raises:
-        ModelFileError: a non-positive or non-finite temperature, duplicate class names, or a preprocessing
-            that cannot be applied (unknown interpolation, zero or absurd crop_pct, absurd input size, zero std).
+        ModelFileError: a format version this tlearn does not read; an `arch` that is not a plain timm name; a
+            temperature outside `TEMPERATURE_RANGE`; duplicate class names; thresholds or a reject rule that
+            do not fit the task or their score; non-finite metrics; or a preprocessing that cannot be applied
+            (unknown interpolation, crop_pct, input size, mean or std out of range).
 
     Example:
         >>> check_model_config(read_config("runs/ants/model"), "runs/ants/model/config.json")  # doctest: +SKIP
     """
     fix = "fix it in config.json or train the model again"
-    temperature = config.temperature
-    if not math.isfinite(temperature) or temperature <= 0:
+    check_format_version(config.model_dump(include={"format_version", "tlearn_version"}), where)
+    if not ARCH_NAME.fullmatch(config.arch):
         raise ModelFileError(
-            f"{where}: temperature {temperature} must be a positive number (logits are divided by it); "
-            "set it to 1.0 (no calibration) or calibrate again with `tlearn train --calibrate`"
+            f"{where}: arch {config.arch[:80]!r} is not a timm architecture name (such as 'tf_efficientnet_lite0' "
+            "or 'resnet50.a1_in1k'); a model is only built from its own weights, never from a hub or a path "
+            f"named in its config; {fix}"
+        )
+    temperature = config.temperature
+    low, high = TEMPERATURE_RANGE
+    if not (math.isfinite(temperature) and low <= temperature <= high):
+        raise ModelFileError(
+            f"{where}: temperature {temperature} must be a positive number between {low:g} and {high:g} (logits "
+            "are divided by it); set it to 1.0 (no calibration) or calibrate again with `tlearn train --calibrate`"
         )
     duplicates = sorted({name for name in config.classes if config.classes.count(name) > 1})
     if duplicates:
         raise ModelFileError(f"{where}: class name(s) {', '.join(map(repr, duplicates))} listed twice; {fix}")
+    low_dim, high_dim = EMBEDDING_DIM_RANGE
+    if not low_dim <= config.embedding_dim <= high_dim:
+        raise ModelFileError(
+            f"{where}: embedding_dim {config.embedding_dim} must be between {low_dim} and {high_dim}; {fix}"
+        )
     _check_answers(config, where, fix)
+    _check_figures(config, where, fix)
+    _check_preprocessing(config, where, fix)
+
+
+def _check_preprocessing(config: ModelConfig, where: str, fix: str) -> None:
+    """The preprocessing can be applied and keeps pixels in a sensible range (see `INPUT_SIDE_RANGE` ...)."""
     values = config.preprocessing
     try:
         preprocessing = config.preprocessing_spec()
-        size = [int(side) for side in preprocessing.input_size]
+        size = list(preprocessing.input_size)
         numbers = [float(value) for value in (preprocessing.crop_pct, *preprocessing.mean, *preprocessing.std)]
     except (KeyError, TypeError, ValueError) as error:
         reason = f"{type(error).__name__}: {error}"
         raise ModelFileError(f"{where}: unusable preprocessing {values} ({reason}); {fix}") from None
     low, high = INPUT_SIDE_RANGE
-    if len(size) != 2 or size != list(preprocessing.input_size) or not all(low <= side <= high for side in size):
+    whole = all(isinstance(side, int) and not isinstance(side, bool) for side in size)
+    if len(size) != 2 or not whole or not all(low <= side <= high for side in size):
         raise ModelFileError(
             f"{where}: preprocessing input_size {values.get('input_size')} must be (height, width) in whole pixels "
             f"between {low} and {high}; {fix}"
@@ -229,19 +330,45 @@ def check_model_config(config: ModelConfig, where: str) -> None:
             f"{where}: preprocessing crop_pct {preprocessing.crop_pct} must be between {low_crop} and {high_crop} "
             f"(the share of the resized image kept by the centre crop; timm's models use 0.875 to 1.0); {fix}"
         )
-    if len(preprocessing.std) != 3 or min(preprocessing.std) <= 0:
-        std = list(preprocessing.std)
-        raise ModelFileError(f"{where}: preprocessing std {std} must be three positive numbers; {fix}")
+    low_mean, high_mean = MEAN_RANGE
+    if not all(low_mean <= float(value) <= high_mean for value in preprocessing.mean):
+        raise ModelFileError(
+            f"{where}: preprocessing mean {list(preprocessing.mean)} must be three numbers between {low_mean:g} and "
+            f"{high_mean:g} (pixels are in 0 to 1; timm's models use 0 to 0.5); {fix}"
+        )
+    low_std, high_std = STD_RANGE
+    if len(preprocessing.std) != 3 or not all(low_std <= float(value) <= high_std for value in preprocessing.std):
+        raise ModelFileError(
+            f"{where}: preprocessing std {list(preprocessing.std)} must be three positive numbers between "
+            f"{low_std:g} and {high_std:g} (pixels are divided by them; timm's models use 0.2 to 1); {fix}"
+        )
 
 
 def _check_answers(config: ModelConfig, where: str, fix: str) -> None:
     """Thresholds as the task needs them (one probability per class for a multi-label model, none otherwise);
-    a reject threshold must be a number."""
+    a reject threshold within the range of its score, and a target that is a share of images."""
     problem = config.task_type.threshold_problem(config.thresholds, len(config.classes))
     if problem:
         raise ModelFileError(f"{where}: {problem}; {fix}")
-    if config.reject is not None and not math.isfinite(config.reject.threshold):
-        raise ModelFileError(f"{where}: reject threshold {config.reject.threshold} must be a finite number; {fix}")
+    rule = config.reject
+    if rule is None:
+        return
+    low, high = REJECT_SCORE_RANGE[rule.score]
+    if not (math.isfinite(rule.threshold) and low - SCORE_ROUNDING <= rule.threshold <= high + SCORE_ROUNDING):
+        raise ModelFileError(
+            f"{where}: reject threshold {rule.threshold} must be a finite number between {low:g} and {high:g} "
+            f"(the range of the {rule.score} score); {fix}"
+        )
+    if not all(math.isfinite(value) and 0.0 <= value <= 1.0 for value in rule.target.values()):
+        raise ModelFileError(f"{where}: reject target {rule.target} must hold shares between 0 and 1; {fix}")
+
+
+def _check_figures(config: ModelConfig, where: str, fix: str) -> None:
+    """The recorded metrics are finite (they are shown by `/v1/model` and the report, and NaN is not JSON)."""
+    for split, figures in config.metrics.items():
+        for name, value in figures.items():
+            if not math.isfinite(value):
+                raise ModelFileError(f"{where}: metrics {split[:40]!r} {name[:40]!r} is {value}, not a number; {fix}")
 
 
 def check_classifier(weights: Path, config: ModelConfig) -> None:
