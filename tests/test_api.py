@@ -18,7 +18,7 @@ import tlearn
 from helpers import PROJECT
 from tlearn.engines.base import InferenceEngine
 from tlearn.engines.options import DEFAULT_PREDICT_OPTIONS, PredictOptions
-from tlearn.errors import ModelFileError
+from tlearn.errors import DataError, ModelFileError
 from tlearn.runs.model_dir import ModelConfig
 
 API_REFERENCE = PROJECT / "docs" / "api.md"
@@ -158,3 +158,31 @@ def test_a_model_has_every_public_member_of_its_engine_even_one_added_later():
             getattr(model, missing)
     assert copy.copy(model).classes == ["blue", "red"]
     assert repr(model) == "Model(None, engine=recording, classes=['blue', 'red'])"
+
+
+@pytest.mark.parametrize("model_file", ["run", "onnx"])
+def test_one_image_in_one_answer_out_and_predict_proba_is_a_class_ordered_matrix(exported_model, model_file):
+    """`predict` takes one image or many, `model(x)` is `predict(x)`, and `predict_proba` gives an (N, classes)
+    array in `classes` order that agrees with the answers (scikit-learn's shapes)."""
+    model = tlearn.load(exported_model.run if model_file == "run" else exported_model.onnx)
+    files = sorted(exported_model.data.rglob("*.png"))[:4]
+    answers = model.predict(files, top_k=2)
+    single = model.predict(files[0], top_k=2)
+    assert single.labels == answers[0].labels and single.probabilities == pytest.approx(answers[0].probabilities, rel=1e-3)
+    assert model(str(files[0]), top_k=2) == single
+    pixels = np.asarray(Image.open(files[1]).convert("RGB"))
+    assert model.predict(pixels).label == answers[1].label
+    assert [answer.label for answer in model.predict(np.stack([pixels, pixels]))] == [answers[1].label] * 2
+    matrix = model.predict_proba(files)
+    assert matrix.shape == (4, len(model.classes)) and model.predict_proba(files[0]).shape == (1, 2)
+    assert np.allclose(matrix.sum(axis=1), 1.0)
+    assert [model.classes[index] for index in matrix.argmax(axis=1)] == [answer.label for answer in answers]
+    for row, answer in zip(matrix, answers, strict=True):
+        assert row[model.classes.index(answer.labels[1])] == pytest.approx(answer.probabilities[1])
+
+
+def test_predict_proba_refuses_an_unreadable_image_naming_it(exported_model, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a picture")
+    with pytest.raises(DataError, match=r"broken\.jpg: "):
+        tlearn.load(exported_model.run).predict_proba([broken])

@@ -13,6 +13,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+from PIL import Image
+
 from tlearn.data.discovery import list_image_files
 from tlearn.engines.base import ImageInput, InferenceEngine, Prediction
 from tlearn.engines.loading import load_engine
@@ -25,8 +28,6 @@ from tlearn.util import atomic
 from tlearn.util.progress import Progress
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from tlearn.data.preprocess import Preprocessing
     from tlearn.deploy.export import ExportResult
     from tlearn.deploy.serving import ServeSettings
@@ -75,15 +76,16 @@ class Model:
 
     def predict(
         self,
-        images: Sequence[ImageInput],
+        images: ImageInput | Sequence[ImageInput],
         *,
         top_k: int = 3,
         batch_size: int = 32,
         workers: int | None = None,
         quiet: bool = True,
         reject: bool = True,
-    ) -> list[Prediction]:
-        """Answers for files (decoded in parallel), PIL images or RGB arrays, in input order.
+    ) -> Prediction | list[Prediction]:
+        """Answers for files (decoded in parallel), PIL images or RGB arrays, in input order; one image (a path,
+        a PIL image, an (H, W, 3) array) gets one answer, a list or an (N, H, W, 3) array a list of them.
 
         A file that cannot be decoded gets a `Prediction` with `error` set; the others are still predicted.
         A multi-label model's answers hold label sets; a model with a reject rule answers "unknown" for
@@ -92,9 +94,38 @@ class Model:
         Example:
             >>> [(p.label, round(p.probabilities[0], 2)) for p in clf.predict(["bee.jpg", picture])]  # doctest: +SKIP
             [('bees', 0.97), ('ants', 0.88)]
+            >>> clf.predict("bee.jpg").label  # doctest: +SKIP
+            'bees'
         """
+        one, batch = _as_batch(images)
         options = PredictOptions(top_k=top_k, batch_size=batch_size, workers=workers, reject=reject)
-        return self.backend.predict(images, options, progress=Progress(quiet=quiet))
+        answers = self.backend.predict(batch, options, progress=Progress(quiet=quiet))
+        return answers[0] if one else answers
+
+    __call__ = predict
+
+    def predict_proba(
+        self, images: ImageInput | Sequence[ImageInput], *, batch_size: int = 32, workers: int | None = None
+    ) -> np.ndarray:
+        """(N, len(classes)) probabilities, columns ordered as `classes` (scikit-learn's `predict_proba`): a
+        softmax row per image, or a multi-label model's per-class sigmoids. One image gives one row.
+
+        Raises:
+            DataError: an image could not be read (naming it and the reason): a row of NaN is no answer.
+
+        Example:
+            >>> clf.predict_proba(["bee.jpg"]).shape, clf.classes  # doctest: +SKIP
+            ((1, 2), ['ants', 'bees'])
+        """
+        _, batch = _as_batch(images)
+        options = PredictOptions(top_k=len(self.classes), batch_size=batch_size, workers=workers, reject=False)
+        column = {name: index for index, name in enumerate(self.classes)}
+        rows = np.zeros((len(batch), len(self.classes)), dtype=np.float64)
+        for row, answer in enumerate(self.backend.predict(batch, options, progress=Progress(quiet=True))):
+            if answer.error is not None:
+                raise DataError(f"{answer.source}: {answer.error}")
+            rows[row, [column[label] for label in answer.labels]] = answer.probabilities
+        return rows
 
     def evaluate(self, data: str | Path, **options: Any) -> Evaluation:
         """`tlearn.evaluate(this model, data, ...)`: metrics on a labelled folder (see `tlearn.evaluate`).
@@ -118,6 +149,16 @@ class Model:
 
     def __repr__(self) -> str:
         return f"Model({self.path}, engine={self.engine}, classes={self.classes})"
+
+
+def _as_batch(images: ImageInput | Sequence[ImageInput]) -> tuple[bool, list[ImageInput]]:
+    """(whether one image was given, the images as a list): a path, a PIL image or an (H, W, 3) / (H, W) array
+    is one image; an (N, H, W, 3) array or any other sequence is several."""
+    if isinstance(images, str | Path | Image.Image):
+        return True, [images]
+    if isinstance(images, np.ndarray):
+        return (True, [images]) if images.ndim in (2, 3) else (False, list(images))
+    return False, list(images)
 
 
 def load(path: str | Path, *, device: str = "auto", engine: str | None = None) -> Model:
