@@ -168,7 +168,9 @@ def test_one_image_in_one_answer_out_and_predict_proba_is_a_class_ordered_matrix
     files = sorted(exported_model.data.rglob("*.png"))[:4]
     answers = model.predict(files, top_k=2)
     single = model.predict(files[0], top_k=2)
-    assert single.labels == answers[0].labels and single.probabilities == pytest.approx(answers[0].probabilities, rel=1e-3)
+    assert single.labels == answers[0].labels and single.probabilities == pytest.approx(
+        answers[0].probabilities, rel=1e-3
+    )
     assert model(str(files[0]), top_k=2) == single
     pixels = np.asarray(Image.open(files[1]).convert("RGB"))
     assert model.predict(pixels).label == answers[1].label
