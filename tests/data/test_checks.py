@@ -77,3 +77,17 @@ def test_the_counts_found_before_the_checks_are_repeated_only_when_the_checks_ch
     lines = summary_lines(_check(tmp_path, broken).report, announced)
     assert lines[0] == "usable: 2 classes (a, b); train 7, val 4 images" and lines[1].startswith("skipped 1 ")
     assert summary_lines(_check(tmp_path).report)[0] == announced  # without an announcement: the counts line
+
+
+def test_a_validation_split_without_a_class_is_named_in_a_warning(tmp_path):
+    """A split that lacks a class cannot measure it: the console says which, instead of a silent 100%."""
+    make_class_folder(tmp_path / "train", {"a": 4, "b": 4, "c": 4})
+    make_class_folder(tmp_path / "val", {"a": 2, "b": 2}, start=50)
+    (tmp_path / "val" / "c").mkdir()
+    warnings = [line for line in summary_lines(_check(tmp_path).report) if line.startswith("warning: val")]
+    assert warnings == [
+        "warning: val has no image of 1 class(es) (c): its figures do not measure them (accuracy can look better "
+        "than macro F1 says)"
+    ]
+    make_class_folder(tmp_path / "val", {"c": 1}, start=90)
+    assert not any(line.startswith("warning: val") for line in summary_lines(_check(tmp_path).report))

@@ -174,6 +174,14 @@ def summary_lines(report: dict[str, Any], announced: str | None = None) -> list[
             f"leakage: {excluded} val/test image(s) are byte-identical to earlier-split images; "
             "excluded from evaluation"
         )
+    for split in ("val", "test"):
+        missing = [name for name, count in counts.get(split, {}).items() if count == 0]
+        if missing:
+            lines.append(
+                f"warning: {split} has no image of {len(missing)} class(es) ({', '.join(missing[:5])}"
+                f"{', ...' if len(missing) > 5 else ''}): its figures do not measure them (accuracy can look "
+                "better than macro F1 says)"
+            )
     if report["label_conflicts"]:
         lines.append(f"warning: {len(report['label_conflicts'])} identical image(s) carry different labels")
     return lines
