@@ -187,3 +187,19 @@ def test_predict_prints_a_plain_models_answers_as_before(capsys, exported_model)
     assert code == 0 and all(set(item) == {"source", "labels", "probabilities", "error"} for item in json.loads(out))
     code, out, _ = run_cli(capsys, "predict", exported_model.onnx, exported_model.data / "red", "-k", "1", "-q")
     assert all(re.fullmatch(r"\S+\tred [01]\.\d{3}", line) for line in out.splitlines())
+
+
+def test_a_full_disk_is_one_line_that_names_the_file_not_an_internal_error(monkeypatch, capsys, tiny_data, tmp_path):
+    """ENOSPC while a run writes is the user's to fix: one line naming the file (exit 1), no 'internal error'."""
+    import errno
+    import os
+
+    from tlearn.util import atomic
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "run" / "config.yaml"))
+
+    monkeypatch.setattr(atomic, "write_bytes", full)
+    code, _, err = run_cli(capsys, "train", tiny_data, "--out", tmp_path / "run", "--mode", "linear", "-q")
+    assert code == 1 and err.count("\n") == 1 and "internal error" not in err
+    assert err.startswith("error: No space left on device while writing ") and "config.yaml" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import sys
@@ -12,6 +13,8 @@ from tlearn.cli import audit, deploy, evaluate, predict, tools, train  # noqa: F
 from tlearn.cli.app import app
 from tlearn.errors import TlearnError
 from tlearn.util.text import printable
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)  # a full disk or an exhausted quota: the user's to fix, not a tlearn bug
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,9 +40,19 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as error:
         if debug:
             raise
-        print(
-            f"error: internal error ({type(error).__name__}: {printable(str(error))}); rerun with --debug for the "
-            "traceback",
-            file=sys.stderr,
-        )
+        print(f"error: {_unforeseen(error)}", file=sys.stderr)
         sys.exit(1)
+
+
+def _unforeseen(error: Exception) -> str:
+    """The line for an error that is not a `TlearnError`: a full disk is the user's to fix and said so plainly;
+    anything else is an internal error (the traceback under --debug).
+
+    Example:
+        >>> _unforeseen(OSError(errno.ENOSPC, "No space left on device", "runs/a/model.safetensors"))
+        'No space left on device while writing runs/a/model.safetensors; free some space or write elsewhere'
+    """
+    if isinstance(error, OSError) and error.errno in _FULL:
+        where = f" while writing {printable(str(error.filename))}" if error.filename else ""
+        return f"{os.strerror(error.errno)}{where}; free some space or write elsewhere"
+    return f"internal error ({type(error).__name__}: {printable(str(error))}); rerun with --debug for the traceback"
