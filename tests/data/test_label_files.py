@@ -12,7 +12,7 @@ import tlearn
 from helpers import make_class_folder, run_cli
 from tlearn.data.checks import check_data
 from tlearn.data.discovery import discover, discover_for_evaluation
-from tlearn.data.label_files import read_label_file
+from tlearn.data.label_files import is_label_file, read_label_file
 from tlearn.errors import DataError
 from tlearn.evaluation.tasks import MULTI_LABEL, SINGLE_LABEL
 
@@ -364,3 +364,159 @@ def test_training_passes_the_separator_and_task_to_the_label_file(tmp_path, monk
         "per image; use --task multilabel, or keep one label; image left out"
     ]
     assert sum(sum(table.values()) for table in report["counts"].values()) == 15
+
+
+def test_a_label_file_is_told_by_its_suffix_in_any_case_and_a_folder_never_is(tmp_path):
+    """`tlearn train X` reads X as a label file for a .csv/.json/.jsonl name in any case, never for a folder."""
+    (tmp_path / "photos.csv").mkdir()
+    assert is_label_file(tmp_path / "LABELS.CSV") and is_label_file(str(tmp_path / "labels.JsonL"))
+    assert is_label_file(tmp_path / "labels.json")
+    assert not is_label_file(tmp_path / "photos.csv")  # a data folder that happens to be named so
+    assert not is_label_file(tmp_path / "data") and not is_label_file(tmp_path / "labels.txt")
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        (
+            "labels.jsonl",
+            '{"path": "red/img_000.png", "label": "red"}\n{oops\n',
+            "{path} line 2: not valid JSON (Expecting property name enclosed in double quotes)",
+        ),
+        ("labels.json", '[{"path": "red/img_000.png",\n "label": "red"},\n oops]', "{path}: not valid JSON (Expecting"),
+        (
+            "labels.json",
+            '{"path": "red/img_000.png", "label": "red"}',
+            "{path}: expected a JSON list of {{'path': ..., 'label': ...}} objects",
+        ),
+        ("labels.csv", b"path,label\nred/img\xff.png,red\n", "{path}: cannot read the label file ('utf-8' codec"),
+        ("labels.csv", "path," + "x" * 200_000 + "\n", "{path}: not a readable CSV header (field larger than"),
+        ("labels.csv", "path,label\n" + "x" * 200_000 + ",red\n", "{path} line "),
+    ],
+)
+def test_unreadable_label_files_are_one_line_errors_naming_the_file_and_the_fault(tmp_path, name, content, message):
+    """A label file that cannot be parsed as a whole stops the run with one line saying which file and why."""
+    labels = tmp_path / name
+    labels.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    with pytest.raises(DataError) as caught:
+        read_label_file(labels)
+    text = str(caught.value)
+    assert text.startswith(message.format(path=labels)) and "\n" not in text and len(text) < 300
+    if name == "labels.json" and "oops" in content:
+        assert text == f"{labels}: not valid JSON (Expecting value at line 3)"  # the line of the fault
+    if name == "labels.csv" and text.startswith(f"{labels} line "):  # a row over the csv module's field limit
+        assert text.endswith("not valid CSV (field larger than field limit (131072))")
+
+
+def test_a_missing_label_file_and_bad_options_are_refused_before_reading(tmp_path):
+    """A missing file is the user's DataError; an empty separator or unknown task is a ValueError (checked first)."""
+    (tmp_path / "folder.csv").mkdir()
+    for missing in (tmp_path / "none.csv", tmp_path / "folder.csv"):
+        with pytest.raises(DataError) as caught:
+            read_label_file(missing)
+        assert str(caught.value) == f"{missing}: no such label file"
+    labels = _write_csv(tmp_path / "labels.csv", [("a.png", "red")])
+    with pytest.raises(ValueError, match=r"^label_sep must not be empty$"):
+        read_label_file(labels, label_sep="")
+    with pytest.raises(ValueError) as caught:
+        read_label_file(labels, task="binary")
+    assert str(caught.value) == "unknown task 'binary'; expected one of auto, multiclass, multilabel"
+
+
+def test_json_items_that_are_not_usable_rows_are_problems_with_their_item_or_line_number(tmp_path):
+    """Each unusable JSON / JSONL entry (not an object, no path, no label) is one problem; the rest are read."""
+    data = make_class_folder(tmp_path / "data", {"red": 3, "blue": 1})
+    entries = [
+        {"path": "red/img_000.png", "label": ["red", None, " round ", ""]},  # a JSON list: nulls and blanks dropped
+        ["red/img_001.png", "red"],  # 2: not an object
+        {"path": "red/img_001.png"},  # 3: no label
+        {"path": 7, "label": "red"},  # 4: the path is not text
+        {"path": "red/img_002.png", "label": None},  # 5: a null label
+        {"path": "blue/img_000.png", "label": "blue", "split": " Validation "},
+    ]
+    expected_rows = [("red/img_000.png", ("red", "round"), None), ("blue/img_000.png", ("blue",), "val")]
+    reasons = {2: "no path", 3: "red/img_001.png: no label", 4: "no path", 5: "red/img_002.png: no label"}
+    listed = data / "labels.json"
+    listed.write_text(json.dumps(entries))
+    found, problems = read_label_file(listed)
+    assert [(row.relpath, row.labels, row.split) for row in found] == expected_rows
+    assert problems == [f"{listed} item {n}: {reason}; row left out" for n, reason in reasons.items()]
+    # JSONL: blank lines are skipped but counted, so each problem names the line it is on.
+    lines = [json.dumps(entries[0]), "", *(json.dumps(entry) for entry in entries[1:])]
+    per_line = _write_text(data / "labels.jsonl", "\n".join(lines) + "\n")
+    found, problems = read_label_file(per_line)
+    assert [(row.relpath, row.labels, row.split) for row in found] == expected_rows
+    assert problems == [f"{per_line} line {n + 1}: {reason}; row left out" for n, reason in reasons.items()]
+
+
+def test_a_csv_row_missing_its_label_cell_is_a_problem_row(tmp_path):
+    """A short CSV row (no label cell at all) is left out with "no label", as an empty cell is."""
+    data = make_class_folder(tmp_path / "data", {"red": 2, "blue": 2})
+    labels = _write_text(data / "labels.csv", "path,label\nred/img_000.png\nred/img_001.png,red\n")
+    found, problems = read_label_file(labels)
+    assert [row.relpath for row in found] == ["red/img_001.png"]
+    assert problems == [f"{labels} line 2: red/img_000.png: no label; row left out"]
+
+
+def test_paths_resolve_against_the_label_files_folder_home_or_anywhere(tmp_path, monkeypatch):
+    """Relative paths (`..` included) resolve against the label file's folder and `~` against the home folder; an
+    image outside the folder keeps its whole path as the hash split's key."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    data = make_class_folder(tmp_path / "data", {"red": 3, "blue": 1})
+    rows = [
+        ("~/data/red/img_000.png", "red"),
+        ("lists/../red/img_001.png", "red"),
+        ("../data/red/img_002.png", "red"),
+        (str(tmp_path / "data" / "lists" / ".." / "blue" / "img_000.png"), "blue"),
+    ]
+    found, problems = read_label_file(_write_csv(data / "labels.csv", rows))
+    assert problems == []
+    assert [row.relpath for row in found] == [
+        "red/img_000.png",
+        "red/img_001.png",
+        "red/img_002.png",
+        "blue/img_000.png",
+    ]
+    assert [row.path for row in found] == [
+        data / f"{name}.png" for name in ("red/img_000", "red/img_001", "red/img_002", "blue/img_000")
+    ]
+    elsewhere = make_class_folder(tmp_path / "elsewhere", {"green": 1})
+    found, problems = read_label_file(_write_csv(data / "outside.csv", [("../elsewhere/green/img_000.png", "green")]))
+    assert problems == [] and found[0].relpath == (elsewhere / "green" / "img_000.png").as_posix()
+    assert found[0].path == elsewhere / "green" / "img_000.png" and found[0].label == "green"
+
+
+def test_a_backslash_is_a_windows_separator_unless_a_file_has_that_very_name(tmp_path):
+    """On POSIX a file may be named `a\\b.png`: a row naming that existing file is that file, not `a/b.png`."""
+    data = make_class_folder(tmp_path / "data", {"red": 2, "blue": 1})
+    (data / "red" / "img_000.png").rename(data / "red\\odd.png")
+    (data / "red" / "odd.png").write_bytes((data / "red" / "img_001.png").read_bytes())
+    rows = [(str(data / "red\\odd.png"), "red"), ("red\\img_001.png", "red")]
+    found, problems = read_label_file(_write_csv(data / "labels.csv", rows))
+    assert problems == []
+    assert [row.relpath for row in found] == ["red\\odd.png", "red/img_001.png"]
+
+
+def test_a_repeated_split_keeps_where_it_was_first_given_and_repeats_name_every_label(tmp_path):
+    """A conflicting split names the line where the image's split was first given; a repeated row names each of
+    its repeated labels with the line that first gave it."""
+    data = make_class_folder(tmp_path / "data", {"red": 2, "blue": 2})
+    rows = [
+        ("red/img_000.png", "red|round", "train"),
+        ("red/img_000.png", "shiny", "train"),  # the same split again: it was given at line 2
+        ("red/img_000.png", "red|round", ""),  # line 4: both labels again
+        ("red/img_000.png", "blue", "test"),  # line 5: conflicts with line 2's split
+        *((f"blue/img_{n:03d}.png", "blue", "") for n in range(2)),
+    ]
+    labels = _write_csv(data / "labels.csv", rows, header="path,label,split")
+    found, problems = read_label_file(labels)
+    assert (found[0].relpath, found[0].labels, found[0].split) == (
+        "red/img_000.png",
+        ("red", "round", "shiny"),
+        "train",
+    )
+    assert problems == [
+        f"{labels} line 4: red/img_000.png: label 'red' (first at line 2), 'round' (first at line 2) given again; "
+        "kept once",
+        f"{labels} line 5: red/img_000.png: split 'test' here but 'train' at line 2; row left out",
+    ]

@@ -3,6 +3,7 @@ answers, and the service answers the next request every time."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import socket
 import threading
@@ -15,12 +16,14 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from helpers import colour_image, png_with_size, run_cli
 from tlearn.data.images import ImageDecodeError, ImageTooLargeError
 from tlearn.deploy import serving
+from tlearn.deploy.guards import BodyLimit, HostCheck
 from tlearn.deploy.serving import DEFAULT_UPLOAD_PIXELS, ServeSettings, create_app, server_config
 from tlearn.engines.loading import load_engine
 
@@ -407,3 +410,179 @@ def test_the_web_page_waits_and_retries_when_the_service_is_busy(controlled, bro
         finally:
             page.close()
         assert holding.result().status_code == 200
+
+
+# --- the guards alone, in front of a tiny app (no model) ----------------------------------------------------
+
+
+def run_async(coroutine):
+    """asyncio.run in a fresh thread: the session's Playwright browser keeps an event loop on the main thread."""
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(asyncio.run, coroutine).result()
+
+
+def guarded(*, allowed: tuple[str, ...] = (), max_bytes: int = 100, timeout_s: float = 5.0) -> tuple[FastAPI, list]:
+    """A two-route app behind the service's guards, in the service's order; and the requests that reached it."""
+    reached: list[str] = []
+    app = FastAPI()
+
+    @app.get("/")
+    async def root() -> dict[str, str]:
+        reached.append("/")
+        return {"status": "ok"}
+
+    @app.post("/echo")
+    async def echo(request: Request) -> dict[str, int]:
+        reached.append("/echo")
+        return {"size": len(await request.body())}
+
+    app.add_middleware(BodyLimit, max_bytes=max_bytes, timeout_s=timeout_s)
+    app.add_middleware(HostCheck, allowed=allowed)
+    return app, reached
+
+
+@pytest.mark.parametrize(
+    "host, allowed, status",
+    [
+        ("LOCALHOST:8000", (), 200),  # host names are case-insensitive
+        (" localhost ", (), 200),
+        ("[::1]", (), 200),
+        ("::1", (), 200),  # an IPv6 address without brackets or port
+        ("Box.LAN:8000", ("box.lan:9000",), 200),  # an allowed name given with a port and in another case
+        ("box.lan.evil.example", ("box.lan",), 421),
+        ("[::1]:8000", (), 200),
+        ("[::1", (), 421),  # a broken bracket is not the loopback address
+        ("[localhostx", (), 421),  # ...nor a name hidden after one
+        ("127.0.0.1:8000:1", (), 421),
+        ("evil.example", ("*", "other"), 200),
+    ],
+)
+def test_host_names_are_compared_without_port_or_case(host, allowed, status):
+    """The Host check compares names the way browsers send them: any case, with or without a port, IPv6 in
+    brackets; anything else is refused before the app sees the request."""
+    app, reached = guarded(allowed=allowed)
+    with TestClient(app, base_url=LOCAL) as client:
+        answer = client.get("/", headers={"host": host})
+    assert answer.status_code == status, answer.text
+    assert reached == (["/"] if status == 200 else [])
+
+
+def test_a_refused_host_is_named_in_a_bounded_message_with_the_fix():
+    """The 421 names the refused host (cut to 100 characters: it is the client's text) and the flag to allow it."""
+    app, _ = guarded()
+    with TestClient(app, base_url=LOCAL) as client:
+        answer = client.get("/", headers={"host": "Evil.Example:8000"})
+        long_name = "a" * 150 + ".example"
+        cut = client.get("/", headers={"host": long_name}).json()["detail"]
+    assert answer.status_code == 421 and answer.json() == {
+        "detail": "host 'evil.example' is not served here (protection against DNS rebinding); "
+        "start the service with --allow-host evil.example to serve it under that name"
+    }
+    assert f"host {'a' * 100!r} is not served" in cut and "a" * 101 not in cut
+
+
+def test_requests_without_a_host_header_and_other_scopes_pass_the_host_check():
+    """HTTP/1.0 tools send no Host header and are served; lifespan events go through untouched."""
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append(scope["type"])
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    check = HostCheck(app, allowed=())
+    run_async(check({"type": "http", "headers": []}, receive, send))
+    run_async(check({"type": "lifespan"}, receive, send))
+    run_async(check({"type": "http", "headers": [(b"host", b"evil.example")]}, receive, send))
+    assert seen == ["http", "lifespan"] and [m.get("status") for m in sent if "status" in m] == [200, 421]
+
+
+@pytest.mark.parametrize(
+    "body, declared, status",
+    [
+        (b"x" * 100, None, 200),  # exactly the limit
+        (b"x" * 101, None, 413),
+        (b"x" * 100, "100", 200),
+        (b"x" * 10, "101", 413),  # refused on the declared length alone
+        (b"x" * 10, "ten", 200),  # a length that is not a number is no reason to refuse
+    ],
+)
+def test_the_body_limit_counts_declared_and_received_bytes(body, declared, status):
+    """A body may be as large as the limit and no larger, whether its length is declared or only streamed."""
+    app, reached = guarded(max_bytes=100)
+    headers = {"content-length": declared} if declared is not None else {}
+    with TestClient(app, base_url=LOCAL) as client:
+        answer = client.post("/echo", content=body, headers=headers)
+    assert answer.status_code == status, answer.text
+    if status == 413:
+        assert answer.json() == {"detail": "request too large (limit 9.53674e-05 MB; see --max-request-mb)"}
+    else:
+        assert answer.json() == {"size": len(body)}
+    if declared == "101":
+        assert reached == []  # refused before the app ran
+
+
+def test_a_streamed_body_is_limited_by_the_sum_of_its_chunks():
+    """Without a declared length the limit counts every chunk received: three chunks of 40 bytes exceed 100."""
+
+    async def app(scope, receive, send):
+        while (await receive()).get("more_body"):
+            pass
+
+    def chunks(count: int):
+        messages = [{"type": "http.request", "body": b"x" * 40, "more_body": n < count - 1} for n in range(count)]
+
+        async def receive():
+            return messages.pop(0)
+
+        return receive
+
+    limit = BodyLimit(app, max_bytes=100, timeout_s=30.0)
+    run_async(limit({"type": "http", "headers": []}, chunks(2), None))  # 80 bytes: within the limit
+    with pytest.raises(HTTPException) as refused:
+        run_async(limit({"type": "http", "headers": []}, chunks(3), None))
+    assert refused.value.status_code == 413 and "request too large" in refused.value.detail
+
+
+def test_a_body_that_does_not_arrive_in_time_is_408_and_other_scopes_are_not_limited():
+    """The body's deadline counts from the request's start: a body still missing then is 408, one that comes in
+    time reaches the app; lifespan scopes pass unguarded."""
+    calls = []
+
+    async def app(scope, receive, send):
+        calls.append(scope["type"])
+        while (await receive()).get("more_body"):
+            pass
+
+    async def stalled():
+        await asyncio.Event().wait()  # the client never sends its body
+
+    limit = BodyLimit(app, max_bytes=100, timeout_s=0.05)
+    headers = [(b"content-length", b"50")]
+    with pytest.raises(HTTPException) as raised:
+        run_async(asyncio.wait_for(limit({"type": "http", "headers": headers}, stalled, None), 30))  # bounded
+    assert raised.value.status_code == 408
+    assert raised.value.detail == "request body not received within 0.05 s; send it faster or in parts"
+
+    async def slow_but_in_time():
+        await asyncio.sleep(0.05)
+        return {"type": "http.request", "body": b"x" * 50, "more_body": False}
+
+    run_async(
+        BodyLimit(app, max_bytes=100, timeout_s=30.0)({"type": "http", "headers": headers}, slow_but_in_time, None)
+    )
+
+    async def empty():
+        return {"type": "lifespan.startup"}
+
+    run_async(limit({"type": "lifespan", "headers": [(b"content-length", b"500")]}, empty, None))
+    assert calls == ["http", "http", "lifespan"]  # the body that came in time reached the app
