@@ -396,6 +396,42 @@ def test_stopping_waits_for_the_model_call_in_progress_and_runs_no_other():
     assert model.batch_sizes == [1]  # the batch only: the queued probe was cancelled
 
 
+def test_a_request_whose_batch_runs_when_the_service_stops_is_cancelled_not_left_waiting():
+    """`stop` during a model call: the requests of that batch end (cancelled) instead of waiting forever."""
+    model = RecordingModel()
+    model.gate = threading.Event()
+
+    async def scenario():
+        batcher = MicroBatcher(model, max_batch_size=1, max_wait_s=0.0)
+        await batcher.start()
+        request = asyncio.create_task(batcher.submit(images(1)))
+        await wait_for_thread_event(model.entered)
+        threading.Timer(0.2, model.gate.set).start()
+        await batcher.stop()
+        done, _ = await asyncio.wait([request], timeout=2)
+        return done and request.cancelled()
+
+    assert run_async(scenario())
+
+
+def test_a_model_answer_with_nan_fails_its_batch_instead_of_reaching_clients():
+    """`_check_rows` promises finite rows: NaN probabilities are the model's failure (an error), not an answer."""
+
+    def nan_model(pixels: np.ndarray) -> np.ndarray:
+        return np.full((len(pixels), 2), np.nan, dtype=np.float32)
+
+    async def scenario():
+        batcher = MicroBatcher(nan_model, max_batch_size=4, max_wait_s=0.0)
+        await batcher.start()
+        try:
+            return await batcher.submit(images(2))
+        finally:
+            await batcher.stop()
+
+    with pytest.raises(BatchError, match="not finite"):
+        run_async(scenario())
+
+
 def test_one_model_call_runs_at_a_time_probes_included():
     """Batches and probes share one inference thread: a probe asked for during a batch waits for it."""
     active, overlaps = [0], []

@@ -194,6 +194,10 @@ class MicroBatcher:
             pixels = np.concatenate([job.pixels for job in jobs])  # (B, H, W, 3)
             probabilities = await asyncio.get_running_loop().run_in_executor(self._executor, self._infer, pixels)
             _check_rows(probabilities, len(pixels))
+        except asyncio.CancelledError:  # `stop` while this batch ran: its requests are cancelled, never left waiting
+            for job in jobs:
+                job.future.cancel()
+            raise
         except Exception as error:  # the model failed on this batch: each of its requests gets the reason
             images = sum(len(job.pixels) for job in jobs)
             await self._after_failure()  # first, so readiness is settled by the time a client hears of it
@@ -230,6 +234,8 @@ def _check_rows(probabilities: object, images: int) -> None:
     if not isinstance(probabilities, np.ndarray) or probabilities.ndim != 2 or len(probabilities) != images:
         shape = getattr(probabilities, "shape", type(probabilities).__name__)
         raise ValueError(f"expected {images} rows of probabilities, got {shape}")
+    if not np.isfinite(probabilities).all():
+        raise ValueError("the model gave probabilities that are not finite numbers (NaN or infinity)")
 
 
 def _describe(error: BaseException) -> str:
