@@ -295,13 +295,42 @@ def test_a_foreign_host_header_is_refused(engine, host, allowed, status):
             assert post(client, ("red.png", RED)).status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("headers", "allowed", "status"),
+    [
+        ({"origin": "https://evil.example"}, (), 403),  # a page elsewhere posting a form or a fetch
+        ({"sec-fetch-site": "cross-site"}, (), 403),  # a browser that names the site but sends no Origin
+        ({"sec-fetch-site": "same-site"}, (), 403),  # a sibling subdomain's page, no Origin
+        ({"origin": "http://localhost:3000", "sec-fetch-site": "same-site"}, (), 403),  # another port
+        ({"origin": "http://localhost", "sec-fetch-site": "same-origin"}, (), 200),  # the service's own page
+        ({"origin": "null"}, (), 200),  # a file:// page or a sandboxed frame says nothing about a site
+        ({}, (), 200),  # curl and Python clients: not browsers
+        ({"origin": "https://App.example/", "sec-fetch-site": "cross-site"}, ("https://app.example",), 200),
+        ({"origin": "https://evil.example"}, ("*",), 200),
+    ],
+)
+def test_a_post_from_another_sites_page_is_refused_unless_its_origin_is_allowed(engine, headers, allowed, status):
+    """Any web page a visitor has open can POST to a service on their machine (the browser only hides the
+    answer): another site's request is 403 before any byte of it is decoded, unless `--allow-origin` names it."""
+    with serving_app(lambda: engine, ServeSettings(allowed_origins=allowed)) as client:
+        files = [("files", ("red.png", RED, "image/png"))]
+        answer = client.post("/v1/predict", files=files, headers=headers)
+        assert answer.status_code == status, answer.text
+        if status == 403:
+            assert "cross-site request" in answer.text and "--allow-origin" in answer.text
+            assert client.get("/v1/model", headers=headers).status_code == 200  # reading is not refused
+            assert still_serves(client)
+
+
 def test_serve_flags_reach_the_service_settings(capsys, monkeypatch):
     given = {}
     monkeypatch.setattr("tlearn.api.serve", lambda model, **options: given.update(options))
     flags = ["--max-queue", "8", "--allow-host", "box.lan", "--allow-host", "box", "--docs", "--max-request-mb", "2"]
+    flags += ["--allow-origin", "https://app.example"]
     assert run_cli(capsys, "serve", "m.onnx", *flags)[0] == 0
     settings = given["settings"]
     assert (settings.max_pending_requests, settings.allowed_hosts, settings.docs) == (8, ("box.lan", "box"), True)
+    assert settings.allowed_origins == ("https://app.example",)
     assert settings.max_request_bytes == 2 * 1024 * 1024
     assert run_cli(capsys, "serve", "m.onnx")[0] == 0
     assert given["settings"] == ServeSettings(max_request_bytes=10 * 1024 * 1024)  # the defaults, nothing else

@@ -79,6 +79,10 @@ def serve(
     allow_host: Annotated[
         list[str] | None, typer.Option(help="Host header to accept besides localhost (repeatable; * for any).")
     ] = None,
+    allow_origin: Annotated[
+        list[str] | None,
+        typer.Option(help="Web origin whose pages may POST here, e.g. https://app.example (repeatable; * for any)."),
+    ] = None,
     docs: Annotated[bool, typer.Option("--docs", help="Serve /docs and /openapi.json (load a CDN).")] = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -95,6 +99,7 @@ def serve(
         max_image_pixels=int(max_image_mp * 1_000_000),
         max_pending_requests=max_queue,
         allowed_hosts=tuple(allow_host or ()),
+        allowed_origins=tuple(allow_origin or ()),
         docs=docs,
     )
     serve_model(

@@ -54,6 +54,45 @@ class HostCheck:
         await self.app(scope, receive, send)
 
 
+class OriginCheck:
+    """ASGI middleware: 403 for a request that changes or costs something (not GET, HEAD or OPTIONS) sent by a
+    web page of another origin.
+
+    Any page a visitor has open can POST to a service on their machine (a "simple" cross-site form post needs no
+    CORS permission: the browser sends it and only hides the answer), so without this check a page elsewhere
+    could make the service decode bombs or use it as a free classifier. Browsers say where a request comes from:
+    `Sec-Fetch-Site: cross-site` / `same-site`, and an `Origin` whose host and port differ from the `Host` the
+    request was sent to. Both are refused unless the origin is allowed (`--allow-origin`, `*` for any).
+    Requests without these headers (curl, Python clients: not browsers) pass, as do the service's own page's.
+    """
+
+    SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+    def __init__(self, app: ASGIApp, allowed: tuple[str, ...]) -> None:
+        self.app = app
+        self.any_origin = ANY_HOST in allowed
+        self.allowed = {origin.strip().rstrip("/").lower() for origin in allowed if origin != ANY_HOST}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not self.any_origin and scope["method"] not in self.SAFE_METHODS:
+            headers = dict(scope["headers"])
+            origin = headers.get(b"origin", b"").decode("latin-1").strip().rstrip("/").lower()
+            host = headers.get(b"host", b"").decode("latin-1").strip().lower()
+            site = headers.get(b"sec-fetch-site", b"").decode("latin-1").strip().lower()
+            foreign = site in ("cross-site", "same-site") or (
+                origin not in ("", "null") and origin.split("://", 1)[-1] != host
+            )
+            if foreign and origin not in self.allowed:
+                shown = (origin or "another site")[:100]
+                message = (
+                    f"a {scope['method']} from the web page at {shown} is refused (cross-site request); start the "
+                    f"service with --allow-origin {shown if origin else 'ORIGIN'} to accept that page's requests"
+                )
+                await JSONResponse({"detail": message}, status_code=403)(scope, _no_body, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def _host_name(host: str) -> str:
     """The name of a `Host` header or address without its port, lower case (`[::1]:8000` → `::1`)."""
     host = host.strip().lower()

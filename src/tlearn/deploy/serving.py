@@ -26,7 +26,8 @@ Bad input and bad clients never take the service down, and memory stays bounded 
   is never answered with: 422 for the batch's requests while it still answers the probe, else 503, and one that
   does so on the warm-up input never becomes ready;
 * a `Host` header other than this machine's loopback names (or `allowed_hosts`) is 421, so a web page
-  elsewhere cannot drive a service on 127.0.0.1 through DNS rebinding;
+  elsewhere cannot drive a service on 127.0.0.1 through DNS rebinding; a POST from another site's page (its
+  `Origin` or `Sec-Fetch-Site`) is 403 unless `allowed_origins` lists it;
 * answers never contain a directory, only file names; `/docs` and `/openapi.json` are off unless `docs`
   (they load scripts from a CDN).
 """
@@ -54,7 +55,7 @@ from tlearn import __version__
 from tlearn.data.images import ImageDecodeError, ImageTooLargeError
 from tlearn.data.preprocess import EvalPreprocess, Preprocessing
 from tlearn.deploy.batching import BatchError, MicroBatcher
-from tlearn.deploy.guards import ANY_HOST, ASGIApp, BodyLimit, HostCheck, h11_with_header_deadline
+from tlearn.deploy.guards import ANY_HOST, ASGIApp, BodyLimit, HostCheck, OriginCheck, h11_with_header_deadline
 from tlearn.deploy.model_info import describe_model, model_identity, without_directories
 from tlearn.engines.base import InferenceEngine
 from tlearn.engines.options import PredictOptions
@@ -89,6 +90,8 @@ class ServeSettings:
         header_timeout_s: a connection that has not sent complete request headers by then is closed.
         body_timeout_s: a request body not received in full by then is refused with 408.
         allowed_hosts: `Host` names served besides the loopback ones (`*`: any; `run_server` adds the bound host).
+        allowed_origins: web origins (`https://app.example:3000`) whose pages may POST to the service (`*`: any);
+            other sites' pages get 403 (`OriginCheck`).
         docs: serve `/docs` and `/openapi.json` (the page loads scripts from a CDN).
         max_consecutive_failures: failed model calls in a row after which `/readyz` answers 503.
 
@@ -109,6 +112,7 @@ class ServeSettings:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
     docs: bool = False
     max_consecutive_failures: int = 3
 
@@ -219,6 +223,7 @@ def create_app(loader: Callable[[], InferenceEngine], settings: ServeSettings = 
     docs = {} if settings.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="tlearn", version=__version__, lifespan=lifespan, **docs)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes, timeout_s=settings.body_timeout_s)
+    app.add_middleware(OriginCheck, allowed=settings.allowed_origins)
     app.add_middleware(HostCheck, allowed=settings.allowed_hosts)
 
     @app.exception_handler(MemoryError)
