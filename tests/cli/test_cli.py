@@ -203,3 +203,23 @@ def test_a_full_disk_is_one_line_that_names_the_file_not_an_internal_error(monke
     code, _, err = run_cli(capsys, "train", tiny_data, "--out", tmp_path / "run", "--mode", "linear", "-q")
     assert code == 1 and err.count("\n") == 1 and "internal error" not in err
     assert err.startswith("error: No space left on device while writing ") and "config.yaml" in err
+
+
+def test_help_groups_the_options_into_panels_and_lists_commands_as_a_user_meets_them(capsys):
+    """`tlearn train --help` shows its many options in panels; every setting is in one; usage errors stay one
+    line (no box) even though help is drawn with Rich."""
+    from tlearn.cli.train import PANEL_OF, PANELS
+    from tlearn.config import TrainConfig
+
+    assert set(PANEL_OF) == set(TrainConfig.model_fields) - {"data"}
+    assert sum(len(names) for names in PANELS.values()) == len(PANEL_OF)  # none in two panels
+    code, out, _ = run_cli(capsys, "train", "--help")
+    titles = [re.search(rf"─ {re.escape(title)} ─", out) for title in PANELS]
+    assert code == 0 and all(titles) and [t.start() for t in titles] == sorted(t.start() for t in titles)
+    fine_tuning = out[titles[list(PANELS).index("Fine-tuning")].start() :]
+    assert "--layer-decay" in fine_tuning.split("─ Compute ─")[0]
+    code, out, _ = run_cli(capsys, "--help")
+    order = [out.index(f"│ {name} ") for name in ("demo", "train", "evaluate", "predict", "export", "serve")]
+    assert code == 0 and order == sorted(order)
+    code, _, err = run_cli(capsys, "train", "--no-such-option")
+    assert code == 2 and "Error: No such option: --no-such-option" in err and "╭" not in err

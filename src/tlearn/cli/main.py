@@ -14,6 +14,16 @@ from tlearn.cli.app import app
 from tlearn.errors import TlearnError
 from tlearn.util.text import printable
 
+# `tlearn --help` lists the commands in the order a user meets them (Typer lists them as registered).
+COMMAND_ORDER = ("demo", "train", "evaluate", "predict", "export", "serve", "compare", "audit", "select", "backbones")
+
+
+def _command_rank(info: typer.models.CommandInfo) -> int:
+    name = info.name or info.callback.__name__
+    return COMMAND_ORDER.index(name) if name in COMMAND_ORDER else len(COMMAND_ORDER)
+
+
+app.registered_commands.sort(key=_command_rank)
 _FULL = (errno.ENOSPC, errno.EDQUOT)  # a full disk or an exhausted quota: the user's to fix, not a tlearn bug
 
 
@@ -25,6 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("TLEARN_DEBUG") == "1"
+    # Rich formatting for help only: it groups the options into panels, but it also draws a usage error as a
+    # three-line box, and errors are one line here.
+    app.rich_markup_mode = "rich" if not args or "--help" in args else None
     try:
         typer.main.get_command(app).main(args=args, prog_name="tlearn", standalone_mode=True)
     except SystemExit:
