@@ -62,7 +62,9 @@ def test_errors_are_one_line_with_exit_code_2(capsys, tiny_data, tmp_path, argum
     args = [a.format(tmp=tmp_path, data=tiny_data) for a in arguments]
     code, out, err = run_cli(capsys, *args)
     assert code == 2, (out, err)
-    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    *before, last = err.splitlines()
+    assert last.startswith("error: ") and message in last and "Traceback" not in err
+    assert all(line.startswith("data: ") for line in before), before  # progress only: the data found, if any
 
 
 def test_usage_errors_exit_2(capsys):
@@ -208,7 +210,7 @@ def test_a_full_disk_is_one_line_that_names_the_file_not_an_internal_error(monke
 def test_help_groups_the_options_into_panels_and_lists_commands_as_a_user_meets_them(capsys):
     """`tlearn train --help` shows its many options in panels; every setting is in one; usage errors stay one
     line (no box) even though help is drawn with Rich."""
-    from tlearn.cli.train import PANEL_OF, PANELS
+    from tlearn.cli.panels import PANEL_OF, PANELS
     from tlearn.config import TrainConfig
 
     assert set(PANEL_OF) == set(TrainConfig.model_fields) - {"data"}

@@ -25,9 +25,8 @@ Bad input and bad clients never take the service down, and memory stays bounded 
   can no longer answer (see `MicroBatcher`); a model that gives NaN or infinite probabilities (damaged weights)
   is never answered with: 422 for the batch's requests while it still answers the probe, else 503, and one that
   does so on the warm-up input never becomes ready;
-* a `Host` header other than this machine's loopback names (or `allowed_hosts`) is 421, so a web page
-  elsewhere cannot drive a service on 127.0.0.1 through DNS rebinding; a POST from another site's page (its
-  `Origin` or `Sec-Fetch-Site`) is 403 unless `allowed_origins` lists it;
+* a `Host` header other than this machine's loopback names (or `allowed_hosts`) is 421 (DNS rebinding), a
+  POST from another site's page 403 unless `allowed_origins` lists it (`guards.OriginCheck`);
 * answers never contain a directory, only file names; `/docs` and `/openapi.json` are off unless `docs`
   (they load scripts from a CDN).
 """
