@@ -150,3 +150,33 @@ def test_memory_running_out_is_a_transient_per_file_error(tmp_path, monkeypatch)
     assert batch.failures == [(0, "out of memory while resizing (not remembered: retried on the next run)")]
     assert batch.transient == {0} and batch.positions == [1]
     assert ImageMemoryError.transient and not ImageDecodeError.transient
+
+
+def test_a_file_larger_than_any_image_is_refused_before_it_is_read(tmp_path):
+    """A 700 MB (sparse) "photo" in a data folder is refused by its size: nothing of it is read into memory."""
+    import tracemalloc
+
+    from tlearn.data.images import (
+        DEFAULT_MAX_IMAGE_PIXELS,
+        MAX_FILE_BYTES,
+        ImageTooLargeError,
+        load_rgb,
+        read_file_bytes,
+    )
+
+    huge = tmp_path / "huge.jpg"
+    with huge.open("wb") as handle:
+        handle.truncate(700_000_000)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageTooLargeError, match=r"file of 700,000,000 bytes: larger than any image tlearn reads"):
+            load_rgb(huge)
+        assert tracemalloc.get_traced_memory()[1] < 10_000_000
+    finally:
+        tracemalloc.stop()
+    assert MAX_FILE_BYTES >= 3 * 2 * DEFAULT_MAX_IMAGE_PIXELS  # a 16-bit RGB TIFF at the pixel limit still fits
+    small = tmp_path / "small.bin"
+    small.write_bytes(b"x" * 10)
+    assert read_file_bytes(small, max_bytes=10) == b"x" * 10
+    with pytest.raises(ImageTooLargeError, match="limit 9 bytes"):
+        read_file_bytes(small, max_bytes=9)

@@ -18,6 +18,7 @@ This module imports neither torch nor torchvision so that decoding workers start
 from __future__ import annotations
 
 import io
+import os
 import re
 import warnings
 from pathlib import Path
@@ -34,6 +35,10 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
 
 # PIL's own threshold for "possible decompression bomb" (about 89.5 megapixels).
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+# Files larger than this are refused before a byte is read: the largest image within the pixel limit, stored
+# uncompressed at 16 bits per RGB channel (a TIFF), takes 537 MB; a 1 GB "photo" would otherwise be read whole
+# into a worker's memory before its header is even looked at.
+MAX_FILE_BYTES = 600_000_000
 
 # Wider than any panorama or banner we expect to classify; beyond it the centre crop would show a sliver, and
 # resizing the short side to the backbone's size would allocate the long side times that ratio.
@@ -204,10 +209,21 @@ def check_aspect_ratio(size: tuple[int, int], max_aspect_ratio: float = DEFAULT_
         )
 
 
-def read_file_bytes(path: str | Path) -> bytes:
-    """The file's bytes; an unreadable file is an `ImageDecodeError` naming the OS's reason."""
+def read_file_bytes(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The file's bytes; an unreadable file is an `ImageDecodeError` naming the OS's reason, one larger than
+    `max_bytes` an `ImageTooLargeError` (checked before reading, and while reading: a device or a file that
+    grows says nothing true in its size)."""
     try:
-        return Path(path).read_bytes()
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            content = handle.read(max_bytes + 1) if size <= max_bytes else b""
+        if size > max_bytes or len(content) > max_bytes:
+            shown = max(size, len(content))
+            raise ImageTooLargeError(
+                f"file of {shown:,} bytes{'' if size > max_bytes else ' or more'}: larger than any image tlearn "
+                f"reads (limit {max_bytes:,} bytes)"
+            )
+        return content
     except OSError as error:
         raise ImageDecodeError(f"cannot read file ({error.strerror or error})") from None
     except MemoryError:
