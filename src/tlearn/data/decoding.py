@@ -32,6 +32,7 @@ import numpy as np
 
 from tlearn.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageDecodeError, read_file_bytes
 from tlearn.data.preprocess import EvalPreprocess, Preprocessing
+from tlearn.util.orphans import die_with_parent
 
 ImageSource = Path | str | bytes
 # Called in the worker with a content hash; True means "known already, do not decode". Must be picklable.
@@ -111,7 +112,11 @@ class BatchDecoder:
             for number, batch_start in enumerate(self._batches)
             for start in range(batch_start, min(batch_start + batch_size, len(sources)), TASK_IMAGES)
         ]
-        self._pool = ProcessPoolExecutor(max_workers=workers) if workers > 0 and len(self._batches) > 0 else None
+        self._pool = (
+            ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),))
+            if workers > 0 and len(self._batches) > 0
+            else None
+        )
         # Tasks in flight: as many images as 8 batches, to decode well ahead while the caller imports torch.
         self._window = max(8, 2 * workers) * -(-batch_size // TASK_IMAGES)
         self._pending: deque[_Task] = deque()

@@ -11,6 +11,7 @@ time instead (the same transform, in DataLoader workers).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from torchvision.transforms import InterpolationMode, v2
 from tlearn.data.images import ImageDecodeError, load_rgb
 from tlearn.data.preprocess import Preprocessing
 from tlearn.errors import TlearnError
+from tlearn.util.orphans import die_with_parent
 
 STORE_SCALE = 1.15  # stored shorter side / training crop size: room for the random crop's scale range
 MAX_STORED_ASPECT = 2.0  # longer side kept at most this multiple of the shorter (centre), bounding memory
@@ -151,7 +153,7 @@ class TrainImages(Dataset):
         chunks = [self.paths[start : start + chunk] for start in range(0, len(self.paths), chunk)]
         arguments = (self.shorter_side, self.max_pixels, self.fit)
         if workers > 0 and len(chunks) > 1:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
                 results = list(pool.map(_decode_chunk, chunks, *[[value] * len(chunks) for value in arguments]))
         else:
             results = [_decode_chunk(paths, *arguments) for paths in chunks]
