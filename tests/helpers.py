@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -156,3 +156,35 @@ def served_model(model: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def edited_model_dir(exported_model, tmp_path: Path, edit: Callable[[dict], None]) -> Path:
+    """A copy of the session's model directory with `edit(config)` applied to its config.json (NaN and
+    Infinity are written as JSON allows)."""
+    import json
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(exported_model.run / "model", folder)
+    config = json.loads((folder / "config.json").read_text())
+    edit(config)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def edited_onnx(exported_model, tmp_path: Path, edit: Callable[[dict], None]) -> Path:
+    """A copy of the session's ONNX export with `edit(config)` applied to the config in its metadata."""
+    import json
+
+    import onnx
+
+    from tlearn.engines.onnx_engine import CONFIG_KEY
+
+    proto = onnx.load(str(exported_model.onnx))
+    props = {prop.key: prop.value for prop in proto.metadata_props}
+    config = json.loads(props[CONFIG_KEY])
+    edit(config)
+    onnx.helper.set_model_props(proto, {**props, CONFIG_KEY: json.dumps(config)})
+    path = tmp_path / "edited.onnx"
+    onnx.save(proto, str(path))
+    return path

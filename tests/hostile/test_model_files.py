@@ -4,42 +4,14 @@ does not match the classifier's rows (model directory) or the graph's output (ON
 
 from __future__ import annotations
 
-import json
-import shutil
-from pathlib import Path
-
-import onnx
 import pytest
 from fastapi.testclient import TestClient
 
 import tlearn
-from helpers import run_cli
+from helpers import edited_model_dir, edited_onnx, run_cli
 from tlearn.deploy.serving import create_app
 from tlearn.engines.loading import load_engine
-from tlearn.engines.onnx_engine import CONFIG_KEY
 from tlearn.errors import ModelFileError
-
-
-def edited_model_dir(exported_model, tmp_path: Path, edit) -> Path:
-    """A copy of the session's model directory with `edit(config)` applied to its config.json."""
-    folder = tmp_path / "model"
-    shutil.copytree(exported_model.run / "model", folder)
-    config = json.loads((folder / "config.json").read_text())
-    edit(config)
-    (folder / "config.json").write_text(json.dumps(config))
-    return folder
-
-
-def edited_onnx(exported_model, tmp_path: Path, edit) -> Path:
-    """A copy of the session's ONNX export with `edit(config)` applied to the config in its metadata."""
-    proto = onnx.load(str(exported_model.onnx))
-    props = {prop.key: prop.value for prop in proto.metadata_props}
-    config = json.loads(props[CONFIG_KEY])
-    edit(config)
-    onnx.helper.set_model_props(proto, {**props, CONFIG_KEY: json.dumps(config)})
-    path = tmp_path / "edited.onnx"
-    onnx.save(proto, str(path))
-    return path
 
 
 def set_path(config: dict, dotted: str, value) -> None:

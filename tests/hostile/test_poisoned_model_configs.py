@@ -11,55 +11,30 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 import timm
 from fastapi.testclient import TestClient
 from safetensors.numpy import load_file, save_file
 
 import tlearn
-from helpers import colour_image, png_with_size, run_cli
+from helpers import colour_image, edited_model_dir, edited_onnx, png_with_size, run_cli
 from tlearn.data.images import ImageTooLargeError, load_rgb
 from tlearn.deploy.serving import ServeSettings, create_app
 from tlearn.engines.loading import load_engine
-from tlearn.engines.onnx_engine import CONFIG_KEY
 from tlearn.errors import ModelFileError, ModelOutputError
 from tlearn.runs import model_dir
 
 LOCAL = "http://localhost"
 
 
-def poisoned_model(exported_model, tmp_path: Path, edit: Callable[[dict], None]) -> Path:
-    """A copy of the session's trained model directory with `edit(config)` applied to its config.json."""
-    folder = tmp_path / "model"
-    shutil.copytree(exported_model.run / "model", folder)
-    config = json.loads((folder / "config.json").read_text())
-    edit(config)
-    (folder / "config.json").write_text(json.dumps(config))  # NaN and Infinity are written as JSON allows
-    return folder
-
-
-def poisoned_onnx(exported_model, tmp_path: Path, edit: Callable[[dict], None]) -> Path:
-    """A copy of the session's ONNX export with `edit(config)` applied to the config in its metadata."""
-    proto = onnx.load(str(exported_model.onnx))
-    props = {prop.key: prop.value for prop in proto.metadata_props}
-    config = json.loads(props[CONFIG_KEY])
-    edit(config)
-    onnx.helper.set_model_props(proto, {**props, CONFIG_KEY: json.dumps(config)})
-    path = tmp_path / "poisoned.onnx"
-    onnx.save(proto, str(path))
-    return path
-
-
 def nan_weights(exported_model, tmp_path: Path) -> Path:
     """A copy of the model whose config.json is untouched but whose classifier bias is NaN."""
-    folder = poisoned_model(exported_model, tmp_path, lambda config: None)
+    folder = edited_model_dir(exported_model, tmp_path, lambda config: None)
     _, bias_key = json.loads((folder / "config.json").read_text())["classifier_keys"]
     state = load_file(folder / "model.safetensors")
     state[bias_key] = np.full_like(state[bias_key], np.nan)
@@ -129,7 +104,7 @@ OUT_OF_RANGE = [
 def test_a_number_out_of_its_range_is_refused_at_load_naming_the_file_and_the_field(
     exported_model, tmp_path, field, value, message
 ):
-    folder = poisoned_model(exported_model, tmp_path, setter(field, value))
+    folder = edited_model_dir(exported_model, tmp_path, setter(field, value))
     with pytest.raises(ModelFileError, match=message) as refused:
         tlearn.load(folder)
     assert str(refused.value).startswith(f"{folder / 'config.json'}: ") and "\n" not in str(refused.value)
@@ -146,7 +121,7 @@ def test_a_number_out_of_its_range_is_refused_at_load_naming_the_file_and_the_fi
 def test_predict_and_evaluate_refuse_a_poisoned_config_with_one_line_and_exit_code_2(
     exported_model, tmp_path, capsys, field, value
 ):
-    folder = poisoned_model(exported_model, tmp_path, setter(field, value))
+    folder = edited_model_dir(exported_model, tmp_path, setter(field, value))
     name = field.rsplit(".", 1)[-1]
     code, out, err = run_cli(capsys, "predict", folder, an_image(exported_model), "--format", "json")
     assert (code, out) == (2, "") and err.count("\n") == 1, (code, out, err)
@@ -156,13 +131,13 @@ def test_predict_and_evaluate_refuse_a_poisoned_config_with_one_line_and_exit_co
 
 
 def test_an_onnx_file_with_out_of_range_metadata_is_refused(exported_model, tmp_path):
-    path = poisoned_onnx(exported_model, tmp_path, setter("preprocessing.std", [1e-45, 0.5, 0.5]))
+    path = edited_onnx(exported_model, tmp_path, setter("preprocessing.std", [1e-45, 0.5, 0.5]))
     with pytest.raises(ModelFileError, match=r"\(metadata tlearn_config\): preprocessing std \[1e-45"):
         load_engine(path)
 
 
 def test_the_service_is_not_ready_with_a_poisoned_config_and_never_answers_with_nulls(exported_model, tmp_path):
-    folder = poisoned_model(exported_model, tmp_path, setter("temperature", 1e-308))
+    folder = edited_model_dir(exported_model, tmp_path, setter("temperature", 1e-308))
     with TestClient(create_app(lambda: load_engine(folder)), base_url=LOCAL) as client:
         ready = readiness(client)
         assert ready.status_code == 503 and "temperature 1e-308" in ready.json()["error"]
@@ -177,7 +152,7 @@ def test_values_at_the_edges_of_the_ranges_still_load(exported_model, tmp_path):
         config["preprocessing"]["std"] = [0.001, 1.0, 10.0]
         config["reject"] = {"score": "confidence", "threshold": 1.0, "target": {"accuracy": 1.0}}
 
-    model = tlearn.load(poisoned_model(exported_model, tmp_path, edit))
+    model = tlearn.load(edited_model_dir(exported_model, tmp_path, edit))
     assert model.config.temperature == 0.01 and model.preprocessing.std == (0.001, 1.0, 10.0)
 
 
@@ -212,7 +187,7 @@ def no_timm_build(monkeypatch) -> list[str]:
 def test_an_arch_that_names_a_hub_or_a_path_is_refused_before_timm_sees_it(
     exported_model, tmp_path, no_timm_build, arch
 ):
-    folder = poisoned_model(exported_model, tmp_path, setter("arch", arch))
+    folder = edited_model_dir(exported_model, tmp_path, setter("arch", arch))
     with pytest.raises(ModelFileError, match=r"arch .* is not a timm architecture name") as refused:
         tlearn.load(folder)
     assert str(refused.value).startswith(f"{folder / 'config.json'}: ") and "\n" not in str(refused.value)
@@ -220,14 +195,14 @@ def test_an_arch_that_names_a_hub_or_a_path_is_refused_before_timm_sees_it(
 
 
 def test_predict_with_a_hub_arch_exits_2_without_building_anything(exported_model, tmp_path, capsys, no_timm_build):
-    folder = poisoned_model(exported_model, tmp_path, setter("arch", "hf-hub:timm/test_efficientnet.r160_in1k"))
+    folder = edited_model_dir(exported_model, tmp_path, setter("arch", "hf-hub:timm/test_efficientnet.r160_in1k"))
     code, out, err = run_cli(capsys, "predict", folder, an_image(exported_model))
     assert (code, out) == (2, "") and err.count("\n") == 1 and "'hf-hub:timm/" in err and "arch" in err
     assert no_timm_build == []
 
 
 def test_an_onnx_file_whose_metadata_names_a_local_dir_arch_is_refused(exported_model, tmp_path):
-    path = poisoned_onnx(exported_model, tmp_path, setter("arch", "local-dir:/etc"))
+    path = edited_onnx(exported_model, tmp_path, setter("arch", "local-dir:/etc"))
     with pytest.raises(ModelFileError, match=r"\(metadata tlearn_config\): arch 'local-dir:/etc' is not a timm"):
         load_engine(path)
 
@@ -240,7 +215,7 @@ def test_an_onnx_file_whose_metadata_names_a_local_dir_arch_is_refused(exported_
     ],
 )
 def test_an_arch_timm_does_not_know_is_one_line_not_a_traceback(exported_model, tmp_path, arch, message):
-    folder = poisoned_model(exported_model, tmp_path, setter("arch", arch))
+    folder = edited_model_dir(exported_model, tmp_path, setter("arch", arch))
     with pytest.raises(ModelFileError, match=message) as refused:
         tlearn.load(folder)
     assert str(refused.value).startswith(f"{folder / 'config.json'}: ") and "\n" not in str(refused.value)
@@ -254,7 +229,7 @@ def test_a_newer_format_version_is_refused_with_the_advice_to_upgrade(exported_m
         config.update(format_version=99, tlearn_version="7.3.0")
         config["architecture"] = config.pop("arch")  # a newer format may rename fields: still "upgrade"
 
-    folder = poisoned_model(exported_model, tmp_path, newer)
+    folder = edited_model_dir(exported_model, tmp_path, newer)
     with pytest.raises(ModelFileError) as refused:
         tlearn.load(folder)
     message = str(refused.value)
@@ -270,10 +245,10 @@ def test_a_newer_format_version_is_refused_with_the_advice_to_upgrade(exported_m
     "version, message", [(2, r"format version 2 \(written by .*\) is newer"), (0, r"format version 0 is not a")]
 )
 def test_format_versions_other_than_this_one_are_refused(exported_model, tmp_path, version, message):
-    folder = poisoned_model(exported_model, tmp_path, setter("format_version", version))
+    folder = edited_model_dir(exported_model, tmp_path, setter("format_version", version))
     with pytest.raises(ModelFileError, match=message):
         tlearn.load(folder)
-    path = poisoned_onnx(exported_model, tmp_path, setter("format_version", version))
+    path = edited_onnx(exported_model, tmp_path, setter("format_version", version))
     with pytest.raises(ModelFileError, match=r"\(metadata tlearn_config\): model " + message):
         load_engine(path)
 
@@ -297,7 +272,7 @@ def test_a_config_that_slipped_through_the_load_checks_still_never_prints_nan(
     exported_model, tmp_path, capsys, monkeypatch
 ):
     monkeypatch.setattr(model_dir, "check_model_config", lambda config, where: None)  # the first line gone
-    folder = poisoned_model(exported_model, tmp_path, setter("temperature", 1e-308))
+    folder = edited_model_dir(exported_model, tmp_path, setter("temperature", 1e-308))
     code, out, err = run_cli(capsys, "predict", folder, an_image(exported_model), "--format", "json")
     assert code == 2 and "NaN" not in out and "not finite" in err, (code, out, err)
 
@@ -313,7 +288,7 @@ def test_the_service_is_not_ready_with_a_model_that_gives_nan(exported_model, tm
 
 
 def test_images_that_make_the_model_give_nan_are_422_and_the_service_stays_ready(exported_model, tmp_path):
-    engine = load_engine(poisoned_model(exported_model, tmp_path, lambda config: None))
+    engine = load_engine(edited_model_dir(exported_model, tmp_path, lambda config: None))
     forward = engine._forward
 
     def nan_on_white(pixels: np.ndarray, *, embeddings: bool = False):  # overflow on bright images only

@@ -49,7 +49,7 @@ class HostCheck:
                     f"host {shown!r} is not served here (protection against DNS rebinding); "
                     f"start the service with --allow-host {shown} to serve it under that name"
                 )
-                await JSONResponse({"detail": message}, status_code=421)(scope, _no_body, send)
+                await refuse(scope, send, 421, message)
                 return
         await self.app(scope, receive, send)
 
@@ -88,7 +88,7 @@ class OriginCheck:
                     f"a {scope['method']} from the web page at {shown} is refused (cross-site request); start the "
                     f"service with --allow-origin {shown if origin else 'ORIGIN'} to accept that page's requests"
                 )
-                await JSONResponse({"detail": message}, status_code=403)(scope, _no_body, send)
+                await refuse(scope, send, 403, message)
                 return
         await self.app(scope, receive, send)
 
@@ -141,7 +141,12 @@ class BodyLimit:
         return f"request too large (limit {self.max_bytes / 1024 / 1024:g} MB; see --max-request-mb)"
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
-        await JSONResponse({"detail": self._message()}, status_code=413)(scope, _no_body, send)
+        await refuse(scope, send, 413, self._message())
+
+
+async def refuse(scope: Scope, send: Send, status: int, detail: str) -> None:
+    """Answer a request the guards turn away: `{"detail": ...}` with `status`, its body never read."""
+    await JSONResponse({"detail": detail}, status_code=status)(scope, _no_body, send)
 
 
 async def _no_body() -> Message:
