@@ -484,6 +484,10 @@ def guarded(*, allowed: tuple[str, ...] = (), max_bytes: int = 100, timeout_s: f
         ("[localhostx", (), 421),  # ...nor a name hidden after one
         ("127.0.0.1:8000:1", (), 421),
         ("evil.example", ("*", "other"), 200),
+        ("cam1.Factory.lan:8000", ("*.factory.lan",), 200),  # a wildcard admits every subdomain
+        ("a.b.factory.lan", ("*.factory.lan",), 200),
+        ("factory.lan", ("*.factory.lan",), 421),  # ...but not the domain itself
+        ("evilfactory.lan", ("*.factory.lan",), 421),  # nor a name that merely ends the same way
     ],
 )
 def test_host_names_are_compared_without_port_or_case(host, allowed, status):

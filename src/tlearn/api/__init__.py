@@ -1,9 +1,9 @@
-"""The one front door: train, load, evaluate, predict, export, serve, demo, audit and select.
+"""The one front door: train, load, evaluate, predict, export, serve, push, demo, audit and select.
 
 Every `tlearn` command is a thin wiring over exactly one of these functions, and each of them has one
 implementation behind it (the pipeline, the engines, `evaluation.folder`, `deploy.export`, `deploy.serving`,
 the audits). Making a model and checking data live here; using a trained model (`load` and the `Model` it
-returns, `evaluate`, `predict`, `export`, `serve`) in `tlearn.api.inference`, re-exported here.
+returns, `evaluate`, `predict`, `export`, `push`, `serve`) in `tlearn.api.inference`, re-exported here.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tlearn.api.inference import Model, evaluate, export, export_model, load, predict, serve
+from tlearn.api.inference import Model, evaluate, export, export_model, load, predict, push, serve
 from tlearn.api.train_config import default_out, resolve_train_config
 from tlearn.config import TrainConfig
 from tlearn.errors import TlearnError
@@ -33,6 +33,7 @@ __all__ = [
     "export_model",
     "load",
     "predict",
+    "push",
     "select",
     "serve",
     "train",

@@ -316,6 +316,33 @@ def export_model(model: str | Path, out: str | Path, **options: Any) -> ExportRe
     return export(model, out, quiet=progress is None or progress.quiet, **options)
 
 
+def push(
+    run: str | Path,
+    repo_id: str,
+    *,
+    local: str | Path | None = None,
+    private: bool = False,
+    overwrite: bool = False,
+    token: str | None = None,
+) -> str:
+    """Share a model on the Hugging Face Hub with a model card written from its run (`tlearn.deploy.hub`);
+    returns the repository's URL. With `local`, writes exactly what would be uploaded to that folder instead
+    (replacing one only with `overwrite`, and only one written this way) and returns its path.
+
+    `token` defaults to huggingface_hub's own (`HF_TOKEN`, or `huggingface-cli login`).
+
+    Example:
+        >>> tlearn.push("runs/ants", "me/ants-bees")  # doctest: +SKIP
+        'https://huggingface.co/me/ants-bees'
+        >>> tlearn.load("hf-hub:me/ants-bees").predict("bee.jpg")  # doctest: +SKIP
+    """
+    from tlearn.deploy.hub import push_model, stage_model  # deferred: huggingface_hub only when sharing
+
+    if local is not None:
+        return str(stage_model(run, local, repo_id=repo_id, overwrite=overwrite))
+    return push_model(run, repo_id, private=private, token=token)
+
+
 def serve(
     model: str | Path,
     *,

@@ -77,7 +77,10 @@ def serve(
     max_image_mp: Annotated[float, typer.Option(min=0.01, help="Larger images (megapixels) get 413.")] = 40.0,
     max_queue: Annotated[int, typer.Option(min=1, help="Requests decoded or queued at once; more get 503.")] = 32,
     allow_host: Annotated[
-        list[str] | None, typer.Option(help="Host header to accept besides localhost (repeatable; * for any).")
+        list[str] | None,
+        typer.Option(
+            help="Host header to accept besides localhost (repeatable; *.example.com: its subdomains; *: any)."
+        ),
     ] = None,
     allow_origin: Annotated[
         list[str] | None,

@@ -9,13 +9,25 @@ import sys
 
 import typer
 
-from tlearn.cli import audit, deploy, evaluate, predict, tools, train  # noqa: F401 - each registers its commands
+from tlearn.cli import audit, deploy, evaluate, hub, predict, tools, train  # noqa: F401 - each registers its commands
 from tlearn.cli.app import app
 from tlearn.errors import TlearnError
 from tlearn.util.text import printable
 
 # `tlearn --help` lists the commands in the order a user meets them (Typer lists them as registered).
-COMMAND_ORDER = ("demo", "train", "evaluate", "predict", "export", "serve", "compare", "audit", "select", "backbones")
+COMMAND_ORDER = (
+    "demo",
+    "train",
+    "evaluate",
+    "predict",
+    "export",
+    "serve",
+    "push",
+    "compare",
+    "audit",
+    "select",
+    "backbones",
+)
 
 
 def _command_rank(info: typer.models.CommandInfo) -> int:

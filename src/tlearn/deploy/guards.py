@@ -31,19 +31,26 @@ class HostCheck:
     A page on evil.example can point evil.example's DNS at 127.0.0.1 and then call the service from the
     user's browser as a same-origin request; its `Host` header still says evil.example, so refusing any host
     but this machine's loopback names (and those allowed) stops it. Requests without a `Host` header (HTTP/1.0
-    tools, not browsers) pass.
+    tools, not browsers) pass. An allowed name `*.example.com` admits every subdomain of example.com.
+
+    Starlette's `TrustedHostMiddleware` does the same matching but answers a plain-text 400 "Invalid host
+    header" that cannot tell the user which option fixes it, refuses HTTP/1.0 requests without a `Host`, and
+    compares bracketed IPv6 hosts with their port; this one answers the service's one-line JSON error (421,
+    the status for a request addressed to the wrong server) naming `--allow-host`.
     """
 
     def __init__(self, app: ASGIApp, allowed: tuple[str, ...]) -> None:
         self.app = app
         self.any_host = ANY_HOST in allowed
-        self.allowed = {_host_name(name) for name in (*LOOPBACK_HOSTS, *allowed) if name != ANY_HOST}
+        names = [_host_name(name) for name in (*LOOPBACK_HOSTS, *allowed) if name != ANY_HOST]
+        self.allowed = {name for name in names if not name.startswith("*.")}
+        self.allowed_suffixes = tuple(name[1:] for name in names if name.startswith("*."))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not self.any_host:
             given = dict(scope["headers"]).get(b"host")
             name = _host_name(given.decode("latin-1")) if given is not None else None
-            if name is not None and name not in self.allowed:
+            if name is not None and name not in self.allowed and not name.endswith(self.allowed_suffixes):
                 shown = name[:100]
                 message = (
                     f"host {shown!r} is not served here (protection against DNS rebinding); "

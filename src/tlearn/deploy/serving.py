@@ -437,13 +437,13 @@ def run_server(
     Raises:
         ModelFileError: the model cannot be found or does not fit the engine (checked before the server starts).
 
-    Example:
-        >>> run_server("runs/ants/ants.onnx", port=8000)  # doctest: +SKIP
+    Example: `run_server("runs/ants/ants.onnx", port=8000)`
     """
     import uvicorn
 
-    from tlearn.engines.loading import check_engine, load_engine
+    from tlearn.engines.loading import check_engine, load_engine, local_model
 
+    model = local_model(model)  # a Hub name is downloaded once, before the server starts
     check_engine(model, engine=engine, device=device)
     settings = serving_settings(settings, host)
     app = create_app(lambda: load_engine(model, engine=engine, device=device), settings)

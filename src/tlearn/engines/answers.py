@@ -21,10 +21,9 @@ from safetensors.numpy import load as load_numpy_safetensors
 from safetensors.numpy import save as save_numpy_safetensors
 
 from tlearn.errors import ModelFileError
-from tlearn.runs.model_dir import ModelConfig, RejectRule
+from tlearn.runs.model_dir import REFERENCES_FILE, ModelConfig, RejectRule
 
 UNKNOWN = "unknown"  # the answer of a model that rejects an image
-REFERENCES_FILE = "reject.safetensors"  # beside model.safetensors: the "knn" rule's training embeddings
 REFERENCE_LIMIT = 5000  # training embeddings kept (a stratified-free random sample beyond): 12.8 MB at 1280-D
 SIMILARITY_CHUNK = 1024  # images compared with the references at a time (bounded memory on any batch)
 

@@ -1,5 +1,7 @@
 """Opening a saved model on the engine that fits it: a model directory on PyTorch, an `.onnx` file on
 onnxruntime (torch is never imported for those). `check_engine` answers cheaply, before anything loads.
+A model named `hf-hub:OWNER/NAME` is downloaded first (`tlearn.runs.hub_models.local_model`) and read like any
+model directory.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from pathlib import Path
 
 from tlearn.engines.base import InferenceEngine
 from tlearn.errors import ModelFileError
+from tlearn.runs.hub_models import local_model
 from tlearn.runs.model_dir import model_folder
 
 ENGINES = ("torch", "onnx")
@@ -18,7 +21,8 @@ def load_engine(path: str | Path, *, engine: str | None = None, device: str = "a
     """Load a model directory (PyTorch) or an exported `.onnx` file (onnxruntime, torch is never imported).
 
     Args:
-        path: a model directory, a run directory holding `model/`, or a `.onnx` file from `tlearn export`.
+        path: a model directory, a run directory holding `model/`, a `.onnx` file from `tlearn export`, or a
+            model pushed to the Hub (`hf-hub:OWNER/NAME[@REVISION]`).
         engine: "torch" or "onnx"; by default chosen by the file type.
         device: for the torch engine: auto, cpu, cuda or cuda:N. The onnx engine runs on the CPU.
 
@@ -29,7 +33,7 @@ def load_engine(path: str | Path, *, engine: str | None = None, device: str = "a
         >>> load_engine("runs/first").engine, load_engine("model.onnx").engine  # doctest: +SKIP
         ('torch', 'onnx')
     """
-    path = Path(path).expanduser()
+    path = local_model(path)
     if check_engine(path, engine=engine, device=device) == "onnx":
         from tlearn.engines.onnx_engine import OnnxClassifier  # deferred: onnxruntime only for .onnx files
 
@@ -45,7 +49,7 @@ def check_engine(path: str | Path, *, engine: str | None = None, device: str = "
     Raises:
         ModelFileError: the file or directory is missing, or does not fit the engine or device asked for.
     """
-    path = Path(path).expanduser()
+    path = local_model(path)
     is_onnx = path.suffix.lower() == ONNX_SUFFIX
     engine = engine or ("onnx" if is_onnx else "torch")
     if engine not in ENGINES:

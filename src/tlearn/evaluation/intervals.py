@@ -1,23 +1,26 @@
 """Honest error bars: how far a measured accuracy or macro F1 could be from the truth, and whether two models
 measured on the same images can be told apart.
 
-* Accuracy: the Wilson score interval (well behaved at 0%, 100% and small n, unlike mean ± 1.96 sd).
+* Accuracy: the Wilson score interval (well behaved at 0%, 100% and small n, unlike mean ± 1.96 sd), from
+  scipy.stats.
 * Macro F1: a percentile bootstrap. F1 depends on the images only through the confusion matrix, so resampling
   the images is drawing the matrix's cells from a multinomial: thousands of resamples cost milliseconds.
-* Two models on the same images: McNemar's exact test on the images exactly one of them gets right.
+* Two models on the same images: McNemar's exact test on the images exactly one of them gets right (scipy's
+  exact binomial test on the disagreements).
+
+scipy.stats is imported inside the functions: it takes about half a second to import, and `predict` and
+`serve` import this module without needing it.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-Z_95 = 1.959963984540054
+CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 2000
 
 
-def wilson_interval(correct: int, n: int, *, z: float = Z_95) -> tuple[float, float]:
+def wilson_interval(correct: int, n: int) -> tuple[float, float]:
     """95% Wilson score interval for a proportion of `correct` out of `n` ((0, 1) when n is 0).
 
     Example:
@@ -26,11 +29,10 @@ def wilson_interval(correct: int, n: int, *, z: float = Z_95) -> tuple[float, fl
     """
     if n <= 0:
         return 0.0, 1.0
-    share = correct / n
-    centre = share + z * z / (2 * n)
-    spread = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n))
-    denominator = 1 + z * z / n
-    return max(0.0, (centre - spread) / denominator), min(1.0, (centre + spread) / denominator)
+    from scipy.stats import binomtest
+
+    interval = binomtest(int(correct), int(n)).proportion_ci(confidence_level=CONFIDENCE, method="wilson")
+    return max(0.0, float(interval.low)), min(1.0, float(interval.high))
 
 
 def macro_f1_from_confusion(matrices: np.ndarray) -> np.ndarray:
@@ -85,9 +87,9 @@ def mcnemar_p_value(only_first_right: int, only_second_right: int) -> float:
     disagreements = only_first_right + only_second_right
     if disagreements == 0:
         return 1.0
-    smaller = min(only_first_right, only_second_right)
-    tail = sum(math.comb(disagreements, k) for k in range(smaller + 1)) / 2**disagreements
-    return min(1.0, 2 * tail)
+    from scipy.stats import binomtest
+
+    return min(1.0, float(binomtest(min(only_first_right, only_second_right), disagreements, 0.5).pvalue))
 
 
 def smallest_detectable_difference(n: int, accuracy: float) -> float:

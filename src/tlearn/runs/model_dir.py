@@ -44,6 +44,7 @@ MODEL_FORMAT_VERSION = 1
 FIRST_READER = {1: "0.1.0"}  # the first tlearn release that reads each format version
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+REFERENCES_FILE = "reject.safetensors"  # beside the weights: the "knn" reject rule's training embeddings
 # What a loadable model's preprocessing may ask for: beyond these, an image would be resized to an absurd size
 # (timm's models use 32 to about 600 pixels, crop percentages 0.875 to 1.0).
 INPUT_SIDE_RANGE = (8, 4096)
@@ -134,7 +135,7 @@ def save_model(
     """Write the model directory atomically (a crash leaves the previous model or none, never half).
 
     `extra_files` ({name: bytes}) land in the same directory in the same step, e.g. the reject rule's
-    reference embeddings (`tlearn.engines.answers.REFERENCES_FILE`).
+    reference embeddings (`REFERENCES_FILE`, read by `tlearn.engines.answers`).
     """
     folder = Path(folder)
     payload = save_numpy_safetensors(

@@ -1,0 +1,223 @@
+"""Sharing a model on the Hugging Face Hub: the folder that goes up (with a model card written from the run), the
+upload, and loading a pushed model by name.
+
+`stage_model` writes exactly what is uploaded: the model directory's own files (weights, `config.json`, the
+reject rule's reference embeddings when the model has one), the run's `metrics.json` and `run.json` for
+provenance, and `README.md`, the model card: classes, figures with their 95% intervals, what the figures were
+measured on, preprocessing, how it was trained and how to load it. `push_model` uploads such a folder with
+huggingface_hub; `tlearn push RUN REPO --local DIR` stops before the upload, so what would go up can be read and
+loaded back (`tlearn evaluate DIR DATA` scores it like the run).
+
+Loading a pushed model by its `hf-hub:` name is `tlearn.runs.hub_models`' job.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tlearn import __version__
+from tlearn.errors import TlearnError
+from tlearn.evaluation.intervals import wilson_interval
+from tlearn.runs.hub_models import CARD_FILE, MODEL_FILES, PROVENANCE_FILES, HubReference, first_line
+from tlearn.runs.layout import METRICS_FILE, SUMMARY_FILE
+from tlearn.runs.model_dir import MODEL_DIR, model_folder, read_config
+from tlearn.util import atomic
+
+STAGED_MARKER = ".tlearn-push.json"  # in a folder `push --local` wrote: what --overwrite may replace
+SPLIT_NAMES = {"val": "validation split", "test": "test split", "cv": "train + val, out of fold"}
+
+
+def stage_model(run: str | Path, out: str | Path, *, repo_id: str, overwrite: bool = False) -> Path:
+    """Write the folder that `push_model` uploads: the model's files, the run's records and the model card.
+
+    Args:
+        run: a run directory, or a model directory (its card then has only the figures the model carries).
+        out: the folder to write; an existing one is replaced only with `overwrite` and only if tlearn wrote it.
+        repo_id: the Hub repository the card tells users to load from.
+
+    Raises:
+        ModelFileError: `run` holds no complete tlearn model.
+        TlearnError: `out` exists and may not be replaced.
+    """
+    repo_id = HubReference.parse(repo_id).repo_id
+    folder = model_folder(run)
+    config = read_config(folder)
+    run_dir = folder.parent if folder.name == MODEL_DIR else folder
+    out = Path(out).expanduser()
+    _check_target(out, overwrite=overwrite)
+    records = {name: _read_json(run_dir / name) for name in PROVENANCE_FILES}
+    with atomic.replace_directory(out) as staging:
+        for name in MODEL_FILES:
+            if (folder / name).is_file():
+                shutil.copyfile(folder / name, staging / name)
+        for name, record in records.items():
+            if record is not None:
+                shutil.copyfile(run_dir / name, staging / name)
+        card = model_card(config.model_dump(), records[METRICS_FILE], records[SUMMARY_FILE], repo_id=repo_id)
+        (staging / CARD_FILE).write_text(card, encoding="utf-8")
+        (staging / STAGED_MARKER).write_text(json.dumps({"repo_id": repo_id, "tlearn_version": __version__}) + "\n")
+    return out
+
+
+def push_model(
+    run: str | Path, repo_id: str, *, private: bool = False, token: str | None = None, message: str | None = None
+) -> str:
+    """Stage the model (`stage_model`) in a temporary folder and upload it; returns the repository's URL.
+
+    Raises:
+        TlearnError: the upload failed (no network, no token, no permission), in one line.
+    """
+    import tempfile
+
+    from huggingface_hub import HfApi  # deferred: only pushing needs it
+
+    with tempfile.TemporaryDirectory(prefix="tlearn-push-") as scratch:
+        staged = stage_model(run, Path(scratch) / "model", repo_id=repo_id)
+        (staged / STAGED_MARKER).unlink()
+        api = HfApi(token=token)
+        try:
+            url = api.create_repo(repo_id, private=private, exist_ok=True)
+            api.upload_folder(
+                repo_id=repo_id, folder_path=staged, commit_message=message or f"Upload a tlearn {__version__} model"
+            )
+        except Exception as error:  # network, token, permission: all end the command
+            raise TlearnError(f"{repo_id}: the upload to the Hub failed ({first_line(error)})") from None
+    return str(url)
+
+
+def model_card(
+    config: dict[str, Any], metrics: dict[str, Any] | None, summary: dict[str, Any] | None, *, repo_id: str
+) -> str:
+    """The model card (README.md with the Hub's YAML header) for a model's config and its run's records.
+
+    Accuracy intervals are 95% Wilson intervals from the figure and its image count; macro F1 intervals are the
+    run's bootstrap ones when its metrics.json travelled with it.
+    """
+    classes = config["classes"]
+    multilabel = config.get("task") == "multilabel"
+    backbone = config.get("backbone", {})
+    prep = config.get("preprocessing", {})
+    lines = [
+        "---",
+        "library_name: tlearn",
+        "pipeline_tag: image-classification",
+        "tags:",
+        "- image-classification",
+        "- tlearn",
+        "- timm",
+        "---",
+        "",
+        f"# {repo_id.rsplit('/', 1)[-1]}",
+        "",
+        f"A {'multi-label' if multilabel else 'single-label'} image classifier over {len(classes)} classes, trained "
+        f"with [tlearn](https://pypi.org/project/tlearn/) {config.get('tlearn_version', '')} on "
+        f"`{config.get('arch')}` ({backbone.get('weights', 'weights of unknown origin')}). "
+        f"It is a plain timm model: `model.safetensors` loads into `timm.create_model({config.get('arch')!r}, "
+        f"num_classes={len(classes)})`; `config.json` holds the class order and preprocessing.",
+        "",
+        "## Classes",
+        "",
+        ", ".join(f"`{name}`" for name in classes),
+        "",
+        "## Evaluation",
+        "",
+        *_figures(config.get("metrics") or {}, metrics or {}),
+        "",
+        "## Preprocessing",
+        "",
+        f"- input {prep.get('input_size')} pixels, resized with {prep.get('interpolation')} interpolation, "
+        f"crop `{prep.get('crop_mode', 'center')}` (crop share {prep.get('crop_pct')})",
+        f"- normalised with mean {prep.get('mean')} and std {prep.get('std')} on pixels in [0, 1]",
+        f"- calibration temperature {config.get('temperature', 1.0):.3g}"
+        + (f'; answers "unknown" by the {config["reject"]["score"]} rule' if config.get("reject") else ""),
+        "",
+        "## Training",
+        "",
+        *_training(config, summary),
+        "",
+        "## Use",
+        "",
+        "```bash",
+        "pip install tlearn",
+        f"tlearn predict hf-hub:{repo_id} photos/",
+        f"tlearn serve hf-hub:{repo_id}",
+        "```",
+        "",
+        "```python",
+        "import tlearn",
+        "",
+        f'model = tlearn.load("hf-hub:{repo_id}")',
+        'model.predict("photo.jpg")  # the answer, its class and probabilities',
+        'model.predict_proba(["a.jpg", "b.jpg"])  # (2, classes) in model.classes order',
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _figures(headline: dict[str, dict[str, float]], metrics: dict[str, Any]) -> list[str]:
+    """The evaluation table: one row per evaluated set, accuracy and macro F1 with 95% intervals."""
+    rows = []
+    for split, figures in headline.items():
+        n = int(figures.get("n", 0))
+        if not n or "accuracy" not in figures:
+            continue
+        accuracy = figures["accuracy"]
+        low, high = wilson_interval(round(accuracy * n), n)
+        f1 = figures.get("macro_f1")
+        f1_interval = (metrics.get(split) or {}).get("macro_f1_interval")
+        f1_text = (
+            "" if f1 is None else f"{f1:.3f}" + (f" ({f1_interval[0]:.3f}–{f1_interval[1]:.3f})" if f1_interval else "")
+        )
+        rows.append(f"| {SPLIT_NAMES.get(split, split)} | {n} | {accuracy:.1%} ({low:.1%}–{high:.1%}) | {f1_text} |")
+    if not rows:
+        return ["No evaluation figures travelled with this model."]
+    return [
+        "| images | n | accuracy (95% interval) | macro F1 (95% interval) |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+        "The figures were measured on images the evaluated model never learnt from; a model refitted afterwards "
+        "on more images (see Training) was not measured again.",
+    ]
+
+
+def _training(config: dict[str, Any], summary: dict[str, Any] | None) -> list[str]:
+    """How the model was made, from the run's record when it travelled with the model."""
+    lines = [f"- {'fine-tuned network' if config.get('mode') == 'finetune' else 'linear head on frozen embeddings'}"]
+    if not summary:
+        return lines
+    if summary.get("backbone_choice"):
+        lines.append(f"- backbone: {summary['backbone_choice']}")
+    selection = summary.get("selection")
+    if isinstance(selection, dict) and selection.get("reason"):
+        lines.append(f"- kept: {selection['reason']}")
+    if summary.get("final_fit"):
+        lines.append(f"- the shipped model learnt from: {summary['final_fit']} images")
+    if summary.get("seconds"):
+        lines.append(f"- training took {float(summary['seconds']):.0f} s")
+    return lines
+
+
+def _check_target(out: Path, *, overwrite: bool) -> None:
+    """Refuse to replace a folder that holds anything unless --overwrite and it is one `stage_model` wrote."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise TlearnError(f"{out}: exists and is not a folder; choose another --local folder")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise TlearnError(f"{out}: already exists; choose another --local folder or pass --overwrite")
+    if not (out / STAGED_MARKER).is_file():
+        raise TlearnError(f"{out}: was not written by `tlearn push --local`, so --overwrite leaves it alone")
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A run record, or None when it is missing or unreadable (the card then says less)."""
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return values if isinstance(values, dict) else None
