@@ -16,12 +16,14 @@ The method, in its published steps:
 
 Issues are ranked by self-confidence, p(given label | x), lowest first: the ranking the paper recommends.
 
-Implemented here (about 60 lines of NumPy) rather than taken from `cleanlab` (2.9 on PyPI): the part we need
-is small and published; cleanlab would add a dependency (and pandas and termcolor with it) to a tool whose
-core install avoids both, it is not on the package index this project installs from offline, and the
-out-of-fold probabilities it needs already come from tlearn's own cross-validated heads
-(`tlearn.training.head.select_c`). `tests/audits/test_label_errors.py` checks each step against the paper's
-definitions on hand-computed examples.
+Implemented here (about 60 lines of NumPy) rather than called from cleanlab, because it measured the same and
+cheaper: `python benchmarks/bench_label_errors.py` (10% of the training labels flipped, 5 seeds, the same
+out-of-fold probabilities given to both) flags the very same images on hymenoptera and pools, differs by 0-2
+of ~69 on mri and 1-5 of ~57 on signs, with precision / recall 0.427 / 0.808 (cleanlab 2.9: 0.420 / 0.820) on
+signs and equal elsewhere; cleanlab took 0.5 s per search and seconds to import (pandas with it), on every
+`tlearn train`, against under 1 ms here. The out-of-fold probabilities come from tlearn's own cross-validated
+heads (`tlearn.training.head.select_c`). `tests/audits/test_label_errors.py` checks each step against the
+paper's definitions on hand-computed examples.
 """
 
 from __future__ import annotations
