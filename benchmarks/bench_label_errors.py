@@ -90,7 +90,12 @@ def main() -> None:
         print(f"{data_set}: {results[data_set]}", flush=True)
     save(
         args.name,
-        {"rate": args.rate, "seeds": args.seeds, "cleanlab_import_seconds": round(import_seconds, 2), "results": results},
+        {
+            "rate": args.rate,
+            "seeds": args.seeds,
+            "cleanlab_import_seconds": round(import_seconds, 2),
+            "results": results,
+        },
     )
 
 

@@ -3,6 +3,7 @@ scores and answers too, INT8 keeps the sigmoid in fp32, and the service and its 
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import time
@@ -158,6 +159,26 @@ def test_torchscript_export_of_a_knn_model_holds_its_references_and_embeddings(m
         probabilities, embeddings = scripted(torch.zeros(2, 3, 160, 160))
     references = KnnReferences.from_bytes(extra[REFERENCES_FILE], "torchscript")
     assert probabilities.shape == (2, 2) and embeddings.shape == (2, len(references.mean))
+
+
+@pytest.mark.parametrize("which", ["knn", "multilabel"])
+def test_openvino_export_of_knn_and_multilabel_models_checks_their_answers_and_holds_their_references(
+    models, tmp_path, which
+):
+    openvino = pytest.importorskip("openvino", reason='OpenVINO is an optional extra: pip install "tlearn[openvino]"')
+    from tlearn.deploy.exporters.openvino_exporter import REFERENCES_KEY, RT_INFO_ROOT
+
+    model = getattr(models, which)
+    result = tlearn.export(model, tmp_path / f"{which}.xml", export_format="openvino", check_data=models.data)
+    (check,) = result.checks
+    assert check.passed and check.answer_agreement == 1.0
+    ir = openvino.Core().read_model(result.path)
+    if which == "knn":
+        assert check.max_score_diff <= 1e-3 and len(ir.outputs) == 2
+        stored = base64.b64decode(ir.get_rt_info([RT_INFO_ROOT, REFERENCES_KEY]).astype(str))
+        assert stored == (models.knn / REFERENCES_FILE).read_bytes()
+    else:
+        assert not ir.has_rt_info([RT_INFO_ROOT, REFERENCES_KEY])
 
 
 # --- the service -------------------------------------------------------------------------------------------

@@ -15,13 +15,18 @@ from tlearn.cli.app import DeviceOption, EngineOption, ModelArgument, QuietOptio
 class ExportFormat(str, Enum):
     onnx = "onnx"
     torchscript = "torchscript"
+    openvino = "openvino"
 
 
 @app.command()
 def export(
     model: Annotated[Path, typer.Argument(help="Model directory (or run directory holding model/).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="File to write (e.g. model.onnx, model.pt).")],
-    export_format: Annotated[ExportFormat, typer.Option("--format", help="onnx or torchscript.")] = ExportFormat.onnx,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="File to write: model.onnx, model.pt, model.xml (+ model.bin).")
+    ],
+    export_format: Annotated[
+        ExportFormat, typer.Option("--format", help="onnx, torchscript or openvino.")
+    ] = ExportFormat.onnx,
     int8: Annotated[
         bool,
         typer.Option(
@@ -39,7 +44,7 @@ def export(
     opset: Annotated[int, typer.Option(min=13, help="ONNX opset.")] = 18,
     quiet: QuietOption = False,
 ) -> None:
-    """Export to ONNX (fp32/INT8) or TorchScript, verified against PyTorch; a failed check writes nothing."""
+    """Export to ONNX (fp32/INT8), TorchScript or OpenVINO, verified against PyTorch; a failed check writes nothing."""
     from tlearn.api import export as export_model
 
     result = export_model(

@@ -123,6 +123,11 @@ def export_model(
     started = time.perf_counter()
     out = Path(out)
     exporter = exporter_for(options.export_format)
+    if exporter.companions and out.suffix.lower() != exporter.suffix:
+        raise ExportError(
+            f"{out}: --format {exporter.name} writes its weights beside the file, found by its name; "
+            f"name it with {exporter.suffix} (e.g. --out model{exporter.suffix})"
+        )
     classifier = Classifier.load(model, device="cpu")
     calibration_data = options.calibration_data
     calibration_files = image_files(calibration_data, MAX_CALIBRATION_IMAGES) if calibration_data else []
@@ -130,8 +135,9 @@ def export_model(
         raise ExportError(f"{calibration_data}: no image files for calibration")
     check_set = CheckSet.collect(classifier, options.check_data, calibration_files, progress)
     exported = exporter.export(probability_graph(classifier), check_set, options, progress)
+    for suffix, payload in exported.companions.items():  # first, so the main file never names missing weights
+        atomic.write_bytes(out.with_suffix(suffix), payload)
     atomic.write_bytes(out, exported.payload)
     seconds = time.perf_counter() - started
-    return ExportResult(
-        out, options.export_format, exported.precision, len(exported.payload), seconds, exported.checks, exported.notes
-    )
+    size = len(exported.payload) + sum(len(payload) for payload in exported.companions.values())
+    return ExportResult(out, options.export_format, exported.precision, size, seconds, exported.checks, exported.notes)

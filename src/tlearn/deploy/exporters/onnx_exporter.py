@@ -58,9 +58,7 @@ class OnnxExporter(Exporter):
         progress.info(f"exporting to ONNX (opset {opset}, dynamic batch)...")
         with tempfile.TemporaryDirectory(prefix="tlearn-export-") as work:
             fp32_path = Path(work) / "fp32.onnx"
-            fp32_proto = _onnx_proto(graph, classifier.preprocessing, opset)
-            if needs_embeddings(classifier.config):
-                _name_second_output(fp32_proto.graph, EMBEDDINGS_NAME)
+            fp32_proto = onnx_proto(graph, classifier, opset)
             _describe(fp32_proto, classifier, self.export_info("fp32", opset=opset))
             fp32_path.write_bytes(fp32_proto.SerializeToString())
             fp32_outputs = check_set.run(OnnxClassifier.load(fp32_path).scored_probabilities)
@@ -88,15 +86,21 @@ class OnnxExporter(Exporter):
         return Exported(proto.SerializeToString(), checks, precision, notes)
 
 
-def _onnx_proto(graph: nn.Module, preprocessing: Preprocessing, opset: int) -> onnx.ModelProto:
-    """The fp32 ONNX graph (torch.export based exporter); batch is dynamic, height and width are fixed."""
+def onnx_proto(graph: nn.Module, classifier: Classifier, opset: int) -> onnx.ModelProto:
+    """The fp32 ONNX graph (torch.export based exporter); batch is dynamic, height and width are fixed. A model
+    with a "knn" reject rule has a second output, its embeddings, named `EMBEDDINGS_NAME`."""
     try:
-        return export_dynamic_batch(graph, preprocessing.input_size, opset=opset, names=(INPUT_NAME, OUTPUT_NAME))
+        proto = export_dynamic_batch(
+            graph, classifier.preprocessing.input_size, opset=opset, names=(INPUT_NAME, OUTPUT_NAME)
+        )
     except Exception as error:  # the exporter raises many types; the user needs the first line
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ExportError(
             f"this model cannot be exported to ONNX ({type(error).__name__}: {first}); try --format torchscript"
         ) from None
+    if needs_embeddings(classifier.config):
+        _name_second_output(proto.graph, EMBEDDINGS_NAME)
+    return proto
 
 
 def _name_second_output(graph: Any, name: str) -> None:

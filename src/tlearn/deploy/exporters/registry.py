@@ -31,6 +31,8 @@ class Exported(NamedTuple):
     checks: list[ExportCheck]
     precision: str  # fp32, int8-static or int8-dynamic
     notes: list[str]  # what the user should know about this export (e.g. what INT8 left in fp32)
+    # files that belong beside the main one, by the suffix that replaces its own (OpenVINO's ".bin" weights)
+    companions: dict[str, bytes] = {}  # noqa: RUF012 - never mutated; a NamedTuple field cannot take a factory
 
 
 class Exporter(ABC):
@@ -40,6 +42,8 @@ class Exporter(ABC):
         name: the format as `--format` and `ExportOptions.export_format` spell it.
         suffix: the file name ending the format is usually given (`--out model.onnx`); not enforced.
         quantizes: the format accepts `--int8` and `--calibration-data`.
+        companions: suffixes of the files written beside the main one (OpenVINO's ".bin"): the main file must
+            then end in `suffix`, so the runtime finds them by its name.
 
     Example:
         >>> @register  # doctest: +SKIP
@@ -51,6 +55,7 @@ class Exporter(ABC):
     name: ClassVar[str]
     suffix: ClassVar[str]
     quantizes: ClassVar[bool] = False
+    companions: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def export(self, graph: nn.Module, check_set: CheckSet, options: ExportOptions, progress: Progress) -> Exported:
