@@ -180,3 +180,39 @@ def test_a_file_larger_than_any_image_is_refused_before_it_is_read(tmp_path):
     assert read_file_bytes(small, max_bytes=10) == b"x" * 10
     with pytest.raises(ImageTooLargeError, match="limit 9 bytes"):
         read_file_bytes(small, max_bytes=9)
+
+
+def progressive_jpeg(repeats: int = 0, size: int = 300) -> bytes:
+    """A progressive JPEG of noise (libjpeg's 10 scans), its last scan repeated `repeats` more times: the scan
+    bomb, which costs a full pass over the picture per scan while adding only the scan's bytes."""
+    import numpy as np
+
+    noise = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="JPEG", progressive=True, quality=90)
+    data = buffer.getvalue()
+    last_scan = data[data.rfind(b"\xff\xda") : -2]  # up to the end-of-image marker
+    return data[:-2] + last_scan * repeats + b"\xff\xd9"
+
+
+@pytest.mark.parametrize("repeats, refused", [(0, False), (22, False), (23, True), (100, True)])
+def test_a_progressive_jpeg_with_too_many_scans_is_refused_before_decoding(repeats, refused, monkeypatch):
+    """10 scans of its own plus the repeats: 32 scans pass, 33 are a bomb, refused without decoding a pixel."""
+    payload = progressive_jpeg(repeats)
+    if not refused:
+        assert load_rgb(payload).size == (300, 300)
+        return
+    decoded = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(self))
+    with pytest.raises(ImageTooLargeError, match=rf"progressive JPEG with {10 + repeats} scans \(limit 32;"):
+        load_rgb(payload)
+    assert decoded == []
+
+
+def test_a_scan_bomb_in_a_training_folder_is_one_skipped_file(tmp_path):
+    """Through the decoding pipeline the bomb is a per-file reason, and the good image beside it decodes."""
+    (tmp_path / "bomb.jpg").write_bytes(progressive_jpeg(200))
+    (tmp_path / "good.jpg").write_bytes(progressive_jpeg(0))
+    batch = run_task(0, [tmp_path / "bomb.jpg", tmp_path / "good.jpg"], DecodeTask(LITE0))
+    assert [(position, "210 scans" in reason) for position, reason in batch.failures] == [(0, True)]
+    assert batch.positions == [1] and batch.pixels.shape == (1, 224, 224, 3) and not batch.transient

@@ -24,7 +24,8 @@ from helpers import colour_image, png_with_size, run_cli
 from tlearn.data.images import ImageDecodeError, ImageTooLargeError
 from tlearn.deploy import serving
 from tlearn.deploy.guards import BodyLimit, HostCheck
-from tlearn.deploy.serving import DEFAULT_UPLOAD_PIXELS, ServeSettings, create_app, server_config
+from tlearn.deploy.server import server_config, serving_settings
+from tlearn.deploy.serving import DEFAULT_UPLOAD_PIXELS, ServeSettings, create_app
 from tlearn.engines.loading import load_engine
 
 LOCAL = "http://localhost"
@@ -337,8 +338,8 @@ def test_serve_flags_reach_the_service_settings(capsys, monkeypatch):
 
 
 def test_serve_binds_its_own_host_and_everything_when_public():
-    assert "10.0.0.5" in serving.serving_settings(ServeSettings(), "10.0.0.5").allowed_hosts
-    assert "*" in serving.serving_settings(ServeSettings(), "0.0.0.0").allowed_hosts
+    assert "10.0.0.5" in serving_settings(ServeSettings(), "10.0.0.5").allowed_hosts
+    assert "*" in serving_settings(ServeSettings(), "0.0.0.0").allowed_hosts
 
 
 # --- slow and greedy clients, on a real socket ------------------------------------------------------------
@@ -404,19 +405,70 @@ def test_a_client_that_stops_sending_its_body_gets_408_and_others_are_served(eng
         assert httpx.post(f"http://127.0.0.1:{port}/v1/predict", files=files, timeout=30).status_code == 200
 
 
-def test_connections_that_never_finish_their_headers_are_closed_so_they_cannot_hold_the_service(engine):
-    settings = ServeSettings(header_timeout_s=0.5, limit_concurrency=4)
+def test_connections_that_never_finish_their_headers_are_closed(engine):
+    settings = ServeSettings(header_timeout_s=0.5)
     with real_server(engine, settings) as port:
         slow = [raw_connection(port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n") for _ in range(4)]
-        try:
-            # every allowed connection is taken: a new request is turned away by uvicorn's limit_concurrency...
-            assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 503
-            # ...until the header deadline closes the slow ones (each read returns at the close: no sleeping)
+        try:  # each read returns when the header deadline closes the connection: no sleeping
             assert [read_all(connection) for connection in slow] == [b""] * 4
         finally:
             for connection in slow:
                 connection.close()
         assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+
+
+def test_idle_connections_do_not_count_against_the_requests_served(engine):
+    """More idle sockets than `limit_concurrency` requests: every request is still answered (uvicorn's own limit
+    counted connections, so 64 idle sockets made every request, /healthz too, a 503)."""
+    settings = ServeSettings(header_timeout_s=30, limit_concurrency=4)
+    with real_server(engine, settings) as port:
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(12)]
+        try:
+            url = f"http://127.0.0.1:{port}"
+            assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+            assert httpx.get(f"{url}/v1/model", timeout=5).status_code == 200
+            files = [("files", ("red.png", RED, "image/png"))]
+            assert httpx.post(f"{url}/v1/predict", files=files, timeout=30).status_code == 200
+        finally:
+            for connection in idle:
+                connection.close()
+
+
+def test_a_client_holding_too_many_connections_gets_503_with_retry_after_until_it_lets_go(engine):
+    settings = ServeSettings(header_timeout_s=30, max_connections_per_client=3, retry_after_s=2)
+    with real_server(engine, settings) as port:
+        held = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(3)]
+        try:
+            extra = socket.create_connection(("127.0.0.1", port), timeout=20)
+            answer = read_all(extra)
+            extra.close()
+            assert answer.startswith(b"HTTP/1.1 503") and b"retry-after: 2" in answer
+            assert b"too many connections from this client" in answer
+        finally:
+            for connection in held:
+                connection.close()
+        deadline = time.monotonic() + 10  # the server sees the closes asynchronously
+        while (status := httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code) != 200:
+            assert time.monotonic() < deadline, status
+            time.sleep(0.05)
+
+
+def test_requests_beyond_the_limit_get_503_with_retry_after_but_healthz_always_answers(controlled):
+    settings = ServeSettings(limit_concurrency=1, retry_after_s=3)
+    with real_server(controlled, settings) as port, ThreadPoolExecutor(1) as pool:
+        controlled.gate = threading.Event()
+        url = f"http://127.0.0.1:{port}"
+        files = [("files", ("red.png", RED, "image/png"))]
+        holding = pool.submit(httpx.post, f"{url}/v1/predict", files=files, timeout=60)
+        try:
+            assert controlled.entered.wait(30)  # the one request allowed is in the model
+            busy = httpx.get(f"{url}/v1/model", timeout=5)
+            assert busy.status_code == 503 and busy.headers["retry-after"] == "3" and "busy" in busy.json()["detail"]
+            assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200  # a liveness probe never restarts it
+        finally:
+            controlled.gate.set()
+        assert holding.result().status_code == 200
+        assert httpx.get(f"{url}/v1/model", timeout=5).status_code == 200
 
 
 def test_the_web_page_waits_and_retries_when_the_service_is_busy(controlled, browser, tmp_path):

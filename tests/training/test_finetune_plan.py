@@ -30,7 +30,9 @@ def _state(planned_epochs: int, *, epoch: int = 1) -> TrainingState:
     return TrainingState(epoch, planned_epochs, [], (-math.inf, -math.inf), 0, 0, 0, 0.0)
 
 
-@pytest.mark.parametrize("steps_per_epoch, expected", [(1, MIN_STEPS), (4, 15), (5, DEFAULT_EPOCHS), (40, 12)])
+@pytest.mark.parametrize(
+    "steps_per_epoch, expected", [(1, MIN_STEPS), (2, 30), (3, DEFAULT_EPOCHS), (40, DEFAULT_EPOCHS)]
+)
 def test_unset_epochs_make_at_least_min_steps(steps_per_epoch, expected):
     plan = planned_epochs(TrainConfig(data="photos"), steps_per_epoch)
     assert plan == expected and plan * steps_per_epoch >= MIN_STEPS
@@ -41,19 +43,19 @@ def test_epochs_the_user_sets_are_kept_however_small_the_folder():
 
 
 def test_patience_stretches_with_the_plan_only_when_epochs_are_unset():
-    auto, fixed = TrainConfig(data="photos", patience=4), TrainConfig(data="photos", epochs=60, patience=4)
-    assert stretched_patience(auto, DEFAULT_EPOCHS) == 4 and stretched_patience(auto, 60) == 20
-    assert stretched_patience(fixed, 60) == 4
+    auto, fixed = TrainConfig(data="photos"), TrainConfig(data="photos", epochs=60)
+    assert stretched_patience(auto, DEFAULT_EPOCHS) == 8 and stretched_patience(auto, 60) == 20
+    assert stretched_patience(fixed, 60) == 8
 
 
 @pytest.mark.parametrize(
     "images, batch_size, steps, epochs, patience",
-    [(40, 32, 1, 60, 20), (128, 32, 4, 15, 5), (320, 32, 10, 12, 4), (20, 32, 1, 60, 20), (150, 8, 18, 12, 4)],
+    [(40, 32, 1, 60, 20), (128, 32, 4, 24, 8), (320, 32, 10, 24, 8), (20, 32, 1, 60, 20), (150, 8, 18, 24, 8)],
 )
 def test_a_plan_from_the_config_raises_epochs_and_patience_for_small_folders(
     images, batch_size, steps, epochs, patience
 ):
-    plan = _plan(images, batch_size=batch_size, patience=4)
+    plan = _plan(images, batch_size=batch_size)
     assert (plan.steps_per_epoch, plan.epochs, plan.patience) == (steps, epochs, patience)
     assert plan.epochs * plan.steps_per_epoch >= MIN_STEPS
     assert plan.schedule().total_steps == epochs * steps  # the cosine ends on the plan's last step
@@ -99,11 +101,11 @@ def test_layer_groups_unfreeze_from_the_top_on_schedule(every, depth, expected):
 
 
 def test_the_time_budget_shortens_the_plan_and_the_schedule_follows():
-    plan = _plan(320, budget_seconds=35.0)  # 10 steps per epoch, 12 epochs planned
+    plan = _plan(320, budget_seconds=35.0)  # 10 steps per epoch, 24 epochs planned
     state, schedule = _state(plan.epochs), plan.schedule()
     told = fit_to_budget(plan, state, schedule, epoch=1, epoch_seconds=10.0)
     assert state.planned_epochs == 3 and schedule.total_steps == 3 * plan.steps_per_epoch
-    assert told == "time budget 35 s: 3 epochs of 10 s instead of 12"
+    assert told == "time budget 35 s: 3 epochs of 10 s instead of 24"
     assert schedule(schedule.total_steps - 1) > 0 and schedule(schedule.total_steps) == 0.0  # ends at zero
 
 

@@ -361,7 +361,8 @@ def serve(
     Example:
         >>> serve("ants.onnx", port=8000)  # doctest: +SKIP
     """
-    from tlearn.deploy.serving import ServeSettings, run_server  # deferred: FastAPI and uvicorn
+    from tlearn.deploy.server import run_server  # deferred: FastAPI and uvicorn
+    from tlearn.deploy.serving import ServeSettings
 
     run_server(
         model,

@@ -1,14 +1,17 @@
 """Guards in front of the service: which hosts it answers to, how large and how slow a request may be.
 
 Each closes a way for one client to hold the service or its memory: `HostCheck` refuses requests addressed to
-another host name (DNS rebinding), `BodyLimit` bounds a request body's size and the time it may take to arrive,
-and `h11_with_header_deadline` closes connections whose request headers never complete (slowloris). They are
-plain ASGI middleware and a uvicorn protocol, independent of the model behind them.
+another host name (DNS rebinding), `OriginCheck` POSTs from other sites' pages, `BodyLimit` bounds a request
+body's size and the time it may take to arrive, `RequestLimit` the requests in the app at once (never
+`/healthz`), and `guarded_h11` closes connections whose request headers never complete (slowloris) and caps
+the connections per client. They are plain ASGI middleware and a uvicorn protocol, independent of the model
+behind them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -151,28 +154,58 @@ class BodyLimit:
         await refuse(scope, send, 413, self._message())
 
 
-async def refuse(scope: Scope, send: Send, status: int, detail: str) -> None:
+async def refuse(scope: Scope, send: Send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
     """Answer a request the guards turn away: `{"detail": ...}` with `status`, its body never read."""
-    await JSONResponse({"detail": detail}, status_code=status)(scope, _no_body, send)
+    await JSONResponse({"detail": detail}, status_code=status, headers=headers)(scope, _no_body, send)
 
 
 async def _no_body() -> Message:
     return {"type": "http.request", "body": b"", "more_body": False}
 
 
-def h11_with_header_deadline(seconds: float) -> type:
-    """uvicorn's h11 protocol, closing a connection whose request headers are not complete `seconds` after it
-    opened or after its previous response (uvicorn itself waits for them forever: a slowloris could hold every
-    connection `limit_concurrency` allows)."""
+def guarded_h11(header_seconds: float, *, max_per_client: int, max_connections: int, retry_after_s: int) -> type:
+    """uvicorn's h11 protocol with the guards connections need below the app.
+
+    * A connection whose request headers are not complete `header_seconds` after it opened (or after its
+      previous response) is closed: uvicorn itself waits for them forever (slowloris).
+    * One client (a peer address) holds at most `max_per_client` connections, and all clients together
+      `max_connections`; a connection beyond either is answered 503 with `Retry-After` and closed at once.
+
+    uvicorn's own `limit_concurrency` counts open connections, idle ones included: 64 sockets that never sent a
+    byte made every request, `/healthz` too, a plain 503 until the deadline closed them. Requests are counted by
+    `RequestLimit` instead; here only connections.
+    """
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    class HeaderDeadlineH11Protocol(H11Protocol):
+    open_by_client: dict[str, int] = {}
+    refusal = _busy_response("too many connections from this client; retry shortly", retry_after_s)
+
+    class GuardedH11Protocol(H11Protocol):
         _deadline_generation = 0
+        _client: str | None = None  # set when the connection is counted
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
+            peer = transport.get_extra_info("peername")
+            client = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+            if open_by_client.get(client, 0) >= max_per_client or sum(open_by_client.values()) >= max_connections:
+                transport.write(refusal)
+                transport.close()
+                return
+            open_by_client[client] = open_by_client.get(client, 0) + 1
+            self._client = client
             self._arm_header_deadline()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._client is not None:
+                left = open_by_client.get(self._client, 1) - 1
+                if left > 0:
+                    open_by_client[self._client] = left
+                else:
+                    open_by_client.pop(self._client, None)
+                self._client = None
+            super().connection_lost(exc)
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -180,11 +213,48 @@ def h11_with_header_deadline(seconds: float) -> type:
 
         def _arm_header_deadline(self) -> None:
             self._deadline_generation += 1
-            self.loop.call_later(seconds, self._header_deadline, self._deadline_generation)
+            self.loop.call_later(header_seconds, self._header_deadline, self._deadline_generation)
 
         def _header_deadline(self, generation: int) -> None:
             waiting_for_headers = self.conn.their_state is h11.IDLE
             if generation == self._deadline_generation and waiting_for_headers and not self.transport.is_closing():
                 self.transport.close()
 
-    return HeaderDeadlineH11Protocol
+    return GuardedH11Protocol
+
+
+def _busy_response(message: str, retry_after_s: int) -> bytes:
+    """A complete HTTP/1.1 503 with `Retry-After` and the service's JSON error body, that closes the connection."""
+    body = json.dumps({"detail": message}).encode()
+    head = (
+        f"HTTP/1.1 503 Service Unavailable\r\nretry-after: {retry_after_s}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
+
+
+class RequestLimit:
+    """ASGI middleware: at most `max_requests` HTTP requests in the app at once; more get 503 with `Retry-After`.
+
+    `/healthz` is never refused (a liveness probe that sees a busy service must not restart it), and only
+    requests count, not the connections they came on (see `guarded_h11`).
+    """
+
+    def __init__(self, app: ASGIApp, max_requests: int, retry_after_s: int, always: tuple[str, ...] = ("/healthz",)):
+        self.app = app
+        self.max_requests, self.retry_after_s, self.always = max_requests, retry_after_s, always
+        self.active = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") in self.always:
+            await self.app(scope, receive, send)
+            return
+        if self.active >= self.max_requests:
+            message = f"busy: {self.max_requests} requests are already being served; retry shortly"
+            await refuse(scope, send, 503, message, headers={"Retry-After": str(self.retry_after_s)})
+            return
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1

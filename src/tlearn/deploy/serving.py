@@ -14,8 +14,10 @@ Bad input and bad clients never take the service down, and memory stays bounded 
 
 * a request body over `max_request_bytes` is 413 (by Content-Length before it is read, or while streaming);
   one that does not arrive within `body_timeout_s` is 408, and request headers that do not arrive within
-  `header_timeout_s` close the connection, so slow clients cannot hold connections; uvicorn's
-  `limit_concurrency` answers 503 beyond that many connections;
+  `header_timeout_s` close the connection, so slow clients cannot hold connections; one client holds at most
+  `max_connections_per_client` connections, and at most `limit_concurrency` requests are served at once
+  (idle connections do not count, and `/healthz` always answers): beyond either, 503 with `Retry-After`
+  (`tlearn.deploy.server` binds the guarded protocol);
 * at most `max_pending_requests` requests are decoded or wait for the model at once; beyond that 503 with
   `Retry-After`; at most `decode_threads` images (one per core) are decoded at once;
 * an image over `max_image_pixels` (40 MP for uploads), or one whose resized copy would be (a 100000x1 PNG),
@@ -41,9 +43,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -54,7 +55,7 @@ from tlearn import __version__
 from tlearn.data.images import ImageDecodeError, ImageTooLargeError
 from tlearn.data.preprocess import EvalPreprocess, Preprocessing
 from tlearn.deploy.batching import BatchError, MicroBatcher
-from tlearn.deploy.guards import ANY_HOST, ASGIApp, BodyLimit, HostCheck, OriginCheck, h11_with_header_deadline
+from tlearn.deploy.guards import BodyLimit, HostCheck, OriginCheck, RequestLimit
 from tlearn.deploy.model_info import describe_model, model_identity, without_directories
 from tlearn.engines.base import InferenceEngine
 from tlearn.engines.options import PredictOptions
@@ -64,7 +65,6 @@ logger = logging.getLogger("tlearn.serve")
 
 # Uploads get a lower limit than training data (PIL's 89.5 MP): a 40 MP RGB picture is 120 MB decoded.
 DEFAULT_UPLOAD_PIXELS = 40_000_000
-_WILDCARD_BINDS = ("0.0.0.0", "::", "")
 
 
 def _cores() -> int:
@@ -84,7 +84,9 @@ class ServeSettings:
         max_pending_requests: requests being decoded or waiting for the model; more get 503 + Retry-After.
         decode_threads: images decoded at once (default: one per core).
         retry_after_s: the Retry-After of a 503.
-        limit_concurrency: connections uvicorn serves at once; more get 503.
+        limit_concurrency: requests served at once (`/healthz` always is); more get 503 + Retry-After.
+        max_connections_per_client: open connections per client address; more get 503 + Retry-After.
+        max_connections: open connections in all; more get 503 + Retry-After.
         timeout_keep_alive_s: an idle keep-alive connection is closed after this.
         header_timeout_s: a connection that has not sent complete request headers by then is closed.
         body_timeout_s: a request body not received in full by then is refused with 408.
@@ -107,6 +109,8 @@ class ServeSettings:
     decode_threads: int | None = None
     retry_after_s: int = 1
     limit_concurrency: int = 64
+    max_connections_per_client: int = 64
+    max_connections: int = 512
     timeout_keep_alive_s: int = 5
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
@@ -222,6 +226,7 @@ def create_app(loader: Callable[[], InferenceEngine], settings: ServeSettings = 
     docs = {} if settings.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="tlearn", version=__version__, lifespan=lifespan, **docs)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes, timeout_s=settings.body_timeout_s)
+    app.add_middleware(RequestLimit, max_requests=settings.limit_concurrency, retry_after_s=settings.retry_after_s)
     app.add_middleware(OriginCheck, allowed=settings.allowed_origins)
     app.add_middleware(HostCheck, allowed=settings.allowed_hosts)
 
@@ -393,58 +398,3 @@ def decode_upload(name: str, stream: BinaryIO, preprocessing: Preprocessing, max
     except Exception as error:  # a decoder bug must not fail the request's other files silently or crash: 415
         logger.exception("unexpected error decoding %s", name)
         return _Refusal(name, f"cannot be decoded ({type(error).__name__})", 415)
-
-
-def server_config(app: ASGIApp, *, host: str, port: int, settings: ServeSettings, log_level: str = "info") -> Any:
-    """uvicorn's configuration with the service's connection limits and timeouts (a `uvicorn.Config`).
-
-    Example:
-        >>> config = server_config(app, host="127.0.0.1", port=8000, settings=ServeSettings())  # doctest: +SKIP
-        >>> uvicorn.Server(config).run()  # doctest: +SKIP
-    """
-    import uvicorn
-
-    return uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        http=h11_with_header_deadline(settings.header_timeout_s),
-        limit_concurrency=settings.limit_concurrency,
-        timeout_keep_alive=settings.timeout_keep_alive_s,
-        timeout_graceful_shutdown=5,
-    )
-
-
-def serving_settings(settings: ServeSettings, host: str) -> ServeSettings:
-    """`settings` with the bound host allowed as a `Host` name (any name when bound to every interface)."""
-    bound = ANY_HOST if host in _WILDCARD_BINDS else host
-    return replace(settings, allowed_hosts=(*settings.allowed_hosts, bound))
-
-
-def run_server(
-    model: str | Path,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    engine: str | None = None,
-    device: str = "auto",
-    settings: ServeSettings = ServeSettings(),
-    log_level: str = "info",
-) -> None:
-    """Serve a model directory or `.onnx` file over HTTP until interrupted.
-
-    Raises:
-        ModelFileError: the model cannot be found or does not fit the engine (checked before the server starts).
-
-    Example: `run_server("runs/ants/ants.onnx", port=8000)`
-    """
-    import uvicorn
-
-    from tlearn.engines.loading import check_engine, load_engine, local_model
-
-    model = local_model(model)  # a Hub name is downloaded once, before the server starts
-    check_engine(model, engine=engine, device=device)
-    settings = serving_settings(settings, host)
-    app = create_app(lambda: load_engine(model, engine=engine, device=device), settings)
-    uvicorn.Server(server_config(app, host=host, port=port, settings=settings, log_level=log_level)).run()

@@ -174,14 +174,14 @@ def planned_epochs(config: TrainConfig, steps_per_epoch: int) -> int:
     """The epochs to plan: `config.epochs` when set, else `DEFAULT_EPOCHS`, raised to make `MIN_STEPS` steps.
 
     Epochs measure passes over the data, but what a fine-tune needs is optimizer steps: 32 images make one
-    batch, and 12 epochs of one batch are 12 steps, too few for a classifier that starts from zero to learn
+    batch, and 24 epochs of one batch are 24 steps, too few for a classifier that starts from zero to learn
     (pools, 40 images, answered 3/4 test houses after 12 steps and 4/4 from about 30). Folders of a few
     hundred images already make more than `MIN_STEPS` steps in `DEFAULT_EPOCHS` and keep them.
 
     Example:
         >>> auto, fixed = TrainConfig(data="photos"), TrainConfig(data="photos", epochs=3)
         >>> planned_epochs(auto, 1), planned_epochs(auto, 8), planned_epochs(fixed, 1)
-        (60, 12, 3)
+        (60, 24, 3)
     """
     if config.epochs is not None:
         return config.epochs
@@ -192,7 +192,7 @@ def stretched_patience(config: TrainConfig, planned: int) -> int:
     """Epochs without improvement before stopping, stretched as far as small data stretched the plan.
 
     Example:
-        >>> stretched_patience(TrainConfig(data="photos", patience=4), 60)
+        >>> stretched_patience(TrainConfig(data="photos", patience=8), 60)
         20
     """
     if config.epochs is not None:
