@@ -23,7 +23,8 @@ from tlearn.errors import TlearnError
 from tlearn.evaluation.intervals import wilson_interval
 from tlearn.runs.hub_models import CARD_FILE, MODEL_FILES, PROVENANCE_FILES, HubReference, first_line
 from tlearn.runs.layout import METRICS_FILE, SUMMARY_FILE
-from tlearn.runs.model_dir import MODEL_DIR, model_folder, read_config
+from tlearn.runs.model_dir import MODEL_DIR, ModelConfig, model_folder, read_config
+from tlearn.runs.summary import RunSummary, read_run_summary
 from tlearn.util import atomic
 
 STAGED_MARKER = ".tlearn-push.json"  # in a folder `push --local` wrote: what --overwrite may replace
@@ -49,6 +50,7 @@ def stage_model(run: str | Path, out: str | Path, *, repo_id: str, overwrite: bo
     out = Path(out).expanduser()
     _check_target(out, overwrite=overwrite)
     records = {name: _read_json(run_dir / name) for name in PROVENANCE_FILES}
+    summary = _read_summary(run_dir / SUMMARY_FILE) if records[SUMMARY_FILE] is not None else None
     with atomic.replace_directory(out) as staging:
         for name in MODEL_FILES:
             if (folder / name).is_file():
@@ -56,7 +58,7 @@ def stage_model(run: str | Path, out: str | Path, *, repo_id: str, overwrite: bo
         for name, record in records.items():
             if record is not None:
                 shutil.copyfile(run_dir / name, staging / name)
-        card = model_card(config.model_dump(), records[METRICS_FILE], records[SUMMARY_FILE], repo_id=repo_id)
+        card = model_card(config, records[METRICS_FILE], summary, repo_id=repo_id)
         (staging / CARD_FILE).write_text(card, encoding="utf-8")
         (staging / STAGED_MARKER).write_text(json.dumps({"repo_id": repo_id, "tlearn_version": __version__}) + "\n")
     return out
@@ -88,18 +90,14 @@ def push_model(
     return str(url)
 
 
-def model_card(
-    config: dict[str, Any], metrics: dict[str, Any] | None, summary: dict[str, Any] | None, *, repo_id: str
-) -> str:
+def model_card(config: ModelConfig, metrics: dict[str, Any] | None, summary: RunSummary | None, *, repo_id: str) -> str:
     """The model card (README.md with the Hub's YAML header) for a model's config and its run's records.
 
     Accuracy intervals are 95% Wilson intervals from the figure and its image count; macro F1 intervals are the
     run's bootstrap ones when its metrics.json travelled with it.
     """
-    classes = config["classes"]
-    multilabel = config.get("task") == "multilabel"
-    backbone = config.get("backbone", {})
-    prep = config.get("preprocessing", {})
+    classes = config.classes
+    prep = config.preprocessing_spec()
     lines = [
         "---",
         "library_name: tlearn",
@@ -112,10 +110,10 @@ def model_card(
         "",
         f"# {repo_id.rsplit('/', 1)[-1]}",
         "",
-        f"A {'multi-label' if multilabel else 'single-label'} image classifier over {len(classes)} classes, trained "
-        f"with [tlearn](https://pypi.org/project/tlearn/) {config.get('tlearn_version', '')} on "
-        f"`{config.get('arch')}` ({backbone.get('weights', 'weights of unknown origin')}). "
-        f"It is a plain timm model: `model.safetensors` loads into `timm.create_model({config.get('arch')!r}, "
+        f"A {config.task_type.title} image classifier over {len(classes)} classes, trained "
+        f"with [tlearn](https://pypi.org/project/tlearn/) {config.tlearn_version} on "
+        f"`{config.arch}` ({config.backbone.get('weights', 'weights of unknown origin')}). "
+        f"It is a plain timm model: `model.safetensors` loads into `timm.create_model({config.arch!r}, "
         f"num_classes={len(classes)})`; `config.json` holds the class order and preprocessing.",
         "",
         "## Classes",
@@ -124,15 +122,15 @@ def model_card(
         "",
         "## Evaluation",
         "",
-        *_figures(config.get("metrics") or {}, metrics or {}),
+        *_figures(config.metrics, metrics or {}),
         "",
         "## Preprocessing",
         "",
-        f"- input {prep.get('input_size')} pixels, resized with {prep.get('interpolation')} interpolation, "
-        f"crop `{prep.get('crop_mode', 'center')}` (crop share {prep.get('crop_pct')})",
-        f"- normalised with mean {prep.get('mean')} and std {prep.get('std')} on pixels in [0, 1]",
-        f"- calibration temperature {config.get('temperature', 1.0):.3g}"
-        + (f'; answers "unknown" by the {config["reject"]["score"]} rule' if config.get("reject") else ""),
+        f"- input {list(prep.input_size)} pixels, resized with {prep.interpolation} interpolation, "
+        f"crop `{prep.crop_mode}` (crop share {prep.crop_pct})",
+        f"- normalised with mean {list(prep.mean)} and std {list(prep.std)} on pixels in [0, 1]",
+        f"- calibration temperature {config.temperature:.3g}"
+        + (f'; answers "unknown" by the {config.reject.score} rule' if config.reject else ""),
         "",
         "## Training",
         "",
@@ -185,20 +183,19 @@ def _figures(headline: dict[str, dict[str, float]], metrics: dict[str, Any]) -> 
     ]
 
 
-def _training(config: dict[str, Any], summary: dict[str, Any] | None) -> list[str]:
+def _training(config: ModelConfig, summary: RunSummary | None) -> list[str]:
     """How the model was made, from the run's record when it travelled with the model."""
-    lines = [f"- {'fine-tuned network' if config.get('mode') == 'finetune' else 'linear head on frozen embeddings'}"]
-    if not summary:
+    lines = [f"- {'fine-tuned network' if config.mode == 'finetune' else 'linear head on frozen embeddings'}"]
+    if summary is None:
         return lines
-    if summary.get("backbone_choice"):
-        lines.append(f"- backbone: {summary['backbone_choice']}")
-    selection = summary.get("selection")
-    if isinstance(selection, dict) and selection.get("reason"):
-        lines.append(f"- kept: {selection['reason']}")
-    if summary.get("final_fit"):
-        lines.append(f"- the shipped model learnt from: {summary['final_fit']} images")
-    if summary.get("seconds"):
-        lines.append(f"- training took {float(summary['seconds']):.0f} s")
+    if summary.backbone_choice:
+        lines.append(f"- backbone: {summary.backbone_choice}")
+    if summary.selection is not None:
+        lines.append(f"- kept: {summary.selection.reason}")
+    if summary.final_fit:
+        lines.append(f"- the shipped model learnt from: {summary.final_fit} images")
+    if summary.seconds:
+        lines.append(f"- training took {summary.seconds:.0f} s")
     return lines
 
 
@@ -212,6 +209,14 @@ def _check_target(out: Path, *, overwrite: bool) -> None:
         raise TlearnError(f"{out}: already exists; choose another --local folder or pass --overwrite")
     if not (out / STAGED_MARKER).is_file():
         raise TlearnError(f"{out}: was not written by `tlearn push --local`, so --overwrite leaves it alone")
+
+
+def _read_summary(path: Path) -> RunSummary | None:
+    """The run's record, or None when it does not validate (the card then says less)."""
+    try:
+        return read_run_summary(path)
+    except (OSError, ValueError):
+        return None
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
