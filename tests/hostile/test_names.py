@@ -97,7 +97,7 @@ def test_the_compare_table_keeps_its_columns_whatever_the_run_is_called():
     table = markdown_table([summary, RunSummary("runs/plain\\", *list(vars(summary).values())[1:])])
     assert ESC not in table
     cells_per_row = {len(row.replace("\\\\", "").replace("\\|", "").split("|")) for row in table.splitlines()}
-    assert cells_per_row == {13}  # 11 columns between 12 borders, in every row
+    assert cells_per_row == {14}  # 12 columns between 13 borders, in every row
 
 
 # --- end to end: train, report and predict on hostile names --------------------------------------------------

@@ -104,25 +104,26 @@ def test_compare_multilabel_runs_by_map_and_subset_accuracy(multilabel_run, tmp_
     assert summary.mean_ap == test["mAP"] and summary.accuracy == test["subset_accuracy"] and summary.ece is None
     lines = markdown_table([summary, summary]).splitlines()
     headings, row = cells(lines[0]), cells(lines[2])
-    assert headings[6:10] == ["images", "mAP", "subset accuracy", "macro F1"] and "ECE" not in headings
+    assert headings[7:11] == ["images", "mAP", "subset accuracy", "macro F1"] and "ECE" not in headings
     assert row[2] == "linear + multi-label"
-    assert row[6:10] == [
+    low, high = test["subset_accuracy_interval"]
+    assert row[7:11] == [
         str(test["n"]),
         f"{test['mAP']:.3f}",
-        f"{100 * test['subset_accuracy']:.1f}%",
-        f"{test['macro_f1']:.3f}",
+        f"{100 * test['subset_accuracy']:.1f}% ({100 * low:.1f}–{100 * high:.1f})",
+        f"{test['macro_f1']:.3f}",  # multi-label macro F1 has no interval
     ]
     html = write_comparison([summary, summary], tmp_path / "table.html").read_text()
-    assert ">subset accuracy</th>" in html and html.count('class="n best"') == 6  # mAP, accuracy, F1 tie on 2 rows
+    assert ">subset accuracy</th>" in html and html.count('class="n best"') == 0  # a tie: no interval is above
 
 
 def test_compare_mixed_runs_shows_each_figure_where_it_applies(multilabel_run, reject_run):
     lines = markdown_table([summarize_run(multilabel_run.path), summarize_run(reject_run.path)]).splitlines()
-    assert cells(lines[0])[7:12] == ["mAP", "accuracy", "macro F1", "ECE", "answered"]
+    assert cells(lines[0])[8:13] == ["mAP", "accuracy", "macro F1", "ECE", "answered"]
     multilabel, single = (cells(line) for line in lines[2:])
     test = reject_run.metrics["test"]
-    assert multilabel[10:12] == ["–", "–"]  # no ECE, every image answered
-    assert single[7] == "–" and single[10:12] == [f"{test['ece']:.3f}", f"{100 * test['reject']['coverage']:.1f}%"]
+    assert multilabel[11:13] == ["–", "–"]  # no ECE, every image answered
+    assert single[8] == "–" and single[11:13] == [f"{test['ece']:.3f}", f"{100 * test['reject']['coverage']:.1f}%"]
 
 
 def test_display_and_compare_survive_missing_figures(multilabel_run, tmp_path):

@@ -66,9 +66,11 @@ def compare(
     ] = None,
 ) -> None:
     """Compare runs side by side: backbone, mode, epochs, time, accuracy, macro F1, ECE, model size."""
-    from tlearn.report.compare import markdown_table, summarize_run, write_comparison
+    from tlearn.report.compare import comparison_notes, markdown_table, summarize_run, write_comparison
 
     summaries = [summarize_run(run) for run in runs]
     print(markdown_table(summaries))
+    for note in comparison_notes(summaries):
+        print(f"note: {note}")
     if out is not None:
         print(f"written: {write_comparison(summaries, out)}")

@@ -6,6 +6,12 @@ Markdown (aligned, so it also reads well in a terminal) and can be written as Ma
 runs add their mAP, and their accuracy is the subset accuracy (headed so when every run is multi-label);
 runs with a reject rule add the share of images they answered; a figure a run lacks shows as "–".
 
+Figures are only comparable on the same images. Each row names the data it was judged on (the folder, the
+split, the image count: `data_key`) and its accuracy carries its 95% Wilson interval. A run is marked best (green
+in the HTML page, `best_cells`) only against runs judged on the same data, and only where its interval lies above
+every other's: a 4-image run beside a 153-image run, or two runs whose intervals overlap, get no mark.
+`comparison_notes` says so in words under the table.
+
 Run folders and backbone names are the user's text: control characters are shown escaped (they would rewrite
 the terminal) and `|` is escaped in Markdown (it would split a cell); the HTML page escapes through Jinja.
 """
@@ -28,6 +34,7 @@ COLUMNS = (  # every column a table may have, in order; `table_columns` keeps th
     "mode",
     "epochs",
     "train time",
+    "data",
     "split",
     "images",
     "mAP",
@@ -74,6 +81,14 @@ class RunSummary:
     task: str = "multiclass"  # the task's name (`tlearn.evaluation.tasks`)
     mean_ap: float | None = None  # multi-label runs: mean average precision
     coverage: float | None = None  # runs with a reject rule: the share of images answered
+    data: str = "?"  # the folder the figures were measured on (a training run's data, an evaluation's folder)
+    accuracy_interval: tuple[float, float] | None = None  # 95% Wilson
+    macro_f1_interval: tuple[float, float] | None = None  # 95% bootstrap
+
+    @property
+    def data_key(self) -> tuple[str, str, int | None]:
+        """What the figures were measured on: runs with the same key were judged on the same images."""
+        return self.data, self.split, self.images
 
     def cells(self) -> dict[str, str]:
         """The row as text by column (control characters shown escaped)."""
@@ -83,11 +98,12 @@ class RunSummary:
             printable(self.mode),
             _text(self.epochs, "{}"),
             _text(self.seconds, "{:.1f} s"),
+            printable(_short(self.data)),
             printable(self.split),
             _text(self.images, "{}"),
             _text(self.mean_ap, "{:.3f}"),
-            _text(None if self.accuracy is None else 100 * self.accuracy, "{:.1f}%"),
-            _text(self.macro_f1, "{:.3f}"),
+            _with_interval(self.accuracy, self.accuracy_interval, percent=True),
+            _with_interval(self.macro_f1, self.macro_f1_interval, percent=False),
             _text(self.ece, "{:.3f}"),
             _text(None if self.coverage is None else 100 * self.coverage, "{:.1f}%"),
             _text(None if self.model_bytes is None else self.model_bytes / 1e6, "{:.1f} MB"),
@@ -132,6 +148,9 @@ def summarize_run(folder: str | Path) -> RunSummary:
         task=task.name,
         mean_ap=metrics.get("mAP"),
         coverage=(metrics.get("reject") or {}).get("coverage"),
+        data=_measured_on(records),
+        accuracy_interval=_interval(metrics.get("accuracy_interval", metrics.get("subset_accuracy_interval"))),
+        macro_f1_interval=_interval(metrics.get("macro_f1_interval")),
     )
 
 
@@ -202,7 +221,8 @@ def write_comparison(summaries: Sequence[RunSummary], path: str | Path) -> Path:
                 headings=_headings(columns, summaries),
                 numeric=NUMERIC,
                 rows=[[summary.cells()[column] for column in columns] for summary in summaries],
-                best=_best_cells(summaries),
+                best=best_cells(summaries),
+                notes=comparison_notes(summaries),
             ),
         )
     else:
@@ -210,25 +230,40 @@ def write_comparison(summaries: Sequence[RunSummary], path: str | Path) -> Path:
     return path
 
 
-def _best_cells(summaries: Sequence[RunSummary]) -> set[tuple[int, str]]:
-    """(row, column) of the best mAP, accuracy, macro F1 and ECE as shown (3 decimals), highlighted in the HTML
-    table."""
+def best_cells(summaries: Sequence[RunSummary]) -> set[tuple[int, str]]:
+    """(row, column) of each accuracy and macro F1 that is best among the runs judged on the same data, and
+    whose 95% interval lies above every other such run's (figures without an interval are never marked)."""
     best: set[tuple[int, str]] = set()
-    for column, value, lower_is_better in (
-        ("mAP", "mean_ap", False),
-        ("accuracy", "accuracy", False),
-        ("macro F1", "macro_f1", False),
-        ("ECE", "ece", True),
+    for column, value, interval in (
+        ("accuracy", "accuracy", "accuracy_interval"),
+        ("macro F1", "macro_f1", "macro_f1_interval"),
     ):
-        scored = [
-            (round(getattr(summary, value), 3), row)
-            for row, summary in enumerate(summaries)
-            if getattr(summary, value) is not None
-        ]
-        if len(scored) > 1:
-            target = (min if lower_is_better else max)(score for score, _ in scored)
-            best |= {(row, column) for score, row in scored if score == target}
+        groups: dict[tuple[str, str, int | None], list[int]] = {}
+        for row, summary in enumerate(summaries):
+            if getattr(summary, value) is not None and getattr(summary, interval) is not None:
+                groups.setdefault(summary.data_key, []).append(row)
+        for rows in groups.values():
+            if len(rows) < 2:
+                continue
+            leader = max(rows, key=lambda row: getattr(summaries[row], value))
+            low = getattr(summaries[leader], interval)[0]
+            if all(low > getattr(summaries[row], interval)[1] for row in rows if row != leader):
+                best.add((leader, column))
     return best
+
+
+def comparison_notes(summaries: Sequence[RunSummary]) -> list[str]:
+    """What a reader must know to read the table: runs on different data, and where no run stands out."""
+    keys = {summary.data_key for summary in summaries}
+    notes = []
+    if len(keys) > 1:
+        notes.append(
+            f"these runs were judged on {len(keys)} different sets of images (the data, split and images columns): "
+            "compare figures only between runs on the same set"
+        )
+    if len(summaries) > 1 and not any(column == "accuracy" for _, column in best_cells(summaries)):
+        notes.append("no run's accuracy interval lies above the others' on the same images: none is marked best")
+    return notes
 
 
 def _training_run(records: RunRecords) -> RunRecords | None:
@@ -239,6 +274,36 @@ def _training_run(records: RunRecords) -> RunRecords | None:
     if run_folder is None or not RunFolder(run_folder).summary.is_file():
         return None
     return read_run(run_folder)
+
+
+def _measured_on(records: RunRecords) -> str:
+    """The folder a run's figures were measured on: an evaluation's data, a training run's data folder."""
+    if records.evaluation is not None:
+        return records.evaluation.data or "?"
+    return str(records.data_report.get("data") or "?")
+
+
+def _short(data: str) -> str:
+    """A data folder as the table shows it: its last two parts (`pools/train`), enough to tell sets apart."""
+    parts = Path(data).parts
+    return "/".join(parts[-2:]) if parts else data
+
+
+def _interval(values: object) -> tuple[float, float] | None:
+    if isinstance(values, list | tuple) and len(values) == 2 and all(isinstance(v, int | float) for v in values):
+        return float(values[0]), float(values[1])
+    return None
+
+
+def _with_interval(value: float | None, interval: tuple[float, float] | None, *, percent: bool) -> str:
+    """`87.5% (52.9–97.8)` or `0.873 (0.467–1.000)`: the figure with its 95% interval when it has one."""
+    if value is None:
+        return "–"
+    scale, pattern = (100.0, "{:.1f}") if percent else (1.0, "{:.3f}")
+    text = pattern.format(scale * value) + ("%" if percent else "")
+    if interval is None:
+        return text
+    return f"{text} ({pattern.format(scale * interval[0])}–{pattern.format(scale * interval[1])})"
 
 
 def _markdown_cell(text: str) -> str:
