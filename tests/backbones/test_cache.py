@@ -212,3 +212,42 @@ def test_a_killed_writer_leaves_a_sound_cache(tmp_path):
     assert json.loads(json.dumps(summarize(tmp_path).embeddings["shared"]["entries"])) == len(found) + 1
     assert not list(tmp_path.rglob("*-journal"))
     assert os.environ.get("TLEARN_CACHE_DIR") != str(tmp_path)
+
+
+@pytest.mark.parametrize("first_use", ["read", "write"])
+@pytest.mark.parametrize("spared", ["meta", "nothing"])
+def test_a_database_damaged_inside_is_moved_aside_and_rebuilt_not_used_damaged_forever(tmp_path, first_use, spared):
+    """Pages damaged behind an intact header: the database opens, and the damage shows when a query meets it
+    (the embeddings' pages: the first read or write; the `meta` table's too: the write check on opening). It is
+    moved aside once, with a message that says "damaged", and the next run caches again."""
+    cache = EmbeddingCache(tmp_path, "ns", {})
+    rng = np.random.default_rng(0)
+    for index in range(400):
+        cache.put(f"{index:064x}", rng.random(1280, dtype=np.float32))
+    cache.close()
+    with sqlite3.connect(cache.path) as connection:  # the pages of the small `meta` table stay whole
+        rows = connection.execute("SELECT rootpage FROM sqlite_master WHERE tbl_name = 'meta'")
+        meta = {page for (page,) in rows} if spared == "meta" else set()
+        (size,) = connection.execute("PRAGMA page_size").fetchone()
+    damaged = bytearray(cache.path.read_bytes())
+    for page in range(2, len(damaged) // size + 1):  # every page of the embeddings (page 1 holds the schema)
+        if page not in meta:
+            damaged[(page - 1) * size : (page - 1) * size + 64] = b"\xff" * 64
+    cache.path.write_bytes(bytes(damaged))
+
+    messages = []
+    cache = EmbeddingCache(tmp_path, "ns", {}, warn=warn_once(messages.append))
+    if first_use == "read":
+        assert cache.get(f"{5:064x}") is None
+    else:
+        cache.put(f"{5:064x}", np.ones(1280, dtype=np.float32))
+        cache.flush()
+    assert len(messages) == 1 and "was damaged" in messages[0] and "moved aside and started afresh" in messages[0]
+    assert len(list(cache.path.parent.glob("ns.sqlite.damaged-*"))) == 1
+    cache.put(H1, np.ones(1280, dtype=np.float32))
+    cache.close()
+
+    later = []
+    again = EmbeddingCache(tmp_path, "ns", {}, warn=warn_once(later.append))
+    np.testing.assert_array_equal(again.get(H1), np.ones(1280))  # the next run finds what this one cached
+    assert later == [] and again.writable

@@ -65,6 +65,7 @@ RACY_SECONDS = 2.0  # coarsest file-system timestamp granularity we expect (FAT)
 VECTOR_DTYPE = "<f4"
 _READ_CHUNK = 500  # keys per `IN (...)` query (SQLite allows 999 parameters on older builds)
 _SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
+_DAMAGED = (_SQLITE_CORRUPT, _SQLITE_NOTADB)
 
 Warn = Callable[[str], None]
 
@@ -151,6 +152,9 @@ class _Store:
         if self.state == "off":
             return []
         self.flush()
+        self._open()  # the flush may have found the database damaged and started afresh
+        if self.state == "off":
+            return []
         try:
             return self._connection.execute(sql, parameters).fetchall()
         except sqlite3.Error as error:
@@ -196,7 +200,7 @@ class _Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             connection = self._initialised(_connect(self.path, read_only=False))
         except sqlite3.DatabaseError as error:
-            if _error_code(error) in (_SQLITE_CORRUPT, _SQLITE_NOTADB) and self._move_aside():
+            if _error_code(error) in _DAMAGED and self._move_aside():
                 self._warn(f"cache database {self.path} was damaged: moved aside and started afresh")
                 self._open()
                 return
@@ -206,23 +210,38 @@ class _Store:
             self._open_read_only(error.strerror or str(error))
             return
         self._connection = connection
-        reason = self._write_refused(connection)
-        self.state = "rw" if reason is None else "ro"
-        if reason is not None:
-            self._warn(f"cache {self.path.parent} is not writable ({reason}): read-only, new results not cached")
+        refused = self._write_refused(connection)
+        if refused is not None and _error_code(refused) in _DAMAGED and self._start_afresh(refused):
+            return
+        self.state = "rw" if refused is None else "ro"
+        if refused is not None:
+            self._warn(f"cache {self.path.parent} is not writable ({refused}): read-only, new results not cached")
 
     @staticmethod
-    def _write_refused(connection: sqlite3.Connection) -> str | None:
-        """Why this connection cannot write (read-only file or mount), found by a write that is rolled back."""
+    def _write_refused(connection: sqlite3.Connection) -> sqlite3.Error | None:
+        """Why this connection cannot write (read-only file or mount, damage), found by a write rolled back."""
         try:
             connection.execute("BEGIN IMMEDIATE")
             connection.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('write-check', '')")
             return None
         except sqlite3.Error as error:
-            return str(error)
+            return error
         finally:
             with contextlib.suppress(sqlite3.Error):
                 connection.execute("ROLLBACK")
+
+    def _start_afresh(self, error: sqlite3.Error) -> bool:
+        """A database found damaged after it opened (a page, not the header): close it, move it aside and open
+        an empty one on next use. Without this, every later run met the same damage: it recomputed everything,
+        or called the cache "not writable" and never cached again. False when it cannot be moved."""
+        with contextlib.suppress(sqlite3.Error):
+            self._connection.close()
+        self._connection, self.state = None, None
+        if not self._move_aside():
+            return False
+        self._warn(f"cache database {self.path} was damaged ({error}): moved aside and started afresh")
+        self._queued, self._queued_rows = {}, 0
+        return True
 
     def _open_read_only(self, reason: str) -> None:
         try:
@@ -258,7 +277,9 @@ class _Store:
             self._connection.execute("ROLLBACK")
 
     def _fail(self, error: sqlite3.Error, *, reading: bool) -> None:
-        if reading and _error_code(error) in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        if _error_code(error) in _DAMAGED and self._start_afresh(error):
+            return
+        if _error_code(error) in _DAMAGED:
             self.state = "off"
             self._warn(f"cache database {self.path} is damaged ({error}): computing without it")
         elif reading:
