@@ -48,6 +48,10 @@ def test_linear_run_writes_the_contract(tiny_data, tmp_path):
         "lr",
         "seconds",
         "images_per_second",
+        "cpu_percent",
+        "rss_mb",
+        "gpu_percent",
+        "gpu_memory_mb",
     ]
     assert yaml.safe_load((out / "config.yaml").read_text())["mode"] == "auto"
     # Red squares against blue circles: the linear head makes no error out of fold, so auto keeps it.
@@ -168,6 +172,9 @@ def test_finetune_keeps_the_best_validated_epoch_not_the_last(tiny_data, tmp_pat
     best = max(rows, key=lambda row: (row["val_accuracy"], -row["val_loss"]))
     assert best is not rows[-1] and run.summary.finetune.best_epoch == best["epoch"]
     assert run.metrics["val"]["loss"] == pytest.approx(best["val_loss"], abs=1e-4)
+    # each epoch says how busy the machine was (a CPU run: no GPU figures)
+    assert all(row["cpu_percent"] > 0 and row["rss_mb"] > 50 for row in rows[1:])
+    assert all(row["gpu_percent"] is None for row in rows[1:])
     classifier = tlearn.load(run.model_path)
     assert classifier.config.mode == "finetune" and classifier.classes == ["blue", "red"]
 

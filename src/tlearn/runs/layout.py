@@ -165,6 +165,10 @@ HISTORY_COLUMNS = [
     "lr",
     "seconds",
     "images_per_second",
+    "cpu_percent",
+    "rss_mb",
+    "gpu_percent",
+    "gpu_memory_mb",
 ]
 
 
@@ -182,6 +186,11 @@ class HistoryRow:
     train_accuracy: float | None = None
     lr: float | None = None
     images_per_second: float | None = None
+    # the hardware over the epoch (`tlearn.util.hardware`): mean CPU use (100 per core), peak memory, the GPU's
+    cpu_percent: float | None = None
+    rss_mb: float | None = None
+    gpu_percent: float | None = None
+    gpu_memory_mb: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The row in `HISTORY_COLUMNS` order, times rounded for a readable file."""
@@ -189,6 +198,9 @@ class HistoryRow:
         values["seconds"] = round(self.seconds, 3)
         if self.images_per_second is not None:
             values["images_per_second"] = round(self.images_per_second, 2)
+        for name in ("cpu_percent", "rss_mb", "gpu_percent", "gpu_memory_mb"):
+            if values[name] is not None:
+                values[name] = round(values[name], 1)
         return {column: values[column] for column in HISTORY_COLUMNS}
 
 

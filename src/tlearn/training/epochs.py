@@ -2,8 +2,9 @@
 
 Each epoch unfreezes the layer groups the plan trains in it (re-wrapping DDP when that set changes), trains one
 pass over the data, validates, re-plans once for the time budget after the first epoch, records the epoch
-(history row, tracker scalars, console line), keeps the best weights or counts an epoch without improvement,
-and checkpoints. Every decision that survives a restart lives in the checkpointed `TrainingState`.
+(history row, tracker scalars, console line, with how busy the hardware was: `tlearn.util.hardware`), keeps
+the best weights or counts an epoch without improvement, and checkpoints. Every decision that survives a restart
+lives in the checkpointed `TrainingState`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -24,6 +25,7 @@ from tlearn.training.context import TrainingContext
 from tlearn.training.distributed import DistributedContext
 from tlearn.training.plan import FinetunePlan, fit_to_budget
 from tlearn.training.setup import FinetuneSetup, reseed_epoch, set_trainable, wrap_for_training
+from tlearn.util.hardware import HardwareMonitor, HardwareWindow
 from tlearn.util.progress import Progress
 
 Scores = tuple[float, float]  # (loss, validation score) on the validation images
@@ -48,6 +50,8 @@ class EpochResult:
     seconds: float  # training and validation
     lr: float  # the top group's learning rate after the epoch's last step
     val: Scores | None  # None without validation images
+    hardware: HardwareWindow = field(default_factory=HardwareWindow)  # how busy this process's hardware was
+    loader_wait_share: float | None = None  # of the training time spent waiting for the next batch (this rank)
 
     @property
     def images_per_second(self) -> float:
@@ -67,6 +71,10 @@ class EpochResult:
             train_accuracy=self.totals.correct / images,
             lr=self.lr,
             images_per_second=self.images_per_second,
+            cpu_percent=self.hardware.cpu_percent,
+            rss_mb=self.hardware.rss_mb,
+            gpu_percent=self.hardware.gpu_percent,
+            gpu_memory_mb=self.hardware.gpu_memory_mb,
         )
 
 
@@ -82,35 +90,48 @@ def run_epochs(
     updating `state` and `best` in place and checkpointing after every epoch."""
     dist, progress = context.dist, context.progress
     trainable = _Trainable(setup, plan, dist)
-    while state.epoch < state.planned_epochs and not best.exhausted(state):
-        epoch = state.epoch + 1
-        trainer = trainable.for_epoch(epoch)
-        started = time.perf_counter()
-        reseed_epoch(setup.loader, plan.seed, epoch)
-        totals = _summed(train_one_epoch(trainer, setup, plan, progress, epoch), dist)
-        train_seconds = time.perf_counter() - started
-        val = validate(setup, dist)
-        lr = setup.optimizer.param_groups[-1]["lr"]
-        result = EpochResult(epoch, trainable.stage, totals, train_seconds, time.perf_counter() - started, lr, val)
-        replanned = fit_to_budget(plan, state, setup.schedule, epoch=epoch, epoch_seconds=result.seconds)
-        if replanned:
-            progress.info(replanned)
-        record(result, state, context)
-        best.update(state, result, setup.model)
-        if best.exhausted(state):
-            progress.info(f"early stop: no validation improvement for {best.patience} epochs")
-        save_progress(checkpoint_dir, setup, best.weights, state, dist)
+    gpu_index = (plan.device.index or 0) if plan.device.type == "cuda" else None
+    with HardwareMonitor(gpu_index=gpu_index) as monitor:
+        hinted: set[str] = set()
+        while state.epoch < state.planned_epochs and not best.exhausted(state):
+            epoch = state.epoch + 1
+            trainer = trainable.for_epoch(epoch)
+            started = time.perf_counter()
+            reseed_epoch(setup.loader, plan.seed, epoch)
+            totals, waited = train_one_epoch(trainer, setup, plan, progress, epoch)
+            totals = _summed(totals, dist)
+            train_seconds = time.perf_counter() - started
+            val = validate(setup, dist)
+            lr = setup.optimizer.param_groups[-1]["lr"]
+            hardware, seconds = monitor.take(), time.perf_counter() - started
+            waiting = waited / train_seconds if train_seconds else None
+            result = EpochResult(epoch, trainable.stage, totals, train_seconds, seconds, lr, val, hardware, waiting)
+            replanned = fit_to_budget(plan, state, setup.schedule, epoch=epoch, epoch_seconds=result.seconds)
+            if replanned:
+                progress.info(replanned)
+            record(result, state, context)
+            for hint in monitor.hints(hardware, loader_wait_share=waiting, workers=plan.workers):
+                if hint.split(":")[0] not in hinted:  # each kind of hint once per run
+                    hinted.add(hint.split(":")[0])
+                    progress.info(hint)
+            best.update(state, result, setup.model)
+            if best.exhausted(state):
+                progress.info(f"early stop: no validation improvement for {best.patience} epochs")
+            save_progress(checkpoint_dir, setup, best.weights, state, dist)
 
 
 def train_one_epoch(
     trainer: nn.Module, setup: FinetuneSetup, plan: FinetunePlan, progress: Progress, epoch: int
-) -> TrainTotals:
-    """One pass over this rank's training data, stepping the optimizer and learning rate per batch."""
-    total_loss, correct, seen = 0.0, 0, 0
+) -> tuple[TrainTotals, float]:
+    """One pass over this rank's training data, stepping the optimizer and learning rate per batch; returns the
+    totals and the seconds spent waiting for batches (the loader's share of the epoch)."""
+    total_loss, correct, seen, waited = 0.0, 0, 0, 0.0
     device, precision = plan.device, plan.precision
     mean, std = setup.evaluator.normalisation
     with progress.bar(total=len(setup.loader.sampler), desc=f"epoch {epoch}") as bar:
+        asked = time.perf_counter()
         for pixels, labels in setup.loader:  # (B, 3, H, W) uint8
+            waited += time.perf_counter() - asked
             images = pixels.to(device, non_blocking=True).float().div_(255.0).sub_(mean).div_(std)
             images = images.contiguous(memory_format=torch.channels_last)
             labels = labels.to(device, non_blocking=True)
@@ -126,7 +147,8 @@ def train_one_epoch(
             correct += setup.task.torch_right(logits.detach(), labels)
             seen += len(labels)
             bar.update(len(labels))
-    return TrainTotals(total_loss, correct, seen)
+            asked = time.perf_counter()  # `float(loss)` above waited for the device: the rest is the loader's
+    return TrainTotals(total_loss, correct, seen), waited
 
 
 def validate(setup: FinetuneSetup, dist: DistributedContext | None) -> Scores | None:
@@ -168,13 +190,15 @@ def record(result: EpochResult, state: TrainingState, context: TrainingContext) 
             **validated,
             "lr": row.lr,
             "train/images_per_second": result.images_per_second,
+            **result.hardware.scalars(),
         },
         step=result.epoch,
     )
     shown = f" | val loss {row.val_loss:.3f} acc {row.val_accuracy:.3f}" if result.val is not None else ""
+    hardware = f" | {result.hardware.line()}" if result.hardware.line() else ""
     context.progress.info(
         f"epoch {result.epoch}/{state.planned_epochs}: train loss {row.train_loss:.3f} acc "
-        f"{row.train_accuracy:.3f}{shown} | {result.images_per_second:.1f} img/s"
+        f"{row.train_accuracy:.3f}{shown} | {result.images_per_second:.1f} img/s{hardware}"
     )
 
 
