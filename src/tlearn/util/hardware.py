@@ -8,9 +8,9 @@ CPU seconds spent over the wall seconds passed (exact, however short the epoch),
 and power, peak memory. `hints()` says in one line when the accelerator idled while the loader worked
 ("loader-bound") and when memory came near its limit.
 
-Sampling is cheap: one psutil walk of a handful of processes and (on a GPU) three NVML calls per second, well
-under 1 ms each, so the overhead on an epoch of tens of seconds is far below 1% (`benchmarks/bench_monitor.py`
-measures it). A machine where psutil or NVML cannot read something gives None for that figure, never an error.
+Sampling is cheap: one psutil walk of a handful of processes and (on a GPU) three NVML calls per second:
+`python benchmarks/bench_monitor.py` (this process and 2 workers) measured 1.05 ms per sample (p99 1.3 ms), 0.1%
+of the 1 s interval, and 2.1 ms per epoch-end reading. A machine where psutil or NVML cannot read something gives None for that figure, never an error.
 """
 
 from __future__ import annotations
