@@ -95,7 +95,10 @@ def test_report_renders_in_headless_chromium(calibrated_run, browser, tmp_path):
 
 def test_figures_are_png_files_of_sensible_size(calibrated_run):
     written = {path.stem: path for path in (calibrated_run.path / "figures").glob("*.png")}
-    assert set(written) == FIGURES
+    assert len(calibrated_run.history_rows) > 1  # it fine-tuned: the epochs' hardware use is drawn too
+    assert set(written) == FIGURES | {"hardware"}
+    html = (calibrated_run.path / "report.html").read_text(encoding="utf-8")
+    assert 'alt="hardware use per epoch"' in html and "<code>cpu_percent</code>" in html
     for path in written.values():
         with Image.open(path) as figure:
             assert figure.format == "PNG" and 300 <= figure.width <= 3000 and 300 <= figure.height <= 3000

@@ -96,6 +96,45 @@ def training_curves(history: Sequence[dict[str, Any]], *, best_epoch: int | None
 
 
 @_literal_text
+def hardware_curves(history: Sequence[dict[str, Any]]) -> bytes:
+    """How busy the machine was per fine-tuning epoch: CPU use and memory, and the GPU's when there was one.
+
+    Args:
+        history: rows of `history.csv` with `cpu_percent`, `rss_mb`, `gpu_percent`, `gpu_memory_mb` (None or
+            missing where not measured).
+
+    Example:
+        >>> png = hardware_curves([{"epoch": 1, "cpu_percent": 180.0, "rss_mb": 2000.0}])
+        >>> png[:4] == b"\\x89PNG"
+        True
+    """
+    measured = [row for row in history if row.get("cpu_percent") is not None or row.get("rss_mb") is not None]
+    epochs = np.array([row["epoch"] for row in measured], dtype=float)
+
+    def column(name: str) -> np.ndarray:
+        return np.array([np.nan if row.get(name) is None else row[name] for row in measured], dtype=float)
+
+    figure = Figure(figsize=(10, 3.2), dpi=DPI)
+    figure.subplots_adjust(**_TWO_PANEL_MARGINS)
+    busy_axes, memory_axes = figure.subplots(1, 2)
+    busy_axes.plot(epochs, column("cpu_percent"), "-", marker="o", markersize=4, color=TRAIN_COLOUR, label="CPU")
+    memory_axes.plot(epochs, column("rss_mb") / 1024, "-", marker="o", markersize=4, color=TRAIN_COLOUR, label="RAM")
+    if any(row.get("gpu_percent") is not None for row in measured):
+        busy_axes.plot(epochs, column("gpu_percent"), "-", marker="s", markersize=4, color=VAL_COLOUR, label="GPU")
+        memory_axes.plot(
+            epochs, column("gpu_memory_mb") / 1024, "-", marker="s", markersize=4, color=VAL_COLOUR, label="GPU"
+        )
+    busy_axes.set_title("utilisation (%; CPU: 100 per busy core)")
+    memory_axes.set_title("memory (GB; RAM: tlearn and its workers, peak)")
+    for axes in (busy_axes, memory_axes):
+        axes.set_xlabel("epoch")
+        axes.set_ylim(bottom=0)
+        axes.grid(alpha=0.3)
+        axes.legend(loc="best", fontsize=8)
+    return _png(figure)
+
+
+@_literal_text
 def head_search_curves(candidates: Sequence[dict[str, float]], chosen_c: float) -> bytes:
     """The linear head's "training curve": cross-validated loss and accuracy against the L2 strengths tried.
 

@@ -311,7 +311,10 @@ def _training_figure(records: RunRecords) -> dict[str, bytes]:
         return {}
     if len(records.history) > 1:
         best_epoch = summary.finetune.best_epoch if summary.finetune else None
-        return {"training_curves": figures.training_curves(records.history, best_epoch=best_epoch)}
+        drawn = {"training_curves": figures.training_curves(records.history, best_epoch=best_epoch)}
+        if any(row.get("cpu_percent") is not None for row in records.history):
+            drawn["hardware"] = figures.hardware_curves(records.history)
+        return drawn
     if summary.head is not None and summary.head.candidates:
         rows = [row.model_dump() for row in summary.head.candidates]
         return {"training_curves": figures.head_search_curves(rows, summary.head.c)}

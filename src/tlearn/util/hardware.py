@@ -10,7 +10,8 @@ and power, peak memory. `hints()` says in one line when the accelerator idled wh
 
 Sampling is cheap: one psutil walk of a handful of processes and (on a GPU) three NVML calls per second:
 `python benchmarks/bench_monitor.py` (this process and 2 workers) measured 1.05 ms per sample (p99 1.3 ms), 0.1%
-of the 1 s interval, and 2.1 ms per epoch-end reading. A machine where psutil or NVML cannot read something gives None for that figure, never an error.
+of the 1 s interval, and 2.1 ms per epoch-end reading. A machine where psutil or NVML cannot read something
+gives None for that figure, never an error.
 """
 
 from __future__ import annotations
