@@ -53,6 +53,8 @@ TESTS = {
     "deploy/guards.py": ["tests/hostile/test_service.py", "tests/deploy/test_serving.py"],
     "deploy/batching.py": ["tests/deploy/test_batching.py"],
     "engines/answers.py": ["tests/engines/test_answers.py"],
+    "util/hardware.py": ["tests/util/test_hardware.py"],
+    "report/compare.py": ["tests/report/test_compare.py"],
 }
 # Seconds of fixture setup a module's tests need besides their own run: mutmut times each test's call only, so
 # a mutant whose tests first train and export the session's model (the `exported_model` fixture: about 30 s on
