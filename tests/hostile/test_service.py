@@ -169,6 +169,42 @@ def test_any_decoding_failure_is_a_per_file_answer_and_the_next_request_is_serve
         assert still_serves(client)
 
 
+def lossless_webp(side: int) -> bytes:
+    """A one-colour lossless WebP: a few hundred bytes that declare side x side pixels."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (200, 30, 30)).save(buffer, format="WEBP", lossless=True)
+    return buffer.getvalue()
+
+
+def test_a_request_whose_images_declare_too_many_pixels_is_413_before_they_are_all_decoded(engine, monkeypatch):
+    """Tiny files, huge pictures: the request's budget is counted on the headers, so the images beyond it are
+    refused without being decoded, and a request within it is answered."""
+    real_decode, decoded = serving.EvalPreprocess.from_file, []
+
+    def decode(preprocess, content):
+        decoded.append(len(content))
+        return real_decode(preprocess, content)
+
+    monkeypatch.setattr(serving.EvalPreprocess, "from_file", decode)
+    picture = lossless_webp(1000)  # 1 MP in well under 1 KB
+    assert len(picture) < 1024
+    with serving_app(lambda: engine, ServeSettings(max_request_pixels=3_000_000)) as client:
+        answer = post(client, *((f"big{n}.webp", picture) for n in range(8)))
+        assert answer.status_code == 413, answer.text
+        assert "declare more than 3 MP in all (this one 1000x1000)" in answer.text
+        assert len(decoded) <= 3  # the budget's worth at most; the other 5 were refused on their headers
+        decoded.clear()
+        assert post(client, ("a.webp", picture), ("b.webp", picture)).status_code == 200
+        assert len(decoded) == 2
+        assert still_serves(client)
+
+
+def test_decoding_threads_do_not_grow_with_the_host(monkeypatch):
+    monkeypatch.setattr(serving, "_cores", lambda: 64)
+    assert serving._Service(ServeSettings()).decoder._max_workers == serving.MAX_DECODE_THREADS == 4
+    assert serving._Service(ServeSettings(decode_threads=8)).decoder._max_workers == 8  # unless asked
+
+
 def test_running_out_of_memory_anywhere_in_a_request_is_503_not_a_crash(engine, monkeypatch):
     async def no_memory(*args, **kwargs):
         raise MemoryError

@@ -197,6 +197,18 @@ def _bomb_reason(error: Image.DecompressionBombError, max_pixels: int) -> str:
     return f"too many pixels ({count} > limit {max_pixels:,}; possible decompression bomb)"
 
 
+def declared_size(content: bytes) -> tuple[int, int] | None:
+    """(width, height) as the file's header declares it, read without decoding a pixel; None when no allowed
+    decoder recognises the bytes (decoding them then says why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(content), formats=ALLOWED_FORMATS) as picture:
+                return picture.size
+    except Exception:  # any unreadable header: the decoder's own error is the one to report
+        return None
+
+
 def check_scan_count(source: BinaryIO, limit: int = MAX_JPEG_SCANS) -> None:
     """Refuse a progressive JPEG with more scans than `limit` before it is decoded (a scan bomb).
 

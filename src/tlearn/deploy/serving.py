@@ -19,7 +19,9 @@ Bad input and bad clients never take the service down, and memory stays bounded 
   (idle connections do not count, and `/healthz` always answers): beyond either, 503 with `Retry-After`
   (`tlearn.deploy.server` binds the guarded protocol);
 * at most `max_pending_requests` requests are decoded or wait for the model at once; beyond that 503 with
-  `Retry-After`; at most `decode_threads` images (one per core) are decoded at once;
+  `Retry-After`; at most `decode_threads` images (one per core, at most 4, whatever the host) are decoded at
+  once, and the images of one request may declare at most `max_request_pixels` in all (16 tiny lossless WebPs
+  of 6300x6300 pixels fit in a 3 KB body and took 20 s and 1.8 GB to decode): beyond, 413 before decoding;
 * an image over `max_image_pixels` (40 MP for uploads), or one whose resized copy would be (a 100000x1 PNG),
   is 413 before anything large is allocated; a file that is not a decodable image is 415; running out of
   memory while decoding is 503 with `Retry-After` — each naming the file and the reason;
@@ -39,6 +41,7 @@ import asyncio
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -52,7 +55,7 @@ from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from tlearn import __version__
-from tlearn.data.images import ImageDecodeError, ImageTooLargeError
+from tlearn.data.images import ImageDecodeError, ImageTooLargeError, declared_size
 from tlearn.data.preprocess import EvalPreprocess, Preprocessing
 from tlearn.deploy.batching import BatchError, MicroBatcher
 from tlearn.deploy.guards import BodyLimit, HostCheck, OriginCheck, RequestLimit
@@ -65,6 +68,7 @@ logger = logging.getLogger("tlearn.serve")
 
 # Uploads get a lower limit than training data (PIL's 89.5 MP): a 40 MP RGB picture is 120 MB decoded.
 DEFAULT_UPLOAD_PIXELS = 40_000_000
+MAX_DECODE_THREADS = 4
 
 
 def _cores() -> int:
@@ -82,7 +86,9 @@ class ServeSettings:
         max_batch_size: images per model call, all concurrent requests together; larger requests are split.
         batch_wait_ms: how long a request waits for others to share its model call.
         max_pending_requests: requests being decoded or waiting for the model; more get 503 + Retry-After.
-        decode_threads: images decoded at once (default: one per core).
+        decode_threads: images decoded at once (default: one per core, at most `MAX_DECODE_THREADS`: each can
+            hold a 40 MP picture, so a bigger host must not multiply the peak memory).
+        max_request_pixels: pixels all images of one request may declare in their headers; more get 413.
         retry_after_s: the Retry-After of a 503.
         limit_concurrency: requests served at once (`/healthz` always is); more get 503 + Retry-After.
         max_connections_per_client: open connections per client address; more get 503 + Retry-After.
@@ -107,6 +113,7 @@ class ServeSettings:
     batch_wait_ms: float = 5.0
     max_pending_requests: int = 32
     decode_threads: int | None = None
+    max_request_pixels: int = 100_000_000
     retry_after_s: int = 1
     limit_concurrency: int = 64
     max_connections_per_client: int = 64
@@ -130,7 +137,7 @@ class _Service:
         self.identity: dict[str, str] = {}
         self.failure: str | None = None
         self.pending = 0  # requests admitted to decoding or the model queue
-        threads = settings.decode_threads or _cores()
+        threads = settings.decode_threads or min(_cores(), MAX_DECODE_THREADS)
         self.decode_slots = asyncio.Semaphore(threads)
         self.decoder = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tlearn-decode")
         self._probing: asyncio.Task[str | None] | None = None
@@ -358,10 +365,13 @@ async def _decode_all(
     """
     loop = asyncio.get_running_loop()
     max_pixels = service.settings.max_image_pixels
+    budget = PixelBudget(service.settings.max_request_pixels)
 
     async def decode(name: str, stream: BinaryIO) -> np.ndarray | _Refusal:
         async with service.decode_slots:
-            return await loop.run_in_executor(service.decoder, decode_upload, name, stream, preprocessing, max_pixels)
+            return await loop.run_in_executor(
+                service.decoder, decode_upload, name, stream, preprocessing, max_pixels, budget
+            )
 
     results = await asyncio.gather(*(decode(name, stream) for name, stream in zip(names, streams, strict=True)))
     refused = [result for result in results if isinstance(result, _Refusal)]
@@ -377,7 +387,31 @@ async def _decode_all(
     return np.stack(results)
 
 
-def decode_upload(name: str, stream: BinaryIO, preprocessing: Preprocessing, max_pixels: int) -> np.ndarray | _Refusal:
+class PixelBudget:
+    """The pixels one request's images may declare in all; each image takes its share before it is decoded."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.taken = limit, 0
+        self._lock = threading.Lock()
+
+    def take(self, content: bytes) -> str | None:
+        """Why this image cannot be decoded within the request's budget, or None when it took its share."""
+        size = declared_size(content)
+        if size is None:
+            return None
+        with self._lock:
+            self.taken += size[0] * size[1]
+            if self.taken <= self.limit:
+                return None
+        return (
+            f"the request's images declare more than {self.limit / 1e6:g} MP in all "
+            f"(this one {size[0]}x{size[1]}); send fewer or smaller images per request"
+        )
+
+
+def decode_upload(
+    name: str, stream: BinaryIO, preprocessing: Preprocessing, max_pixels: int, budget: PixelBudget | None = None
+) -> np.ndarray | _Refusal:
     """One upload's preprocessed (H, W, 3) uint8 pixels, or why it is refused; runs in a decoding thread.
 
     The bytes are read here, inside the decoding slot, so only `decode_threads` uploads are in memory at once
@@ -386,6 +420,9 @@ def decode_upload(name: str, stream: BinaryIO, preprocessing: Preprocessing, max
     try:
         stream.seek(0)
         content = stream.read()
+        over = budget.take(content) if budget is not None else None
+        if over is not None:
+            return _Refusal(name, over, 413)
         # Decoded exactly as training and `tlearn predict` decode; the aspect ratio and the resized size are
         # checked before the resize allocates anything.
         return EvalPreprocess(preprocessing, max_pixels=max_pixels).from_file(content)
