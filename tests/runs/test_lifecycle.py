@@ -113,8 +113,12 @@ def test_evaluate_never_writes_into_a_training_run(tiny_data, tmp_path):
     assert snapshot(out) == before
     evaluation_dir = tmp_path / "eval"
     tlearn.evaluate(out, tiny_data, out=evaluation_dir, quiet=True)
-    tlearn.evaluate(out, tiny_data, out=evaluation_dir, quiet=True)  # an evaluation is redone in place
-    assert read_marker(evaluation_dir)["kind"] == "evaluate"
+    first = snapshot(evaluation_dir)
+    with pytest.raises(RunDirError, match="already holds a previous run; pass --overwrite"):
+        tlearn.evaluate(out, tiny_data, out=evaluation_dir, quiet=True)  # never replaced silently, as runs
+    assert snapshot(evaluation_dir) == first
+    tlearn.evaluate(out, tiny_data, out=evaluation_dir, quiet=True, overwrite=True)
+    assert read_marker(evaluation_dir)["kind"] == "evaluate" and read_marker(evaluation_dir)["complete"]
 
 
 def test_a_folder_of_someone_elses_files_is_refused(tmp_path):

@@ -185,6 +185,7 @@ def evaluate(
     data: str | Path,
     *,
     out: str | Path | None = None,
+    overwrite: bool = False,
     device: str = "auto",
     quiet: bool = False,
     **settings: Any,
@@ -198,6 +199,7 @@ def evaluate(
         model: a model directory or `.onnx` file, or a loaded `Model`.
         data: the labelled folder.
         out: where to write the evaluation's files and report.
+        overwrite: replace an earlier evaluation in `out` (refused without it, as for runs).
         device: for a model directory: auto, cpu, cuda or cuda:N.
         quiet: no progress bar or status lines.
         **settings: `tlearn.evaluation.folder.EvaluationSettings` fields: `split`, `tta` (flip test-time
@@ -213,7 +215,7 @@ def evaluate(
     from tlearn.report.page import write_report  # deferred: only evaluations that write a folder need it
 
     out = Path(out).expanduser()
-    with OutputFolder.open(out, kind="evaluate", data=Path(data)):
+    with OutputFolder.open(out, kind="evaluate", overwrite=overwrite, data=Path(data)):
         backend = _backend(model, device=device)
         evaluation = evaluate_folder(backend, data, options, progress=progress)
         write_evaluation(evaluation, out, backend)

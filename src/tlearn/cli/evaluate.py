@@ -19,6 +19,10 @@ def evaluate(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write metrics, predictions and report.html here.")
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Replace an earlier evaluation in --out (kept until this one completes)."),
+    ] = False,
     split: Annotated[
         str | None, typer.Option(help="all, train, val or test (default: test/val when pre-split, else all).")
     ] = None,
@@ -39,7 +43,15 @@ def evaluate(
 
     loaded = load(model, engine=engine.value if engine else None, device=device)
     evaluation = evaluate_model(
-        loaded, data, out=out, quiet=quiet, split=split, tta=tta, workers=workers, follow_links=follow_links
+        loaded,
+        data,
+        out=out,
+        overwrite=overwrite,
+        quiet=quiet,
+        split=split,
+        tta=tta,
+        workers=workers,
+        follow_links=follow_links,
     )
     values = evaluation.metrics[evaluation.split]
     print(f"{evaluation.split}: {headline(values)}")

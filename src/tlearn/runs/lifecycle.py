@@ -257,8 +257,7 @@ class OutputFolder:
                 "move them away or choose another --out"
             )
         previous = [name for name in foreign if name in ours]
-        replace = kind == "evaluate" or overwrite  # an evaluation folder is re-evaluated in place
-        if previous and not replace:
+        if previous and not overwrite:
             state = "an unfinished run (continue it with --resume)" if is_incomplete_run(root) else "a previous run"
             raise RunDirError(f"{root}: already holds {state}; pass --overwrite to replace it or choose another --out")
         if previous:
