@@ -55,12 +55,15 @@ class FakeNvml(types.ModuleType):
         return f"gpu{index}"
 
     def nvmlDeviceGetMemoryInfo(self, handle):
+        assert handle == "gpu0"
         return types.SimpleNamespace(total=40_000 * 2**20, used=self.used_mb * 2**20)
 
     def nvmlDeviceGetUtilizationRates(self, handle):
+        assert handle == "gpu0"
         return types.SimpleNamespace(gpu=self.utilisation)
 
     def nvmlDeviceGetPowerUsage(self, handle):
+        assert handle == "gpu0"
         return 212_000  # milliwatts
 
     def nvmlShutdown(self):
@@ -113,3 +116,63 @@ def test_a_figure_psutil_cannot_read_is_unknown(monkeypatch, missing):
     window = monitor.take()
     field = {"cpu_times": "cpu_percent", "memory_info": "rss_mb"}[missing]
     assert getattr(window, field) is None
+
+
+def test_the_console_line_and_the_tracker_scalars_say_exactly_what_was_measured():
+    window = HardwareWindow(
+        cpu_percent=187.4, rss_mb=2150.0, gpu_percent=93.2, gpu_memory_mb=11468.8, gpu_power_w=211.6
+    )
+    assert window.line() == "CPU 187% · RSS 2.1 GB · GPU 93% · 11.2 GB · 212 W"
+    assert window.scalars() == {
+        "hardware/cpu_percent": 187.4,
+        "hardware/rss_mb": 2150.0,
+        "hardware/gpu_percent": 93.2,
+        "hardware/gpu_memory_mb": 11468.8,
+        "hardware/gpu_power_w": 211.6,
+    }
+    assert HardwareWindow().line() == "" and HardwareWindow().scalars() == {}
+
+
+def test_hints_name_the_figures_and_fire_only_beyond_their_thresholds(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml(used_mb=1000))
+    monitor = HardwareMonitor(gpu_index=0)
+    monitor.stop()
+    monitor.memory_total_mb = 10 * 1024
+    at = HardwareWindow(rss_mb=9 * 1024, gpu_memory_mb=36_000)  # exactly 90%: not yet
+    assert monitor.hints(at, loader_wait_share=hardware.LOADER_BOUND_SHARE, workers=4) == []
+    over = HardwareWindow(rss_mb=9.5 * 1024, gpu_memory_mb=38_000)
+    assert monitor.hints(over, loader_wait_share=None, workers=4) == [
+        "memory near its limit: 9.5 of 10.0 GB; lower --batch-size or --workers",
+        "GPU memory near its limit: 37.1 of 39.1 GB; lower --batch-size",
+    ]
+    assert monitor.hints(HardwareWindow(), loader_wait_share=0.5, workers=4) == [
+        "loader-bound: the GPU waited for images 50% of the epoch; raise --workers (now 4)"
+    ]
+
+
+def spin(seconds: float) -> None:
+    busy(seconds)
+
+
+def test_the_decoding_workers_cpu_and_memory_count_with_tlearns(monkeypatch):
+    """A busy child (a decoding worker) while tlearn itself sleeps: its CPU counts; an idle child started after
+    it must not hide it; memory is the whole tree's."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with HardwareMonitor(interval=0.1) as monitor:
+        busy_child = context.Process(target=spin, args=(3.0,))
+        busy_child.start()
+        idle_child = context.Process(target=time.sleep, args=(5.0,))
+        idle_child.start()
+        time.sleep(1.0)  # both children are up (spawned interpreters start in well under a second)
+        monitor.take()
+        own = hardware.psutil.Process().memory_info().rss / 2**20
+        time.sleep(1.0)
+        window = monitor.take()
+        busy_child.kill()
+        idle_child.kill()
+        busy_child.join()
+        idle_child.join()
+    assert window.cpu_percent > 60  # the child's spinning core, though this process slept
+    assert window.rss_mb > own + 5  # the children's memory on top of this process's
