@@ -174,3 +174,18 @@ def test_a_failed_upload_is_one_line(exported_model, monkeypatch):
     with pytest.raises(TlearnError) as raised:
         push_model(exported_model.run, "me/shapes")
     assert str(raised.value) == "me/shapes: the upload to the Hub failed (403 Forbidden: you cannot write to me/shapes)"
+
+
+def test_a_linked_file_in_the_run_is_never_staged(exported_model, tmp_path):
+    """A link named metrics.json would upload whatever it points at (a key file, another project's records)."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(exported_model.run, run)
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"token": "hf_do_not_share"}')
+    (run / "metrics.json").unlink()
+    (run / "metrics.json").symlink_to(secret)
+    with pytest.raises(TlearnError, match=r"metrics\.json: a symbolic link"):
+        stage_model(run, tmp_path / "staged", repo_id="me/shapes")
+    assert not (tmp_path / "staged").exists()

@@ -49,6 +49,13 @@ def stage_model(run: str | Path, out: str | Path, *, repo_id: str, overwrite: bo
     run_dir = folder.parent if folder.name == MODEL_DIR else folder
     out = Path(out).expanduser()
     _check_target(out, overwrite=overwrite)
+    linked = [
+        path
+        for path in (*(folder / n for n in MODEL_FILES), *(run_dir / n for n in PROVENANCE_FILES))
+        if path.is_symlink()
+    ]
+    if linked:  # a link would upload whatever file it points at
+        raise TlearnError(f"{linked[0]}: a symbolic link; copy the file it points at into place to share it")
     records = {name: _read_json(run_dir / name) for name in PROVENANCE_FILES}
     summary = _read_summary(run_dir / SUMMARY_FILE) if records[SUMMARY_FILE] is not None else None
     with atomic.replace_directory(out) as staging:
