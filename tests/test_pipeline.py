@@ -129,7 +129,7 @@ def test_run_directory_is_never_shared_by_accident(tiny_data, tmp_path):
     out = tmp_path / "run"
     tlearn.train(tiny_data, out=out, quiet=True)
     (out / "my_notes.txt").write_text("keep me")
-    with pytest.raises(RunDirError, match="--overwrite"):
+    with pytest.raises(RunDirError, match="overwrite=True"):
         tlearn.train(tiny_data, out=out, quiet=True)
     tlearn.train(tiny_data, out=out, quiet=True, overwrite=True)
     assert (out / "my_notes.txt").read_text() == "keep me" and (out / "model" / "model.safetensors").exists()

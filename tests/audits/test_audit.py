@@ -118,7 +118,7 @@ def test_the_audit_folder_follows_the_run_folder_rules(planted, tmp_path, monkey
     tlearn.audit(data, out=out, **options)
     assert read_marker(out)["kind"] == "audit" and read_marker(out)["complete"]
     (out / "review.csv").write_text("edited by a person\n")
-    with pytest.raises(RunDirError, match="--overwrite"):
+    with pytest.raises(RunDirError, match="overwrite=True"):
         tlearn.audit(data, out=out, **options)  # an edited review is never lost silently
     assert (out / "review.csv").read_text() == "edited by a person\n"
     with pytest.raises(RunDirError, match="holds a data audit"):

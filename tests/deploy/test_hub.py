@@ -67,6 +67,8 @@ def test_push_local_replaces_only_a_folder_it_wrote(exported_model, tmp_path, ca
     code, _, stderr = run_cli(capsys, "push", exported_model.run, "me/shapes", "--local", foreign, "--overwrite")
     assert code == 2 and "not written by `tlearn push --local`" in stderr
     assert [path.name for path in foreign.iterdir()] == ["notes.txt"]
+    with pytest.raises(TlearnError, match=r"already exists; choose another local=\.\.\. or pass overwrite=True"):
+        tlearn.push(exported_model.run, "me/shapes", local=foreign)  # in Python, Python's words
 
     staged = tmp_path / "staged"
     assert run_cli(capsys, "push", exported_model.run, "me/first", "--local", staged)[0] == 0

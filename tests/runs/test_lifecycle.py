@@ -80,7 +80,7 @@ def test_overwrite_replaces_only_after_success_and_keeps_other_files(tiny_data, 
     out = tmp_path / "run"
     first = tlearn.train(tiny_data, out=out, quiet=True, seed=1, split=(0.6, 0.2, 0.2))
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(RunDirError, match="--overwrite"):
+    with pytest.raises(RunDirError, match="overwrite=True"):
         tlearn.train(tiny_data, out=out, quiet=True)
     second = tlearn.train(tiny_data, out=out, quiet=True, overwrite=True, split=(0.5, 0.5, 0.0))
     assert (out / "notes.txt").read_text() == "mine"
@@ -100,7 +100,7 @@ def test_an_unfinished_run_is_never_used_and_says_how_to_go_on(tiny_data, tmp_pa
         tlearn.load(out / "model")
     code, _, err = run_cli(capsys, "export", out, "--out", tmp_path / "model.onnx")
     assert code == 2 and "did not complete" in err and not (tmp_path / "model.onnx").exists()
-    with pytest.raises(RunDirError, match="--resume"):
+    with pytest.raises(RunDirError, match="resume=True"):
         tlearn.train(tiny_data, out=out, quiet=True)
 
 
@@ -114,7 +114,7 @@ def test_evaluate_never_writes_into_a_training_run(tiny_data, tmp_path):
     evaluation_dir = tmp_path / "eval"
     tlearn.evaluate(out, tiny_data, out=evaluation_dir, quiet=True)
     first = snapshot(evaluation_dir)
-    with pytest.raises(RunDirError, match="already holds a previous run; pass --overwrite"):
+    with pytest.raises(RunDirError, match=r"already holds a previous run; pass overwrite=True to replace it or"):
         tlearn.evaluate(out, tiny_data, out=evaluation_dir, quiet=True)  # never replaced silently, as runs
     assert snapshot(evaluation_dir) == first
     tlearn.evaluate(out, tiny_data, out=evaluation_dir, quiet=True, overwrite=True)
@@ -131,3 +131,14 @@ def test_a_folder_of_someone_elses_files_is_refused(tmp_path):
     ):
         pass
     assert (folder / "holiday.jpg").read_bytes() == b"not ours" and not (folder / MARKER_FILE).exists()
+
+
+def test_refusals_name_options_in_the_words_of_the_interface_used(tiny_data, tmp_path, capsys):
+    """The same refusal says `overwrite=True` to a Python caller and `--overwrite` on the command line."""
+    out = tmp_path / "run"
+    tlearn.train(tiny_data, out=out, quiet=True)
+    with pytest.raises(RunDirError) as raised:
+        tlearn.train(tiny_data, out=out, quiet=True)
+    assert str(raised.value).endswith("pass overwrite=True to replace it or choose another out=...")
+    code, _, err = run_cli(capsys, "train", tiny_data, "--out", out, "-q")
+    assert code == 2 and err.strip().endswith("pass --overwrite to replace it or choose another --out")

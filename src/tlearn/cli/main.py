@@ -13,6 +13,7 @@ from tlearn.cli import audit, deploy, evaluate, hub, predict, tools, train  # no
 from tlearn.cli.app import app
 from tlearn.errors import TlearnError
 from tlearn.util.text import printable
+from tlearn.util.wording import cli_spoken
 
 # `tlearn --help` lists the commands in the order a user meets them (Typer lists them as registered).
 COMMAND_ORDER = (
@@ -51,7 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     # three-line box, and errors are one line here.
     app.rich_markup_mode = "rich" if not args or "--help" in args else None
     try:
-        typer.main.get_command(app).main(args=args, prog_name="tlearn", standalone_mode=True)
+        with cli_spoken():  # refusals name options as the command line spells them
+            typer.main.get_command(app).main(args=args, prog_name="tlearn", standalone_mode=True)
     except SystemExit:
         # The work is done and written; skip the interpreter's final garbage collection of the torch/timm
         # object graph, which otherwise adds about a second to every command's exit.

@@ -26,6 +26,7 @@ from tlearn.runs.layout import METRICS_FILE, SUMMARY_FILE
 from tlearn.runs.model_dir import MODEL_DIR, ModelConfig, model_folder, read_config
 from tlearn.runs.summary import RunSummary, read_run_summary
 from tlearn.util import atomic
+from tlearn.util.wording import option
 
 STAGED_MARKER = ".tlearn-push.json"  # in a folder `push --local` wrote: what --overwrite may replace
 SPLIT_NAMES = {"val": "validation split", "test": "test split", "cv": "train + val, out of fold"}
@@ -209,13 +210,15 @@ def _training(config: ModelConfig, summary: RunSummary | None) -> list[str]:
 def _check_target(out: Path, *, overwrite: bool) -> None:
     """Refuse to replace a folder that holds anything unless --overwrite and it is one `stage_model` wrote."""
     if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise TlearnError(f"{out}: exists and is not a folder; choose another --local folder")
+        raise TlearnError(f"{out}: exists and is not a folder; choose another {option('local', '...')}")
     if not out.exists() or not any(out.iterdir()):
         return
     if not overwrite:
-        raise TlearnError(f"{out}: already exists; choose another --local folder or pass --overwrite")
+        raise TlearnError(
+            f"{out}: already exists; choose another {option('local', '...')} or pass {option('overwrite')}"
+        )
     if not (out / STAGED_MARKER).is_file():
-        raise TlearnError(f"{out}: was not written by `tlearn push --local`, so --overwrite leaves it alone")
+        raise TlearnError(f"{out}: was not written by `tlearn push --local`, so {option('overwrite')} leaves it alone")
 
 
 def _read_summary(path: Path) -> RunSummary | None:

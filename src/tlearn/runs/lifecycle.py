@@ -45,6 +45,7 @@ from tlearn.runs.layout import (
     SELECT_OUTPUTS,
 )
 from tlearn.util import atomic
+from tlearn.util.wording import option
 
 try:
     import fcntl
@@ -197,7 +198,8 @@ class OutputFolder:
         lock = _FolderLock.try_acquire(root)
         if lock is None:
             raise RunDirError(
-                f"{root}: another tlearn command is writing there right now; let it finish or choose another --out"
+                f"{root}: another tlearn command is writing there right now; let it finish or choose another "
+                f"{option('out', '...')}"
             )
         try:
             try:
@@ -230,7 +232,7 @@ class OutputFolder:
         if marker is None and os.path.lexists(root / MARKER_FILE):
             raise RunDirError(
                 f"{root / MARKER_FILE}: not a tlearn marker (unreadable, or written by another program); "
-                "choose an empty or new --out"
+                f"choose an empty or new {option('out', '...')}"
             )
         outputs = OUTPUTS[kind]
         entries = sorted(path.name for path in root.iterdir())
@@ -244,7 +246,8 @@ class OutputFolder:
         if foreign and marker is None:
             raise RunDirError(
                 f"{root}: holds files that tlearn did not write ({', '.join(foreign[:3])}"
-                f"{', ...' if len(foreign) > 3 else ''}) and no {MARKER_FILE}; choose an empty or new --out"
+                f"{', ...' if len(foreign) > 3 else ''}) and no {MARKER_FILE}; choose an empty or new "
+                f"{option('out', '...')}"
             )
         if marker is not None and marker.get("kind") != kind:
             what = _HOLDS.get(marker.get("kind"), "another kind of tlearn output")
@@ -254,12 +257,16 @@ class OutputFolder:
         if colliding:
             raise RunDirError(
                 f"{root}: {', '.join(colliding[:3])} were not written by tlearn but this run would write them; "
-                "move them away or choose another --out"
+                f"move them away or choose another {option('out', '...')}"
             )
         previous = [name for name in foreign if name in ours]
         if previous and not overwrite:
-            state = "an unfinished run (continue it with --resume)" if is_incomplete_run(root) else "a previous run"
-            raise RunDirError(f"{root}: already holds {state}; pass --overwrite to replace it or choose another --out")
+            unfinished = f"an unfinished run (continue it with {option('resume')})"
+            state = unfinished if is_incomplete_run(root) else "a previous run"
+            raise RunDirError(
+                f"{root}: already holds {state}; pass {option('overwrite')} to replace it or choose another "
+                f"{option('out', '...')}"
+            )
         if previous:
             # The copy of the marker goes first: it is what makes the folder recognisably ours to whoever
             # finds it after a crash (`_settle`), and it says what to put back.
