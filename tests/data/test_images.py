@@ -141,3 +141,57 @@ def test_float_images_with_non_finite_values():
     values = np.array([[np.nan, -np.inf, 0.0], [0.5, 1.0, np.inf]], dtype=np.float32)
     grey = np.asarray(to_rgb(Image.fromarray(values, mode="F")))[..., 0]
     assert grey.tolist() == [[0, 0, 0], [127, 255, 255]]
+
+
+def _grey(picture) -> list[int]:
+    """The first row of an RGB picture as grey levels (R == G == B is checked)."""
+    import numpy as np
+
+    pixels = np.asarray(picture)
+    assert (
+        picture.mode == "RGB" and (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
+    )
+    return pixels[0, :, 0].tolist()
+
+
+@pytest.mark.parametrize(
+    "mode, values, expected",
+    [
+        ("I;16", [0, 32768, 65535], [0, 128, 255]),  # 16 bits: the top byte
+        ("I", [0, 100, 200], [0, 100, 200]),  # 32-bit integers that fit 8 bits: as they are
+        ("I", [0, 255], [0, 255]),  # ...up to 255 exactly
+        ("I", [0, 256], [0, 1]),  # one more and it is a 16-bit picture
+        ("I", [-5, 100], [0, 100]),  # negative values are black, not wrapped around
+        ("I", [0, 512, 65535], [0, 2, 255]),  # ...that fit 16 bits: the top byte of 16
+        ("I", [0, 70_000, 140_000], [0, 127, 255]),  # beyond 16 bits: scaled to the peak
+        ("F", [-1.0, 0.0, 1.0], [0, 127, 255]),  # floats: their finite range stretched to 0-255
+        ("F", [-1.0, float("nan"), float("inf"), 1.0], [0, 0, 255, 255]),  # NaN as the low end, +inf as the high
+    ],
+)
+def test_high_bit_depth_pictures_are_scaled_to_8_bits_not_clipped(mode, values, expected):
+    import numpy as np
+
+    from tlearn.data.images import to_rgb
+
+    dtype = {"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]
+    picture = Image.fromarray(np.array([values], dtype=dtype), mode=mode if mode != "I;16" else None)
+    assert picture.mode == mode
+    assert _grey(to_rgb(picture)) == expected
+
+
+def test_high_bit_depth_pictures_are_scaled_the_same_band_by_band(monkeypatch):
+    """Large pictures are converted a band of rows at a time: the result must not depend on the band size."""
+    import numpy as np
+
+    from tlearn.data import images
+    from tlearn.data.images import to_rgb
+
+    values = np.arange(7 * 5, dtype=np.float32).reshape(7, 5) * 3.5 - 20
+    values[3, 2] = np.nan
+    whole = np.asarray(to_rgb(Image.fromarray(values, mode="F")))
+    monkeypatch.setattr(images, "_ROWS_BUDGET", 10)  # two rows per band, the last band shorter
+    banded = np.asarray(to_rgb(Image.fromarray(values, mode="F")))
+    assert (banded == whole).all() and whole.min() == 0 and whole.max() >= 254  # float rounding may truncate 255
+    ints = np.arange(7 * 5, dtype=np.int32).reshape(7, 5) * 4000  # peak 136,000: the scaled branch
+    expected = (ints.astype(np.float32) * np.float32(255.0 / ints.max())).astype(np.uint8)
+    assert (np.asarray(to_rgb(Image.fromarray(ints, mode="I")))[..., 0] == expected).all()
