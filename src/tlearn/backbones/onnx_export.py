@@ -28,6 +28,7 @@ from tlearn.backbones.onnx_models import (
     relative_difference,
 )
 from tlearn.backbones.timm_models import Backbone
+from tlearn.util.text import first_line
 
 OPSET = 18
 
@@ -74,7 +75,7 @@ def export_embedding_graph(backbone: Backbone) -> tuple[bytes, str]:
         proto = export_dynamic_batch(graph, (height, width), opset=OPSET, names=(INPUT_NAME, OUTPUT_NAME))
         return proto.SerializeToString(), "torch.export"
     except Exception as error:  # the exporter raises many types; the fallback below gets its chance
-        dynamo_failure = f"{type(error).__name__}: {_first_line(error)}"
+        dynamo_failure = f"{type(error).__name__}: {first_line(error)}"
     buffer = io.BytesIO()
     try:
         with warnings.catch_warnings():
@@ -91,7 +92,7 @@ def export_embedding_graph(backbone: Backbone) -> tuple[bytes, str]:
             )
     except Exception as error:
         raise RuntimeError(
-            f"torch.export: {dynamo_failure}; torchscript: {type(error).__name__}: {_first_line(error)}"
+            f"torch.export: {dynamo_failure}; torchscript: {type(error).__name__}: {first_line(error)}"
         ) from None
     return buffer.getvalue(), "torchscript"
 
@@ -119,8 +120,3 @@ def check_against_torch(
         "torch": torch.__version__,
     }
     return difference <= MAX_RELATIVE_DIFFERENCE, figures
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -21,11 +21,12 @@ from typing import Any
 from tlearn import __version__
 from tlearn.errors import TlearnError
 from tlearn.evaluation.intervals import wilson_interval
-from tlearn.runs.hub_models import CARD_FILE, MODEL_FILES, PROVENANCE_FILES, HubReference, first_line
+from tlearn.runs.hub_models import CARD_FILE, MODEL_FILES, PROVENANCE_FILES, HubReference
 from tlearn.runs.layout import METRICS_FILE, SUMMARY_FILE
 from tlearn.runs.model_dir import MODEL_DIR, ModelConfig, model_folder, read_config
 from tlearn.runs.summary import RunSummary, read_run_summary
 from tlearn.util import atomic
+from tlearn.util.text import first_line
 from tlearn.util.wording import option
 
 STAGED_MARKER = ".tlearn-push.json"  # in a folder `push --local` wrote: what --overwrite may replace

@@ -16,6 +16,7 @@ from pathlib import Path
 from tlearn.errors import ModelFileError
 from tlearn.runs.layout import METRICS_FILE, SUMMARY_FILE
 from tlearn.runs.model_dir import CONFIG_FILE, REFERENCES_FILE, WEIGHTS_FILE
+from tlearn.util.text import first_line
 
 HUB_PREFIX = "hf-hub:"
 CARD_FILE = "README.md"
@@ -74,9 +75,3 @@ def local_model(path: str | Path) -> Path:
     except Exception as error:  # network, authentication, missing repository or revision: all end the command
         raise ModelFileError(f"{path}: cannot download the model from the Hub ({first_line(error)})") from None
     return Path(folder)
-
-
-def first_line(error: BaseException) -> str:
-    """An exception's message cut to its first line (huggingface_hub's run to many), or its type's name."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

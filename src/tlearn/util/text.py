@@ -39,3 +39,15 @@ def _escape(character: str) -> str:
             return f"\\x{code - 0xDC00:02x}"
         return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
     return character
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message cut to its first line (exporters and huggingface_hub write many), or its type's
+    name when it has no message.
+
+    Example:
+        >>> first_line(RuntimeError("no network\\nretry 1 of 5")), first_line(KeyError())
+        ('no network', 'KeyError')
+    """
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

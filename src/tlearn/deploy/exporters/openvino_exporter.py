@@ -32,6 +32,7 @@ from tlearn.engines.answers import needs_embeddings, reject_scores
 from tlearn.engines.torch_engine import Classifier
 from tlearn.errors import ExportError
 from tlearn.util.progress import Progress
+from tlearn.util.text import first_line
 
 if TYPE_CHECKING:
     from torch import nn
@@ -59,7 +60,7 @@ class OpenVinoExporter(Exporter):
                 model = openvino.convert_model(onnx_path)
             except Exception as error:  # the converter raises its own untyped errors
                 raise ExportError(
-                    f"OpenVINO cannot convert this model ({_first_line(error)}); try --format onnx"
+                    f"OpenVINO cannot convert this model ({first_line(error)}); try --format onnx"
                 ) from None
             _describe(model, classifier, self.export_info("fp32"))
             openvino.save_model(model, xml_path, compress_to_fp16=False)
@@ -104,8 +105,3 @@ def _scored_probabilities(compiled: Any, classifier: Classifier, pixels: np.ndar
         return probabilities, None
     embeddings = np.asarray(results[compiled.output(1)]) if needs_embeddings(classifier.config) else None
     return probabilities, reject_scores(rule, probabilities, embeddings, classifier.references)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
