@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from contextlib import closing
 
 import numpy as np
@@ -87,6 +90,33 @@ def test_second_run_and_grown_folder_use_the_cache(tmp_path, monkeypatch):
     make_class_folder(data, {"red": 3, "blue": 2}, start=100)
     grown = tlearn.train(data, out=tmp_path / "three", quiet=True)
     assert (grown.summary.embedding.cache_hits, grown.summary.embedding.computed) == (24, 5)
+
+
+def test_a_warm_run_reads_its_results_back_without_importing_scikit_learn_or_matplotlib(tmp_path):
+    data = make_class_folder(tmp_path / "data", {"red": 12, "blue": 12})
+    code = (
+        "import json, sys, tlearn\n"
+        "run = tlearn.train(sys.argv[1], out=sys.argv[2], quiet=True)\n"
+        "print(json.dumps({name: name in sys.modules for name in ('sklearn', 'matplotlib', 'scipy.stats')}))\n"
+    )
+    environment = {**os.environ, "TLEARN_CACHE_DIR": str(tmp_path / "cache")}
+
+    def train(out: str) -> dict[str, bool]:
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(data), str(tmp_path / out)],
+            env=environment, capture_output=True, text=True, check=True,
+        )
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert train("cold") == {"sklearn": True, "matplotlib": True, "scipy.stats": True}
+    assert train("warm") == {"sklearn": False, "matplotlib": False, "scipy.stats": False}
+    cold, warm = tmp_path / "cold", tmp_path / "warm"
+    for name in ("metrics.json", "audit.json", "predictions.csv", "model/model.safetensors"):
+        assert (warm / name).read_bytes() == (cold / name).read_bytes(), name
+    figures = sorted(path.name for path in (cold / "figures").iterdir())
+    assert figures and figures == sorted(path.name for path in (warm / "figures").iterdir())
+    for name in figures:
+        assert (warm / "figures" / name).read_bytes() == (cold / "figures" / name).read_bytes(), name
 
 
 def test_corrupted_cache_entry_is_recomputed(tmp_path, monkeypatch):

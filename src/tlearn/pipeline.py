@@ -21,7 +21,9 @@ import numpy as np
 from tlearn import __version__
 from tlearn.audits.findings import AuditSettings, ImageTable, audit_embeddings
 from tlearn.audits.review import apply_review, review_rows, write_review
+from tlearn.backbones.cache import cache_root
 from tlearn.backbones.registry import BackboneRef, resolve_backbones
+from tlearn.backbones.result_cache import ResultCache, remembered
 from tlearn.config import TrainConfig
 from tlearn.data.discovery import DataSource, discover
 from tlearn.engines.imagenet import Answer, imagenet_answers, imagenet_samples
@@ -150,8 +152,8 @@ def run_training(
             mlflow_uri=config.mlflow if dist.is_main else None,
             run_name=run.root.name,
         )
-        with tracker:
-            context = TrainingContext(config, run, resume, dist, tracker, progress)
+        with tracker, contextlib.closing(ResultCache(cache_root())) as results:
+            context = TrainingContext(config, run, resume, dist, tracker, progress, results)
             metrics, result, prepared, summary = _train_and_measure(context, source, backbones)
             if review is not None:
                 prepared.checked.report["review"] = review
@@ -218,12 +220,14 @@ def _metrics(prepared: PreparedData, result: Candidate) -> dict[str, dict[str, A
     """metrics.json: every evaluated set's figures ("cv": the linear head's cross-validation over train+val)."""
     names = [name for name in ("val", "test", "cv") if name in result.probabilities]
     thresholds = result.model_config.thresholds
-    return {
-        name: prepared.task.metrics(
-            prepared.answers(*prepared.covered(name)), result.probabilities[name], prepared.classes, thresholds
-        )
-        for name in names
-    }
+    task, classes = prepared.task, prepared.classes
+
+    def measured(name: str) -> dict[str, Any]:
+        answers, probabilities = prepared.answers(*prepared.covered(name)), result.probabilities[name]
+        inputs = (answers, probabilities, classes, thresholds)
+        return remembered(prepared.results, "metrics", lambda: task.metrics(*inputs), task.name, *inputs)
+
+    return {name: measured(name) for name in names}
 
 
 @dataclass
@@ -330,15 +334,15 @@ def _audit(prepared: PreparedData, summary: RunSummary) -> dict[str, Any]:
         splits=[split for split in splits for _ in checked.relpaths(split)],
         content_hashes=[checked.content_hashes[p] for split in splits for p in checked.positions[split]],
     )
+    embeddings = np.concatenate([prepared.features[split] for split in splits])
+    settings = AuditSettings(c=summary.head.c) if summary.head else AuditSettings()
     try:
-        findings = audit_embeddings(
-            np.concatenate([prepared.features[split] for split in splits]),
-            table,
-            AuditSettings(c=summary.head.c) if summary.head else AuditSettings(),
-        )
+        # The findings are a pure function of these inputs: a warm run reads them back.
+        compute = lambda: audit_embeddings(embeddings, table, settings).payload  # noqa: E731
+        payload = remembered(prepared.results, "audit", compute, embeddings, table, settings)
     except DataError as error:
         return {"reason": str(error)}
-    return {**findings.payload, "data": str(checked.source.root), "backbone": prepared.ref.describe()}
+    return {**payload, "data": str(checked.source.root), "backbone": prepared.ref.describe()}
 
 
 def _prediction_rows(prepared: PreparedData, result: Candidate, name: str) -> list[dict[str, Any]]:

@@ -29,6 +29,16 @@ def test_wilson_interval_matches_published_values(correct, n, expected):
     assert low == pytest.approx(expected[0], abs=5e-4) and high == pytest.approx(expected[1], abs=5e-4)
 
 
+def test_wilson_interval_matches_scipy_stats_everywhere():
+    from scipy.stats import binomtest
+
+    for n in (1, 2, 7, 36, 153, 1000):
+        for correct in sorted({0, 1, n // 3, n // 2, n - 1, n} - {-1}):
+            expected = binomtest(correct, n).proportion_ci(confidence_level=0.95, method="wilson")
+            low, high = wilson_interval(correct, n)
+            assert (low, high) == pytest.approx((expected.low, expected.high), abs=1e-12), (correct, n)
+
+
 def test_macro_f1_of_a_confusion_matrix_matches_scikit_learn():
     from sklearn.metrics import f1_score
 

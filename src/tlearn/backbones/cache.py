@@ -10,6 +10,7 @@ Layout under the cache root (`TLEARN_CACHE_DIR`, default the user's cache folder
 
     embeddings/<namespace>.sqlite                 every embedding of one backbone + preprocessing
     files.sqlite                                  the file index and decoding verdicts ("not an image: ...")
+    results.sqlite                                results computed from embeddings (head fits, metrics, figures)
     backbones/<backbone key>/{weights.safetensors,info.json}   weights in timm's layout, for torch-free reuse
     onnx/<backbone key>-<preprocessing>.{onnx,json}            the verified embedding graph for onnxruntime
 
@@ -57,6 +58,7 @@ import platformdirs
 
 CACHE_ENV = "TLEARN_CACHE_DIR"
 FILES_DB = "files.sqlite"
+RESULTS_DB = "results.sqlite"  # tlearn.backbones.result_cache: head searches, metrics, figures of earlier runs
 EMBEDDINGS_DIR = "embeddings"
 BUSY_TIMEOUT_S = 60.0  # how long a writer waits for another process's transaction
 FLUSH_ROWS = 256  # rows written per transaction: large enough that the journal's fsyncs cost little
@@ -123,7 +125,7 @@ def _error_code(error: sqlite3.Error) -> int | None:
     return None if code is None else code & 0xFF
 
 
-class _Store:
+class SqliteStore:
     """One SQLite database, opened on first use, with buffered writes.
 
     States: "rw" (normal), "ro" (writes failed or impossible: reads only, warned once), "off" (unreadable:
@@ -333,7 +335,7 @@ class EmbeddingCache:
     ) -> None:
         self.path = root / EMBEDDINGS_DIR / f"{namespace}.sqlite"
         self.description = dict(description)
-        self._store = _Store(self.path, _EMBEDDINGS_SCHEMA, warn or warn_once(), page_size=16384)
+        self._store = SqliteStore(self.path, _EMBEDDINGS_SCHEMA, warn or warn_once(), page_size=16384)
         self._dim = dim
         self._described = False
         self.corrupt_entries = 0  # rows found damaged or foreign (and recomputed) during this session
@@ -432,7 +434,7 @@ class RejectCache:
     def __init__(self, root: Path, decoder_key: str, *, warn: Warn | None = None) -> None:
         self.decoder_key = decoder_key
         self.path = root / FILES_DB
-        self._store = _Store(self.path, _FILES_SCHEMA, warn or warn_once())
+        self._store = SqliteStore(self.path, _FILES_SCHEMA, warn or warn_once())
 
     def get(self, content_hash: str) -> str | None:
         """The stored reason, or None."""
@@ -497,7 +499,7 @@ class FileIndex:
     """
 
     def __init__(self, root: Path, *, warn: Warn | None = None) -> None:
-        self._store = _Store(root / FILES_DB, _FILES_SCHEMA, warn or warn_once())
+        self._store = SqliteStore(root / FILES_DB, _FILES_SCHEMA, warn or warn_once())
 
     @staticmethod
     def stat(paths: Sequence[str | Path]) -> tuple[list[FileState | None], dict[int, str]]:
@@ -620,6 +622,7 @@ class CacheSummary:
     indexed_files: int = 0
     onnx: list[str] = field(default_factory=list)  # exported embedding graphs (file stems)
     legacy_entries: int = 0  # one-file-per-embedding entries of tlearn ≤ 0.1 (never read; `clear` removes them)
+    results: int = 0  # computed results kept for warm runs (`tlearn.backbones.result_cache`)
 
 
 def summarize(root: Path) -> CacheSummary:
@@ -650,6 +653,7 @@ def summarize(root: Path) -> CacheSummary:
         _count(files_db, "SELECT count(*) FROM files"),
         onnx,
         legacy,
+        _count(root / RESULTS_DB, "SELECT count(*) FROM results"),
     )
 
 
@@ -658,8 +662,9 @@ def clear(root: Path) -> int:
     freed = summarize(root).total_bytes
     for name in (EMBEDDINGS_DIR, "rejects", "backbones", "onnx", "selections"):  # selections: `tlearn select`
         shutil.rmtree(root / name, ignore_errors=True)
-    for path in root.glob(f"{FILES_DB}*"):
-        path.unlink(missing_ok=True)
+    for name in (FILES_DB, RESULTS_DB):
+        for path in root.glob(f"{name}*"):
+            path.unlink(missing_ok=True)
     return freed
 
 

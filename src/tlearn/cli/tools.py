@@ -56,7 +56,7 @@ def cache_info() -> None:
         )
     print(
         f"  backbones: {len(summary.backbones)} stored ({len(summary.onnx)} exported to ONNX); unreadable-file "
-        f"verdicts: {summary.rejects}; files indexed: {summary.indexed_files}"
+        f"verdicts: {summary.rejects}; files indexed: {summary.indexed_files}; results kept: {summary.results}"
     )
     if summary.legacy_entries:
         print(f"  {summary.legacy_entries} entries of an older cache layout (never read; `tlearn cache clear`)")

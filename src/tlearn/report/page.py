@@ -19,6 +19,7 @@ training or evaluation in `imagenet.json`) and never imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from pathlib import Path
@@ -27,9 +28,12 @@ from typing import Any
 import numpy as np
 
 from tlearn import __version__
+from tlearn.backbones.cache import cache_root
+from tlearn.backbones.result_cache import ResultCache, remembered
 from tlearn.evaluation.calibration import apply_temperature, reliability_bins
 from tlearn.evaluation.intervals import smallest_detectable_difference, wilson_interval
 from tlearn.evaluation.metrics import classification_metrics
+from tlearn.report.drawing import FigureDrawer
 from tlearn.report.multilabel import (
     class_probabilities,
     label_set,
@@ -74,11 +78,13 @@ def write_report(folder: str | Path, *, progress: Progress | None = None) -> Pat
     records = read_run(folder)
     split = records.split
     rows = records.split_predictions(split)
-    figures, task_context = TASK_SECTIONS[records.task.name](records, rows)
-    figures = {**_training_figure(records), **figures}
-    unknown = _unknown_panel(records)
-    if unknown and unknown["curve"]:
-        figures["accuracy_coverage"] = _unknown_figure(unknown)
+    with contextlib.closing(ResultCache(cache_root())) as results:
+        drawer = FigureDrawer(results)
+        figures, task_context = TASK_SECTIONS[records.task.name](records, rows, drawer)
+        figures = {**_training_figure(records, drawer), **figures}
+        unknown = _unknown_panel(records)
+        if unknown and unknown["curve"]:
+            figures["accuracy_coverage"] = _unknown_figure(unknown, drawer)
     files = RunFolder(records.folder)
     for name, png in figures.items():
         atomic.write_bytes(files.figure(name), png, durable=False)
@@ -103,9 +109,10 @@ def write_report(folder: str | Path, *, progress: Progress | None = None) -> Pat
     return path
 
 
-def _single_label_sections(records: RunRecords, rows: list[dict[str, str]]) -> tuple[dict[str, bytes], dict[str, Any]]:
+def _single_label_sections(
+    records: RunRecords, rows: list[dict[str, str]], drawer: FigureDrawer
+) -> tuple[dict[str, bytes], dict[str, Any]]:
     """Figures and page context of a single-label run: confusion, calibration, the worst errors."""
-    from tlearn.report import figures  # deferred: matplotlib takes a while to import and only reports need it
 
     metrics = records.metrics[records.split]
     labels, probabilities = records.probabilities(rows)
@@ -115,15 +122,18 @@ def _single_label_sections(records: RunRecords, rows: list[dict[str, str]]) -> t
         reliability_bins(apply_temperature(probabilities, 1 / temperature), labels) if temperature != 1.0 else None
     )
     drawn = {
-        "confusion_counts": figures.confusion_matrix_figure(matrix, records.classes, normalise=False),
-        "confusion_normalised": figures.confusion_matrix_figure(matrix, records.classes, normalise=True),
-        "reliability": figures.reliability_diagram(
-            reliability_bins(probabilities, labels), uncalibrated=uncalibrated, temperature=temperature
+        "confusion_counts": drawer.draw("confusion_matrix_figure", matrix, records.classes, normalise=False),
+        "confusion_normalised": drawer.draw("confusion_matrix_figure", matrix, records.classes, normalise=True),
+        "reliability": drawer.draw(
+            "reliability_diagram",
+            reliability_bins(probabilities, labels),
+            uncalibrated=uncalibrated,
+            temperature=temperature,
         ),
     }
     context = {
         "multilabel": False,
-        "baseline": majority_baseline(records),
+        "baseline": majority_baseline(records, drawer.results),
         "per_class": _per_class_rows(metrics),
         "calibration": _calibration(labels, probabilities, temperature),
         "worst_errors": [_gallery_item(records, row) for row in worst_errors(rows)],
@@ -135,9 +145,10 @@ def _single_label_sections(records: RunRecords, rows: list[dict[str, str]]) -> t
     return drawn, context
 
 
-def _multilabel_sections(records: RunRecords, rows: list[dict[str, str]]) -> tuple[dict[str, bytes], dict[str, Any]]:
+def _multilabel_sections(
+    records: RunRecords, rows: list[dict[str, str]], drawer: FigureDrawer
+) -> tuple[dict[str, bytes], dict[str, Any]]:
     """Figures and page context of a multi-label run: per-class precision–recall, the most wrong label sets."""
-    from tlearn.report import figures  # deferred: see _single_label_sections
 
     metrics = records.metrics[records.split]
     curves = precision_recall_curves(
@@ -149,7 +160,7 @@ def _multilabel_sections(records: RunRecords, rows: list[dict[str, str]]) -> tup
     drawn_curves = curves
     if len(curves) > MAX_CURVES:  # the classes ranked worst, where a reader has something to look for
         drawn_curves = sorted(curves, key=lambda curve: curve.average_precision)[:MAX_CURVES]
-    drawn = {"precision_recall": figures.precision_recall_figure(drawn_curves)} if curves else {}
+    drawn = {"precision_recall": drawer.draw("precision_recall_figure", drawn_curves)} if curves else {}
     worst = [
         {**item, "thumbnail": thumbnail(records.data_root / item["row"]["path"]), "path": item["row"]["path"]}
         for item in worst_label_set_rows(rows, metrics, GALLERY_SIZE)
@@ -176,8 +187,9 @@ def _multilabel_sections(records: RunRecords, rows: list[dict[str, str]]) -> tup
 TASK_SECTIONS = {"multiclass": _single_label_sections, "multilabel": _multilabel_sections}
 
 
-def majority_baseline(records: RunRecords) -> dict[str, Any]:
-    """What always answering the most common class scores on the evaluated split.
+def majority_baseline(records: RunRecords, results: ResultCache | None = None) -> dict[str, Any]:
+    """What always answering the most common class scores on the evaluated split (its metrics read from
+    `results` when they were computed before).
 
     The most common class is taken from the training split when the run knows it (a trivial classifier
     learns nothing else), else from the evaluated split itself (the best any constant answer can do).
@@ -192,7 +204,8 @@ def majority_baseline(records: RunRecords) -> dict[str, Any]:
         majority, source = int(support.argmax()), evaluated_set(split).description
     labels = np.repeat(np.arange(len(classes)), support)
     constant = np.eye(len(classes))[np.full(len(labels), majority)]
-    metrics = classification_metrics(labels, constant, classes)
+    compute = lambda: classification_metrics(labels, constant, classes)  # noqa: E731
+    metrics = remembered(results, "baseline metrics", compute, labels, constant, classes)
     return {
         "class": classes[majority],
         "source": source,
@@ -302,22 +315,21 @@ def least_confident_right(rows: list[dict[str, str]], count: int = GALLERY_SIZE)
     return sorted(right, key=lambda row: float(row["confidence"]))[:count]
 
 
-def _training_figure(records: RunRecords) -> dict[str, bytes]:
+def _training_figure(records: RunRecords, drawer: FigureDrawer) -> dict[str, bytes]:
     """The training curves: per epoch for a fine-tuned run, against the L2 strengths tried for a linear head."""
-    from tlearn.report import figures  # deferred: see _single_label_sections
 
     summary = records.summary
     if summary is None:
         return {}
     if len(records.history) > 1:
         best_epoch = summary.finetune.best_epoch if summary.finetune else None
-        drawn = {"training_curves": figures.training_curves(records.history, best_epoch=best_epoch)}
+        drawn = {"training_curves": drawer.draw("training_curves", records.history, best_epoch=best_epoch)}
         if any(row.get("cpu_percent") is not None for row in records.history):
-            drawn["hardware"] = figures.hardware_curves(records.history)
+            drawn["hardware"] = drawer.draw("hardware_curves", records.history)
         return drawn
     if summary.head is not None and summary.head.candidates:
         rows = [row.model_dump() for row in summary.head.candidates]
-        return {"training_curves": figures.head_search_curves(rows, summary.head.c)}
+        return {"training_curves": drawer.draw("head_search_curves", rows, summary.head.c)}
     return {}
 
 
@@ -353,12 +365,11 @@ def _unknown_panel(records: RunRecords) -> dict[str, Any] | None:
     }
 
 
-def _unknown_figure(unknown: dict[str, Any]) -> bytes:
-    from tlearn.report import figures  # deferred: see _single_label_sections
-
+def _unknown_figure(unknown: dict[str, Any], drawer: FigureDrawer) -> bytes:
     judged = unknown["judged"]
     chosen = (judged.get("coverage"), judged.get("selective_accuracy"))
-    return figures.accuracy_coverage_figure(
+    return drawer.draw(
+        "accuracy_coverage_figure",
         unknown["curve"]["coverage"],
         unknown["curve"]["accuracy"],
         chosen=chosen if None not in chosen else None,

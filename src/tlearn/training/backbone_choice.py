@@ -24,10 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tlearn.backbones.result_cache import ResultCache
 from tlearn.evaluation.intervals import wilson_interval
 from tlearn.evaluation.tasks import Task
 from tlearn.runs.summary import BackboneTrial
-from tlearn.training.head import select_c
+from tlearn.training.head import cached_select_c
 
 DRAWS = 3  # draws of the folds averaged per candidate (3 gave the ranking of 10 on every shared set)
 MARGIN = 0.01  # mean out-of-fold accuracy a more expensive backbone must add to be chosen
@@ -62,6 +63,7 @@ def compare_backbones(
     balanced: bool = False,
     folds: int = 5,
     seed: int = 0,
+    results: ResultCache | None = None,
 ) -> BackboneChoice:
     """Cross-validate a linear head on each candidate's embeddings (`DRAWS` draws of the folds) and choose.
 
@@ -73,6 +75,7 @@ def compare_backbones(
         balanced: class-weighted loss (imbalanced data), as the run's head uses it.
         folds: cross-validation folds per draw.
         seed: the first draw's seed (the others follow it).
+        results: where earlier identical cross-validations are read from (None: computed).
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -85,7 +88,7 @@ def compare_backbones(
         (1, 'large', True)
     """
     trials = [
-        _trial(candidate, targets, num_classes, task, balanced=balanced, folds=folds, seed=seed)
+        _trial(candidate, targets, num_classes, task, balanced=balanced, folds=folds, seed=seed, results=results)
         for candidate in candidates
     ]
     chosen = 0
@@ -115,13 +118,13 @@ def _trial(
     balanced: bool,
     folds: int,
     seed: int,
+    results: ResultCache | None,
 ) -> BackboneTrial:
     started = time.perf_counter()
     accuracies, losses, cs = [], [], []
     for draw in range(DRAWS):
-        selection = select_c(
-            candidate.embeddings, targets, num_classes, task=task, balanced=balanced, folds=folds, seed=seed + draw
-        )
+        options = {"task": task, "balanced": balanced, "folds": folds, "seed": seed + draw}
+        selection = cached_select_c(results, candidate.embeddings, targets, num_classes, **options)
         accuracies.append(selection.chosen["cv_accuracy"])
         losses.append(selection.chosen["cv_loss"])
         cs.append(selection.c)

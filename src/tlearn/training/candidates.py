@@ -17,6 +17,7 @@ import numpy as np
 
 from tlearn.backbones.features import FeatureExtractor
 from tlearn.backbones.registry import BackboneInfo, BackboneRef
+from tlearn.backbones.result_cache import ResultCache
 from tlearn.config import DEFAULT_EPOCHS, TrainConfig
 from tlearn.data.checks import CheckedData, LabelledFiles
 from tlearn.errors import RunDirError
@@ -25,7 +26,7 @@ from tlearn.runs.layout import HistoryRow, evaluated_set
 from tlearn.runs.model_dir import ModelConfig, linear_model_state
 from tlearn.runs.summary import CSearchRow, EmbeddingRecord, FinetuneRecord, HeadRecord, RefitRecord
 from tlearn.training.context import TrainingContext
-from tlearn.training.head import LinearHead, fit_head, select_c
+from tlearn.training.head import LinearHead, cached_fit_head, cached_select_c
 from tlearn.util import atomic
 from tlearn.util.progress import Progress
 
@@ -50,6 +51,7 @@ class PreparedData:
     evaluated: list[str]  # splits with images among val / test
     embedding: EmbeddingRecord  # how the embeddings were obtained (cache hits, engine, seconds)
     balanced: bool = False
+    results: ResultCache | None = None  # where head searches and fits are kept between runs (None: computed)
 
     def files(self, *splits: str) -> LabelledFiles:
         """The image files and targets of one or several splits."""
@@ -104,16 +106,17 @@ def linear_candidate(config: TrainConfig, prepared: PreparedData) -> Candidate:
     task, num_classes = prepared.task, len(prepared.classes)
     dev_x, dev_t = prepared.stack("train", "val")
     options = {"task": task, "balanced": prepared.balanced, "seed": config.seed}
+    results = prepared.results
     sampled = task.sample(dev_t, CV_LIMIT, config.seed) if len(dev_t) > CV_LIMIT else None
     rows = slice(None) if sampled is None else sampled
-    selection = select_c(dev_x[rows], dev_t[rows], num_classes, folds=config.cv_folds, **options)
+    selection = cached_select_c(results, dev_x[rows], dev_t[rows], num_classes, folds=config.cv_folds, **options)
     thresholds = task.choose_thresholds(selection.out_of_fold, dev_t[rows])
-    head = fit_head(dev_x, dev_t, num_classes, selection.c, **options)
+    head = cached_fit_head(results, dev_x, dev_t, num_classes, selection.c, **options)
     if sampled is None:
         val_rows = slice(len(prepared.targets["train"]), len(dev_t))
         probabilities = {"cv": selection.out_of_fold, "val": selection.out_of_fold[val_rows]}
     else:
-        train_head = fit_head(*prepared.stack("train"), num_classes, selection.c, **options)
+        train_head = cached_fit_head(results, *prepared.stack("train"), num_classes, selection.c, **options)
         probabilities = {"val": train_head.probabilities(prepared.features["val"])}
     fitted = head.probabilities(dev_x)
     history = [
@@ -280,7 +283,8 @@ def _fit_linear_on(
 ) -> LinearHead:
     """The linear head with the C `linear` chose, fitted on these splits."""
     c = linear.head_record.c if linear.head_record else 1.0
-    return fit_head(
+    return cached_fit_head(
+        prepared.results,
         *prepared.stack(*splits),
         len(prepared.classes),
         c,

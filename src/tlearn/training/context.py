@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tlearn.backbones.result_cache import ResultCache
 from tlearn.config import TrainConfig
 from tlearn.runs.layout import RunFolder
 from tlearn.training.distributed import DistributedContext
@@ -26,6 +27,7 @@ class TrainingContext:
         dist: this process's place in a torchrun job (rank 0 of 1 when alone).
         tracker: receives scalars (TensorBoard, MLflow).
         progress: status lines and progress bars.
+        results: where head searches and fits are kept for the next run on the same data (None: computed).
     """
 
     config: TrainConfig
@@ -34,3 +36,4 @@ class TrainingContext:
     dist: DistributedContext
     tracker: Tracker
     progress: Progress
+    results: ResultCache | None = None

@@ -16,15 +16,21 @@ took 0.7 s here against 7 s (the threads only fight each other and whatever else
 
 The standardisation is folded into the weights afterwards, so the head is a plain
 `logits = embeddings @ weight.T + bias` that drops into the backbone's own classifier layer.
+
+Given a `ResultCache`, a C search or a fit whose inputs (embeddings, targets, settings) and code are unchanged
+is read back instead of computed (and scikit-learn is not even imported): a warm run on an unchanged folder
+repeats every one of them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from tlearn.evaluation.tasks import SINGLE_LABEL, LogisticFit, Task
+from tlearn.backbones.result_cache import ResultCache, code_digest, input_digest
+from tlearn.evaluation.tasks import SINGLE_LABEL, LogisticFit, Task, task_named
 
 # Inverse L2 strengths tried (half-decades). Accuracy is flat over most of this range on every suite data set;
 # the extremes are there for data sets that need them.
@@ -130,6 +136,46 @@ def fit_head(
     """Fit the head once with a chosen C (e.g. on every image not held out for testing)."""
     with one_blas_thread():
         return _StandardizedLogisticRegression(x, targets, task.logistic(balanced=balanced, seed=seed), task).fit(c)
+
+
+def cached_select_c(
+    results: ResultCache | None, x: np.ndarray, targets: np.ndarray, num_classes: int, **options: Any
+) -> HeadSelection:
+    """`select_c(x, targets, num_classes, **options)`, read back from `results` when an identical search was kept
+    there (None: computed)."""
+    if results is None:
+        return select_c(x, targets, num_classes, **options)
+    task = options.get("task", SINGLE_LABEL)
+    key = input_digest("select_c", code_digest(), x, targets, num_classes, task.name, _settings(options))
+    stored = results.get(key)
+    if stored is not None:
+        fields = stored.fields
+        return HeadSelection(fields["c"], fields["folds"], fields["candidates"], stored.arrays["out_of_fold"])
+    selection = select_c(x, targets, num_classes, **options)
+    fields = {"c": selection.c, "folds": selection.folds, "candidates": selection.candidates}
+    results.put(key, "select_c", fields, {"out_of_fold": selection.out_of_fold})
+    return selection
+
+
+def cached_fit_head(
+    results: ResultCache | None, x: np.ndarray, targets: np.ndarray, num_classes: int, c: float, **options: Any
+) -> LinearHead:
+    """`fit_head(x, targets, num_classes, c, **options)` through `results`, as `cached_select_c`."""
+    if results is None:
+        return fit_head(x, targets, num_classes, c, **options)
+    task = options.get("task", SINGLE_LABEL)
+    key = input_digest("fit_head", code_digest(), x, targets, num_classes, c, task.name, _settings(options))
+    stored = results.get(key)
+    if stored is not None:
+        return LinearHead(stored.arrays["weight"], stored.arrays["bias"], task_named(stored.fields["task"]))
+    head = fit_head(x, targets, num_classes, c, **options)
+    results.put(key, "fit_head", {"task": task.name}, {"weight": head.weight, "bias": head.bias})
+    return head
+
+
+def _settings(options: dict[str, Any]) -> dict[str, Any]:
+    """The options of a search or fit as digestible values (the task by name)."""
+    return {name: value.name if isinstance(value, Task) else value for name, value in options.items()}
 
 
 def one_blas_thread():

@@ -118,6 +118,7 @@ def _choose_backbone(
         balanced=prepared.balanced,
         folds=config.cv_folds,
         seed=config.seed,
+        results=context.results,
     )
     return BackboneChoice(compared[choice.chosen], choice.trials, choice.reason)
 
@@ -192,6 +193,7 @@ def _embed_and_check(
             onnx_exported=embedded.onnx_exported,
         ),
         balanced=balanced,
+        results=context.results,
     )
 
 
