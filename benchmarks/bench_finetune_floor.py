@@ -110,8 +110,7 @@ def main() -> None:
             "command": f"tlearn train {args.data} --out RUN {' '.join(map(str, flags))} --final-fit train",
             "tlearn_wall_s": round(seconds, 1),
             "tlearn_epochs": [
-                {"stage": row["stage"], "images_per_s": float(row["images_per_second"]), "seconds": float(row["seconds"])}
-                for row in tuned
+                {"stage": row["stage"], "images_per_s": float(row["images_per_second"])} for row in tuned
             ],
             "tlearn_full_network_images_per_s": round(tlearn_rate, 2),
             "floor": floor,

@@ -47,21 +47,25 @@ def main() -> None:
             started = time.perf_counter()
             subprocess.run([sys.executable, "-c", "import tlearn.cli.main"], check=True, env={**os.environ, **env})
             times["start-up floor"].append(time.perf_counter() - started)
-        imported = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "import sys, tlearn; tlearn.train(sys.argv[1], out=sys.argv[2], mode='linear', overwrite=True, "
-                "quiet=True); print(sorted(name for name in ('sklearn', 'matplotlib', 'scipy.stats', 'torch') "
-                "if name in sys.modules))",
-                str(args.data),
-                str(work / "imports"),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            env={**os.environ, **env},
-        ).stdout.strip().splitlines()[-1]
+        imported = (
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys, tlearn; tlearn.train(sys.argv[1], out=sys.argv[2], mode='linear', overwrite=True, "
+                    "quiet=True); print(sorted(name for name in ('sklearn', 'matplotlib', 'scipy.stats', 'torch') "
+                    "if name in sys.modules))",
+                    str(args.data),
+                    str(work / "imports"),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                env={**os.environ, **env},
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     summary = {
