@@ -104,7 +104,10 @@ def test_a_warm_run_reads_its_results_back_without_importing_scikit_learn_or_mat
     def train(out: str) -> dict[str, bool]:
         done = subprocess.run(
             [sys.executable, "-c", code, str(data), str(tmp_path / out)],
-            env=environment, capture_output=True, text=True, check=True,
+            env=environment,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         return json.loads(done.stdout.strip().splitlines()[-1])
 

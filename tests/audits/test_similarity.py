@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tlearn.audits import duplicates, outliers
-from tlearn.audits.duplicates import group_pairs, near_duplicate_groups, similar_pairs
-from tlearn.audits.outliers import knn_distances, outlier_scores
+from tlearn.audits import neighbours
+from tlearn.audits.duplicates import group_pairs, near_duplicate_groups
+from tlearn.audits.neighbours import ExactSearch, IndexedSearch, knn_distances, neighbour_search, similar_pairs
+from tlearn.audits.outliers import outlier_scores
 from tlearn.audits.overlap import class_overlap
 from tlearn.audits.transferability import knn_accuracy, logme
 from tlearn.audits.vectors import standardised_unit
@@ -34,10 +35,70 @@ def test_the_blockwise_search_finds_pairs_across_block_boundaries(monkeypatch):
     embeddings, _ = clusters(per_class=20)
     embeddings = np.vstack([embeddings, embeddings[[0, 5, 25]]])  # copies at the end, originals in early blocks
     expected = similar_pairs(standardised_unit(embeddings), 0.99)
-    monkeypatch.setattr(duplicates, "BLOCK_ROWS", 7)
+    monkeypatch.setattr(neighbours, "BLOCK_ROWS", 7)
     blocked = similar_pairs(standardised_unit(embeddings), 0.99)
     assert sorted((i, j) for i, j, _ in blocked) == sorted((i, j) for i, j, _ in expected)
     assert sorted((i, j) for i, j, _ in expected) == [(0, 40), (5, 41), (25, 42)]
+
+
+def planted_copies(count: int = 3000, dims: int = 96, copies: int = 40, seed: int = 0):
+    """Clustered embeddings with `copies` altered copies of earlier images appended (cosine 0.85-0.99)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 1.0, (30, dims))
+    embeddings = centres[rng.integers(0, 30, count)] + rng.normal(0, 1.0, (count, dims))
+    originals = rng.choice(count, copies, replace=False)
+    noise = np.linspace(0.1, 0.6, copies)[:, None] * rng.normal(0, 1.0, (copies, dims))
+    return np.vstack([embeddings, embeddings[originals] + noise])
+
+
+def test_the_index_finds_the_pairs_and_neighbours_the_exact_search_finds():
+    pytest.importorskip("faiss")
+    unit = standardised_unit(planted_copies())
+    exact, indexed = ExactSearch(unit), IndexedSearch(unit)
+    expected = exact.pairs(0.8)
+    assert len(expected) >= 40  # the planted copies (and whatever else is as close)
+    found = indexed.pairs(0.8)
+    assert [(i, j) for i, j, _ in found] == [(i, j) for i, j, _ in expected]
+    assert [s for _, _, s in found] == pytest.approx([s for _, _, s in expected], abs=1e-5)
+    assert indexed.method.startswith("faiss IVF") and exact.method == "exact"
+    exact_distances, indexed_distances = exact.mean_neighbour_distances(10), indexed.mean_neighbour_distances(10)
+    # An approximate search may miss a true neighbour (a larger distance), never find a closer one.
+    assert np.all(indexed_distances >= exact_distances - 1e-5)
+    assert np.mean(np.isclose(indexed_distances, exact_distances, atol=1e-5)) > 0.9
+    assert np.corrcoef(indexed_distances, exact_distances)[0, 1] > 0.99
+
+
+def test_the_search_is_exact_up_to_the_limit_and_indexed_beyond(monkeypatch):
+    pytest.importorskip("faiss")
+    embeddings = planted_copies(count=300)
+    monkeypatch.setattr(neighbours, "EXACT_LIMIT", len(embeddings))
+    assert isinstance(neighbour_search(embeddings), ExactSearch)
+    monkeypatch.setattr(neighbours, "EXACT_LIMIT", len(embeddings) - 1)
+    assert isinstance(neighbour_search(embeddings), IndexedSearch)
+
+
+def test_indexed_neighbours_of_many_identical_images_leave_each_image_out():
+    pytest.importorskip("faiss")
+    embeddings = planted_copies(count=400)
+    embeddings[:30] = embeddings[0]  # 30 identical images: the index may return 11 twins and not the image itself
+    distances = IndexedSearch(standardised_unit(embeddings)).mean_neighbour_distances(10)
+    assert distances.shape == (len(embeddings),)
+    assert distances[:30] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_without_faiss_the_search_stays_exact(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_faiss(name, *args, **kwargs):
+        if name == "faiss":
+            raise ImportError("No module named 'faiss'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(neighbours, "EXACT_LIMIT", 10)
+    monkeypatch.setattr(builtins, "__import__", no_faiss)
+    assert isinstance(neighbour_search(planted_copies(count=100)), ExactSearch)
 
 
 def test_group_pairs_joins_chains():
@@ -50,7 +111,7 @@ def test_an_image_unlike_every_other_is_an_outlier_and_nothing_else_is(monkeypat
     found = outlier_scores(np.vstack([embeddings, far]), np.append(labels, 0), 2)
     assert found.flagged.tolist() == [80]
     assert found.scores[80] > found.fence > np.max(found.scores[:80])
-    monkeypatch.setattr(outliers, "BLOCK_ROWS", 9)
+    monkeypatch.setattr(neighbours, "BLOCK_ROWS", 9)
     assert outlier_scores(np.vstack([embeddings, far]), np.append(labels, 0), 2).scores == pytest.approx(found.scores)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tlearn.audits.vectors import BLOCK_ROWS, standardised_unit
+from tlearn.audits.neighbours import NeighbourSearch, neighbour_search
 
 # Cosine similarity of standardised embeddings above which two images count as near-duplicates. Measured with
 # Lite0: the most similar pair of distinct images reaches 0.58 on hymenoptera/train and 0.71 on signs/train (one
@@ -24,21 +24,6 @@ from tlearn.audits.vectors import BLOCK_ROWS, standardised_unit
 # 0.76 at half resolution: at 0.80 most copies are found except the smaller ones. On signs' 100-pixel images a
 # re-encode changes the embedding as much as another photo does, so such copies are not found there.
 DUPLICATE_SIMILARITY = 0.80
-
-
-def similar_pairs(unit: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
-    """Every pair (i < j) of unit rows with cosine similarity ≥ `threshold`, most similar first.
-
-    Computed block by block, so a data set of 100,000 images never holds the N x N matrix.
-    """
-    pairs: list[tuple[int, int, float]] = []
-    for start in range(0, len(unit), BLOCK_ROWS):
-        block = unit[start : start + BLOCK_ROWS] @ unit.T  # (block, N)
-        rows, columns = np.nonzero(block >= threshold)
-        for row, column in zip(rows.tolist(), columns.tolist(), strict=True):
-            if column > start + row:  # upper triangle only: each pair once, never an image with itself
-                pairs.append((start + row, column, float(block[row, column])))
-    return sorted(pairs, key=lambda pair: (-pair[2], pair[0], pair[1]))
 
 
 def group_pairs(pairs: list[tuple[int, int, float]]) -> list[list[int]]:
@@ -66,16 +51,17 @@ def group_pairs(pairs: list[tuple[int, int, float]]) -> list[list[int]]:
 
 
 def near_duplicate_groups(
-    embeddings: np.ndarray, *, threshold: float = DUPLICATE_SIMILARITY
+    embeddings: np.ndarray, *, threshold: float = DUPLICATE_SIMILARITY, search: NeighbourSearch | None = None
 ) -> list[tuple[list[int], float]]:
-    """Groups of near-duplicate images (positions) with the highest similarity inside each group.
+    """Groups of near-duplicate images (positions) with the highest similarity inside each group; `search` over
+    these embeddings (default: `tlearn.audits.neighbours.neighbour_search`) finds the pairs.
 
     Example:
         >>> groups = near_duplicate_groups(embeddings)  # doctest: +SKIP
         >>> groups[0]  # doctest: +SKIP
         ([12, 40], 0.998)
     """
-    pairs = similar_pairs(standardised_unit(embeddings), threshold)
+    pairs = (search or neighbour_search(embeddings)).pairs(threshold)
     groups = group_pairs(pairs)
     group_of = {member: index for index, members in enumerate(groups) for member in members}
     highest = [0.0] * len(groups)

@@ -15,6 +15,7 @@ import numpy as np
 
 from tlearn.audits.duplicates import DUPLICATE_SIMILARITY, near_duplicate_groups
 from tlearn.audits.label_errors import RELABEL_CONFIDENCE, find_label_issues
+from tlearn.audits.neighbours import neighbour_search
 from tlearn.audits.outliers import outlier_scores
 from tlearn.audits.overlap import class_overlap
 from tlearn.data.discovery import SPLITS
@@ -96,8 +97,9 @@ def audit_embeddings(embeddings: np.ndarray, table: ImageTable, settings: AuditS
         probabilities = selection.out_of_fold
         cross_validated = time.perf_counter()
         issues = find_label_issues(probabilities, labels)
-        groups = near_duplicate_groups(embeddings, threshold=settings.duplicate_similarity)
-        outliers = outlier_scores(embeddings, labels, len(classes))
+        search = neighbour_search(embeddings)  # one search (and index) for duplicates and outliers
+        groups = near_duplicate_groups(embeddings, threshold=settings.duplicate_similarity, search=search)
+        outliers = outlier_scores(embeddings, labels, len(classes), search)
     correct = int((probabilities.argmax(axis=1) == labels).sum())
     low, high = wilson_interval(correct, len(labels))
 
@@ -148,7 +150,12 @@ def audit_embeddings(embeddings: np.ndarray, table: ImageTable, settings: AuditS
             "cv_accuracy_interval": [low, high],
         },
         "cross_validation": {"folds": selection.folds, "c": selection.c, "correct": correct},
-        "settings": {**asdict(settings), "outlier_fence": round(outliers.fence, 4), "neighbours": outliers.neighbours},
+        "settings": {
+            **asdict(settings),
+            "outlier_fence": round(outliers.fence, 4),
+            "neighbours": outliers.neighbours,
+            "neighbour_search": search.method,
+        },
         "thresholds": {name: round(float(value), 4) for name, value in zip(classes, issues.thresholds, strict=True)},
         "confident_joint": issues.confident_joint.tolist(),
         "label_issues": label_issues,

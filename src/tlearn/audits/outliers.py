@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tlearn.audits.vectors import BLOCK_ROWS, centred_unit, standardised_unit
+from tlearn.audits.neighbours import NeighbourSearch, neighbour_search
+from tlearn.audits.vectors import centred_unit
 
 NEIGHBOURS = 10
 OUTLIER_Z = 3.0
@@ -43,21 +44,6 @@ class OutlierScores:
         return above[np.argsort(-self.scores[above], kind="stable")]
 
 
-def knn_distances(unit: np.ndarray, neighbours: int) -> np.ndarray:
-    """Mean cosine distance of each unit row to its `neighbours` nearest other rows, (N,)."""
-    count = min(neighbours, len(unit) - 1)
-    if count < 1:
-        return np.zeros(len(unit))
-    distances = np.empty(len(unit))
-    for start in range(0, len(unit), BLOCK_ROWS):
-        similarity = unit[start : start + BLOCK_ROWS] @ unit.T  # (block, N)
-        rows = np.arange(len(similarity))
-        similarity[rows, start + rows] = -np.inf  # never one's own neighbour
-        nearest = -np.partition(-similarity, count - 1, axis=1)[:, :count]  # the `count` largest, any order
-        distances[start : start + len(similarity)] = 1.0 - nearest.mean(axis=1)
-    return distances
-
-
 def robust_fence(scores: np.ndarray, z: float = OUTLIER_Z) -> float:
     """median + z x 1.4826 x MAD of the scores (infinite when they do not vary: nothing stands out).
 
@@ -72,14 +58,17 @@ def robust_fence(scores: np.ndarray, z: float = OUTLIER_Z) -> float:
     return median + z * spread if spread > 0 else float("inf")
 
 
-def outlier_scores(embeddings: np.ndarray, labels: np.ndarray, num_classes: int) -> OutlierScores:
-    """Score every image by its distance to its nearest neighbours and set the outlier fence.
+def outlier_scores(
+    embeddings: np.ndarray, labels: np.ndarray, num_classes: int, search: NeighbourSearch | None = None
+) -> OutlierScores:
+    """Score every image by its distance to its nearest neighbours (found by `search` over these embeddings,
+    default `tlearn.audits.neighbours.neighbour_search`) and set the outlier fence.
 
     Example:
         >>> found = outlier_scores(embeddings, labels, 2)  # doctest: +SKIP
         >>> found.flagged[:3], found.fence  # doctest: +SKIP
     """
-    scores = knn_distances(standardised_unit(embeddings), NEIGHBOURS)
+    scores = (search or neighbour_search(embeddings)).mean_neighbour_distances(NEIGHBOURS)
     unit = centred_unit(embeddings)
     centroids = np.zeros((num_classes, unit.shape[1]))
     for label in range(num_classes):
