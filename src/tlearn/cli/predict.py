@@ -47,14 +47,27 @@ def predict(
     engine: EngineOption = None,
     device: DeviceOption = "auto",
     workers: WorkersOption = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help='Predict on a Ray cluster: "auto", "ray://HOST:PORT", or "local" (this machine\'s cores).',
+        ),
+    ] = None,
     quiet: QuietOption = False,
 ) -> None:
     """Predict labels for images, printed as they come; exit code 1 if any file could not be read."""
     from tlearn.api import load
     from tlearn.api import predict as predict_files
 
-    loaded = load(model, device=device, engine=engine.value if engine else None)
-    predictions = predict_files(loaded, paths, top_k=top_k, workers=workers, quiet=quiet, reject=not no_reject)
+    chosen = engine.value if engine else None
+    loaded = load(model, device=device, engine=chosen)
+    options = {"top_k": top_k, "workers": workers, "quiet": quiet, "reject": not no_reject}
+    if ray is not None:
+        predictions = predict_files(model, paths, engine=chosen, ray=ray, **options)
+    else:
+        predictions = predict_files(loaded, paths, **options)
     failed, total = print_predictions(predictions, output_format, loaded.config)
     if failed:
         print(f"{failed} of {total} file(s) could not be read", file=sys.stderr)
