@@ -46,7 +46,9 @@ class TrainConfig(BaseModel):
         "folder size (fixed hash buckets: adding images never moves one).",
     )
     follow_links: bool = Field(
-        False, description="Follow symbolic links that lead outside DATA (else listed, skipped)."
+        False,
+        description="Read images outside DATA: symbolic links leading out of it, label-file rows naming files "
+        "elsewhere (else listed, skipped).",
     )
     review: Path | None = Field(
         None, description="A review list from `tlearn audit` (path,given,suggested,action): relabel or drop images."

@@ -458,9 +458,9 @@ def test_a_csv_row_missing_its_label_cell_is_a_problem_row(tmp_path):
     assert problems == [f"{labels} line 2: red/img_000.png: no label; row left out"]
 
 
-def test_paths_resolve_against_the_label_files_folder_home_or_anywhere(tmp_path, monkeypatch):
+def test_paths_resolve_against_the_label_files_folder_home_or_anywhere_when_allowed(tmp_path, monkeypatch):
     """Relative paths (`..` included) resolve against the label file's folder and `~` against the home folder; an
-    image outside the folder keeps its whole path as the hash split's key."""
+    image outside the folder is read only with follow_links, and keeps its whole path as the hash split's key."""
     monkeypatch.setenv("HOME", str(tmp_path))
     data = make_class_folder(tmp_path / "data", {"red": 3, "blue": 1})
     rows = [
@@ -481,9 +481,34 @@ def test_paths_resolve_against_the_label_files_folder_home_or_anywhere(tmp_path,
         data / f"{name}.png" for name in ("red/img_000", "red/img_001", "red/img_002", "blue/img_000")
     ]
     elsewhere = make_class_folder(tmp_path / "elsewhere", {"green": 1})
-    found, problems = read_label_file(_write_csv(data / "outside.csv", [("../elsewhere/green/img_000.png", "green")]))
+    outside = _write_csv(data / "outside.csv", [("../elsewhere/green/img_000.png", "green")])
+    found, problems = read_label_file(outside, follow_links=True)
     assert problems == [] and found[0].relpath == (elsewhere / "green" / "img_000.png").as_posix()
     assert found[0].path == elsewhere / "green" / "img_000.png" and found[0].label == "green"
+
+
+def test_rows_naming_files_outside_the_label_files_folder_are_left_out_unless_allowed(tmp_path):
+    """A label file from elsewhere must not make tlearn read (and show in its report) any image on the machine:
+    `..`, absolute paths and links inside the folder that lead out of it are all outside."""
+    data = make_class_folder(tmp_path / "data", {"red": 2, "blue": 2})
+    private = make_class_folder(tmp_path / "private", {"me": 2})
+    (data / "red" / "link.png").symlink_to(private / "me" / "img_001.png")
+    rows = [
+        ("red/img_000.png", "red"),
+        ("../private/me/img_000.png", "red"),
+        (str(private / "me" / "img_001.png"), "blue"),
+        ("red/link.png", "red"),
+        ("blue/img_000.png", "blue"),
+    ]
+    labels = _write_csv(data / "labels.csv", rows)
+    found, problems = read_label_file(labels)
+    assert [row.relpath for row in found] == ["red/img_000.png", "blue/img_000.png"]
+    assert len(problems) == 3
+    for line, (name, _) in zip((3, 4, 5), rows[1:4], strict=True):
+        reason = f"outside {data} (the label file's folder; follow_links=True reads it); row left out"
+        assert f"{labels} line {line}: {name}: {reason}" in problems
+    allowed, none = read_label_file(labels, follow_links=True)
+    assert len(allowed) == 5 and none == []
 
 
 def test_a_backslash_is_a_windows_separator_unless_a_file_has_that_very_name(tmp_path):

@@ -105,3 +105,21 @@ def test_pre_split_links_between_splits_do_not_duplicate_or_leak(tmp_path):
     assert "val/a/copy.png (the same file as train/a/img_000.png; counted once)" in source.ignored
     evaluation, split = discover_for_evaluation(tmp_path)
     assert split == "val" and len(evaluation.images) == 4
+
+
+def test_a_label_file_cannot_reach_images_outside_its_folder(data, tmp_path):
+    """A label file handed over with a data set names a private photo elsewhere: training and evaluation leave
+    that row out, say so in the words of the interface used, and never read it; follow_links reads it."""
+    from tlearn.util.wording import cli_spoken
+
+    rows = [f"{name}/img_00{n}.png,{name}" for name in ("a", "b") for n in range(3)]
+    labels = data / "labels.csv"
+    labels.write_text("path,label\n" + "\n".join([*rows, f"{tmp_path / 'outside' / 'elsewhere' / 'img_000.png'},a"]))
+    source = discover(labels)
+    assert len(source.images) == 6 and len(source.problems) == 1
+    assert "outside" in source.problems[0] and "follow_links=True reads it" in source.problems[0]
+    assert len(discover(labels, follow_links=True).images) == 7
+    evaluated, _ = discover_for_evaluation(labels)
+    assert all("outside" not in str(image.path) for image in evaluated.images)
+    with cli_spoken():
+        assert "--follow-links reads it" in discover(labels).problems[0]

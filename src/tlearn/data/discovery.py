@@ -130,7 +130,8 @@ def discover(
         split_fractions: (train, val, test) for a folder of classes (and train : val when carving validation
             out of a pre-split `train`); None: the automatic 64/16/20 (`AUTO_SPLIT`).
         follow_links: also follow symbolic links that lead outside `root` (else they are skipped and listed
-            in `ignored`). Links inside `root` are always followed.
+            in `ignored`), and read a label file's rows naming files outside its folder (else each is a problem
+            line). Links inside `root` are always followed.
         label_sep: a label file's separator of several labels in one cell.
         task: "multiclass" leaves out (and reports) a label file's images with several labels.
 
@@ -142,7 +143,8 @@ def discover(
         >>> source.classes, len(source.in_split("train"))  # doctest: +SKIP
     """
     if is_label_file(root):
-        source = _discover_label_file(Path(root).expanduser(), split_fractions, label_sep=label_sep, task=task)
+        options = {"label_sep": label_sep, "task": task, "follow_links": follow_links}
+        source = _discover_label_file(Path(root).expanduser(), split_fractions, **options)
         _check_classes(source, _Walk(source.root, follow_links))
         return source
     root = _existing_folder(root)
@@ -175,7 +177,8 @@ def discover_for_evaluation(
     links, `label_sep` and `task` are handled as by `discover`.
     """
     if is_label_file(root):
-        return _label_file_for_evaluation(Path(root).expanduser(), split, label_sep=label_sep, task=task)
+        options = {"label_sep": label_sep, "task": task, "follow_links": follow_links}
+        return _label_file_for_evaluation(Path(root).expanduser(), split, **options)
     root = _existing_folder(root)
     walk = _Walk(root, follow_links)
     if (root / "train").is_dir():
@@ -417,7 +420,12 @@ def _key(stat: os.stat_result) -> FileKey:
 
 
 def _discover_label_file(
-    path: Path, split_fractions: tuple[float, float, float] | None, *, label_sep: str, task: LabelTask
+    path: Path,
+    split_fractions: tuple[float, float, float] | None,
+    *,
+    label_sep: str,
+    task: LabelTask,
+    follow_links: bool,
 ) -> DataSource:
     """The images a label file lists, split as the file says, else by path hash like a class folder.
 
@@ -425,7 +433,7 @@ def _discover_label_file(
     up in val, validation is carved out of train by the same hash, as for a pre-split folder without `val/`.
     The classes are every label any row gives.
     """
-    rows, problems = _usable_rows(path, label_sep=label_sep, task=task)
+    rows, problems = _usable_rows(path, label_sep=label_sep, task=task, follow_links=follow_links)
     fractions = check_split_fractions(split_fractions or AUTO_SPLIT)
     images = [_labelled(row, row.split or assign_split(row.relpath, fractions)) for row in rows]
     if not any(image.split == "val" for image in images):
@@ -439,10 +447,10 @@ def _discover_label_file(
 
 
 def _label_file_for_evaluation(
-    path: Path, split: str | None, *, label_sep: str, task: LabelTask
+    path: Path, split: str | None, *, label_sep: str, task: LabelTask, follow_links: bool
 ) -> tuple[DataSource, str]:
     """Evaluation images of a label file: its test (else val) rows when it gives splits, else all rows."""
-    rows, problems = _usable_rows(path, label_sep=label_sep, task=task)
+    rows, problems = _usable_rows(path, label_sep=label_sep, task=task, follow_links=follow_links)
     given = [name for name in SPLITS if any(row.split == name for row in rows)]
     chosen = split or ("test" if "test" in given else "val" if "val" in given else "all")
     if chosen not in (*SPLITS, "all"):
@@ -458,8 +466,10 @@ def _label_file_for_evaluation(
     return DataSource(path.resolve().parent, "label_file", classes, images, [], None, path, problems), chosen
 
 
-def _usable_rows(path: Path, *, label_sep: str, task: LabelTask) -> tuple[list[LabelRow], list[str]]:
-    rows, problems = read_label_file(path, label_sep=label_sep, task=task)
+def _usable_rows(
+    path: Path, *, label_sep: str, task: LabelTask, follow_links: bool
+) -> tuple[list[LabelRow], list[str]]:
+    rows, problems = read_label_file(path, label_sep=label_sep, task=task, follow_links=follow_links)
     if not rows:
         first = f"; the first: {problems[0]}" if problems else ""
         raise DataError(f"{path}: no usable rows ({len(problems)} left out{first})")

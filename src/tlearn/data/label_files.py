@@ -2,7 +2,10 @@
 
 A CSV has a header with `path` and `label` columns and optionally `split` (train, val or test; an empty cell
 means "split by hash"); a JSON file holds a list of such objects, a JSONL file one object per line. Paths are
-relative to the label file's folder (or absolute); Windows separators are accepted. Each image's hash split
+relative to the label file's folder (or absolute); Windows separators are accepted. A row naming a file outside
+that folder (after `..` and symbolic links) is left out unless `follow_links` is set, as a link leading out of a
+data folder is: a label file is data, and data from elsewhere must not make tlearn read, and show in its
+report, images from anywhere on the machine. Each image's hash split
 comes from that relative path, exactly as for a class folder, so `DATA/<class>/<file>` and a CSV listing
 `<class>/<file>,<class>` give the same splits, model and metrics.
 
@@ -27,6 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 from typing import Any, Literal
+
+from tlearn.util.wording import option
 
 from tlearn.errors import DataError
 
@@ -58,7 +63,7 @@ def is_label_file(path: str | Path) -> bool:
 
 
 def read_label_file(
-    path: Path, *, label_sep: str = LABEL_SEPARATOR, task: LabelTask = "auto"
+    path: Path, *, label_sep: str = LABEL_SEPARATOR, task: LabelTask = "auto", follow_links: bool = False
 ) -> tuple[list[LabelRow], list[str]]:
     """The usable images of a label file, in the order first listed, and one message per problem row.
 
@@ -67,6 +72,7 @@ def read_label_file(
         label_sep: what joins several labels in one cell (`a|b`).
         task: "multiclass" leaves out (and reports) every image with several labels; "auto" and "multilabel"
             keep them.
+        follow_links: also read files outside the label file's folder (else each such row is a problem).
 
     Raises:
         DataError: the file is missing, unreadable, not CSV/JSON, or lacks the `path` / `label` columns.
@@ -87,7 +93,7 @@ def read_label_file(
     images: dict[str, _Image] = {}  # relpath -> the image its rows describe, in the order first listed
     problems: list[str] = []
     for where, record in _records(path):
-        row, problem = _row(record, folder, label_sep)
+        row, problem = _row(record, folder, label_sep, follow_links)
         if row is None:
             problems.append(f"{path} {where}: {problem}; row left out")
             continue
@@ -192,7 +198,9 @@ def _json_object(path: Path, line: str, where: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _row(record: dict[str, Any], folder: Path, label_sep: str) -> tuple[LabelRow | None, str | None]:
+def _row(
+    record: dict[str, Any], folder: Path, label_sep: str, follow_links: bool
+) -> tuple[LabelRow | None, str | None]:
     """The row (its labels as given, repeats included), or why it is left out."""
     raw_path, raw_label, raw_split = record.get("path"), record.get("label"), record.get("split")
     if not isinstance(raw_path, str) or not raw_path.strip():
@@ -208,6 +216,8 @@ def _row(record: dict[str, Any], folder: Path, label_sep: str) -> tuple[LabelRow
     file, relpath = _resolve(name, folder)
     if not file.is_file():
         return None, f"{name}: no such file"
+    if not follow_links and not file.resolve().is_relative_to(folder):
+        return None, f"{name}: outside {folder} (the label file's folder; {option('follow_links')} reads it)"
     return LabelRow(file, relpath, tuple(labels), split), None
 
 
