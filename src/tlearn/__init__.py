@@ -25,6 +25,7 @@ _EXPORTS = {
     "load": "tlearn.api",
     "evaluate": "tlearn.api",
     "predict": "tlearn.api",
+    "predict_on_ray": "tlearn.api",
     "export": "tlearn.api",
     "serve": "tlearn.api",
     "push": "tlearn.api",
@@ -76,6 +77,7 @@ __all__ = [
     "imagenet_predictions",
     "load",
     "predict",
+    "predict_on_ray",
     "push",
     "select",
     "serve",
@@ -84,7 +86,20 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from tlearn.api import Model, audit, demo, evaluate, export, export_model, load, predict, select, serve, train
+    from tlearn.api import (
+        Model,
+        audit,
+        demo,
+        evaluate,
+        export,
+        export_model,
+        load,
+        predict,
+        predict_on_ray,
+        select,
+        serve,
+        train,
+    )
     from tlearn.config import TrainConfig
     from tlearn.data.demo import draw_dataset
     from tlearn.deploy.export import ExportOptions, ExportResult

@@ -29,7 +29,7 @@ def test_ray_answers_equal_the_local_ones_in_order_with_failures_in_place(export
     reasons = write_broken_files(folder / "bad")
     for model in (exported_model.run, exported_model.onnx):
         local = list(tlearn.predict(model, [folder], top_k=2))
-        on_ray = list(tlearn.predict(model, [folder], top_k=2, ray="auto"))  # joins the fixture's cluster
+        on_ray = list(tlearn.predict_on_ray(model, [folder], top_k=2))  # joins the fixture's cluster
         assert [p.source for p in on_ray] == [p.source for p in local]
         assert [p.labels for p in on_ray] == [p.labels for p in local]
         assert [p.error for p in on_ray] == [p.error for p in local]
@@ -62,7 +62,7 @@ def test_rows_come_out_in_input_order_however_the_batches_arrive():
 
 def test_an_unreachable_cluster_is_one_line_not_a_hang(exported_model):
     with pytest.raises(TlearnError, match=r"cannot reach the Ray cluster at '127.0.0.1:1': Connection refused"):
-        list(tlearn.predict(exported_model.run, [exported_model.data], ray="127.0.0.1:1"))
+        list(tlearn.predict_on_ray(exported_model.run, [exported_model.data], address="127.0.0.1:1"))
 
 
 def test_without_ray_the_error_says_what_to_install(exported_model, monkeypatch):
@@ -75,4 +75,4 @@ def test_without_ray_the_error_says_what_to_install(exported_model, monkeypatch)
 
     monkeypatch.setattr(builtins, "__import__", no_ray)
     with pytest.raises(TlearnError, match=r'pip install "tlearn\[ray\]"'):
-        list(tlearn.predict(exported_model.run, [exported_model.data], ray="local"))
+        list(tlearn.predict_on_ray(exported_model.run, [exported_model.data], address="local"))

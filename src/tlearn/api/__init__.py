@@ -12,7 +12,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tlearn.api.inference import Model, evaluate, export, export_model, load, predict, push, serve
+from tlearn.api.inference import (
+    Model,
+    evaluate,
+    export,
+    export_model,
+    load,
+    predict,
+    predict_on_ray,
+    push,
+    serve,
+)
 from tlearn.api.train_config import default_out, resolve_train_config
 from tlearn.config import TrainConfig
 from tlearn.errors import TlearnError
@@ -33,6 +43,7 @@ __all__ = [
     "export_model",
     "load",
     "predict",
+    "predict_on_ray",
     "push",
     "select",
     "serve",

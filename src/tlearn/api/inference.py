@@ -245,19 +245,15 @@ def predict(
     workers: int | None = None,
     quiet: bool = True,
     reject: bool = True,
-    ray: str | None = None,
 ) -> Iterator[Prediction]:
     """Answers for image files and folders (searched recursively), yielded as they are computed.
 
     Memory stays constant on folders of any size; a file that cannot be read gets a `Prediction` with `error`.
     Each answer holds the top-k labels, a multi-label model's label set, and under a reject rule the score and
-    whether the image is "unknown" (`reject=False`: the best class anyway). With `ray` (a Ray address: "auto",
-    "ray://HOST:PORT", or "local" for this machine's cores) the images are predicted by actors on that cluster
-    (`tlearn.deploy.ray_predict`; `model` must then be a path), with the same answers in the same order.
+    whether the image is "unknown" (`reject=False`: the best class anyway).
 
     Raises:
         DataError: a path does not exist, or no image file was found.
-        TlearnError: `ray` is given and Ray is not installed or the cluster cannot be reached.
 
     Example:
         >>> for prediction in predict("runs/first", ["photos/"]):  # doctest: +SKIP
@@ -267,14 +263,42 @@ def predict(
     if not files:
         raise DataError(f"no image files found in {', '.join(map(str, sources))}")
     options = PredictOptions(top_k=top_k, workers=workers, reject=reject)
-    if ray is not None:
-        from tlearn.deploy.ray_predict import predict_on_ray  # deferred: Ray only when asked for
-
-        if not isinstance(model, str | Path):
-            raise TypeError("predict(..., ray=...) needs the model's path: every actor loads it")
-        return predict_on_ray(model, files, options, address=ray, engine=engine, progress=Progress(quiet=quiet))
     backend = _backend(model, device=device, engine=engine)
     return backend.iter_file_predictions(files, options, progress=Progress(quiet=quiet))
+
+
+def predict_on_ray(
+    model: str | Path,
+    sources: Sequence[str | Path],
+    *,
+    address: str = "auto",
+    top_k: int = 3,
+    engine: str | None = None,
+    quiet: bool = True,
+    reject: bool = True,
+) -> Iterator[Prediction]:
+    """`predict` on a Ray cluster's CPUs (`pip install "tlearn[ray]"`): the same answers, in the same order.
+
+    `address` is what `ray.init` takes: "auto" (the cluster this machine belongs to), "ray://HOST:PORT", or
+    "local" (a cluster of this machine's cores, started for the call). Every node must read the model and the
+    images at the same paths (`tlearn.deploy.ray_predict`).
+
+    Raises:
+        DataError: a path does not exist, or no image file was found.
+        TlearnError: Ray is not installed, or the address accepts no connection (at once, not after retries).
+
+    Example:
+        >>> for prediction in tlearn.predict_on_ray("runs/first", ["/shared/photos/"]):  # doctest: +SKIP
+        ...     print(prediction.source, prediction.label)
+    """
+    from tlearn.deploy import ray_predict  # deferred: Ray only when asked for
+
+    files = list_image_files(list(sources))
+    if not files:
+        raise DataError(f"no image files found in {', '.join(map(str, sources))}")
+    options = PredictOptions(top_k=top_k, reject=reject)
+    progress = Progress(quiet=quiet)
+    return ray_predict.predict_on_ray(model, files, options, address=address, engine=engine, progress=progress)
 
 
 def export(

@@ -30,7 +30,10 @@ def evaluate(
         bool, typer.Option("--tta", help="Flip test-time augmentation: average each image with its mirror image.")
     ] = False,
     follow_links: Annotated[
-        bool, typer.Option("--follow-links", help="Read images outside DATA: links leading out of it, label-file rows naming files elsewhere.")
+        bool,
+        typer.Option(
+            "--follow-links", help="Read images outside DATA: links out of it, label-file rows naming files elsewhere."
+        ),
     ] = False,
     engine: EngineOption = None,
     device: DeviceOption = "auto",

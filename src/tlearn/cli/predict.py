@@ -58,16 +58,16 @@ def predict(
     quiet: QuietOption = False,
 ) -> None:
     """Predict labels for images, printed as they come; exit code 1 if any file could not be read."""
-    from tlearn.api import load
+    from tlearn.api import load, predict_on_ray
     from tlearn.api import predict as predict_files
 
     chosen = engine.value if engine else None
     loaded = load(model, device=device, engine=chosen)
-    options = {"top_k": top_k, "workers": workers, "quiet": quiet, "reject": not no_reject}
+    options = {"top_k": top_k, "quiet": quiet, "reject": not no_reject}
     if ray is not None:
-        predictions = predict_files(model, paths, engine=chosen, ray=ray, **options)
+        predictions = predict_on_ray(model, paths, address=ray, engine=chosen, **options)
     else:
-        predictions = predict_files(loaded, paths, **options)
+        predictions = predict_files(loaded, paths, workers=workers, **options)
     failed, total = print_predictions(predictions, output_format, loaded.config)
     if failed:
         print(f"{failed} of {total} file(s) could not be read", file=sys.stderr)

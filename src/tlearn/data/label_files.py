@@ -31,9 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 from typing import Any, Literal
 
-from tlearn.util.wording import option
-
 from tlearn.errors import DataError
+from tlearn.util.wording import option
 
 LABEL_FILE_SUFFIXES = (".csv", ".json", ".jsonl")
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
