@@ -55,6 +55,8 @@ TESTS = {
     "engines/answers.py": ["tests/engines/test_answers.py"],
     "util/hardware.py": ["tests/util/test_hardware.py"],
     "report/compare.py": ["tests/report/test_compare.py"],
+    "backbones/result_cache.py": ["tests/backbones/test_result_cache.py"],
+    "audits/neighbours.py": ["tests/audits/test_similarity.py"],
 }
 # Seconds of fixture setup a module's tests need besides their own run: mutmut times each test's call only, so
 # a mutant whose tests first train and export the session's model (the `exported_model` fixture: about 30 s on

@@ -170,6 +170,9 @@ class TrainConfig(BaseModel):
     workers: int | None = Field(None, ge=0, description="Image decoding processes (default: from the core count).")
     # Tracking
     mlflow: str | None = Field(None, description="Also log to this MLflow tracking URI (server URL or folder).")
+    wandb: str | None = Field(
+        None, description="Also log to this Weights & Biases project (WANDB_MODE=offline: written locally)."
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -150,6 +150,7 @@ def run_training(
         tracker = Tracker(
             run.tracking if dist.is_main else None,
             mlflow_uri=config.mlflow if dist.is_main else None,
+            wandb_project=config.wandb if dist.is_main else None,
             run_name=run.root.name,
         )
         with tracker, contextlib.closing(ResultCache(cache_root())) as results:

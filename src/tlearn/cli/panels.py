@@ -27,7 +27,7 @@ PANELS: dict[str, tuple[str, ...]] = {
         "seed",
     ),
     "Compute": ("device", "embedding_engine", "precision", "compile", "workers"),
-    "Run folder and tracking": ("mlflow",),
+    "Run folder and tracking": ("mlflow", "wandb"),
 }
 PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names}
 RUN_FOLDER, COMPUTE = "Run folder and tracking", "Compute"
