@@ -1,6 +1,7 @@
-"""`tlearn serve` under load: requests/s and p50/p99 latency at concurrency 1, 8 and 32, one image per request.
+"""`tlearn serve` under load: requests/s and p50/p99 latency at concurrency 1, 8, 16 and 32, one image per
+request, beside a bare onnxruntime + FastAPI handler under the same load.
 
-    python benchmarks/bench_serve.py [--model MODEL] [--requests 60,160,320] [--max-seconds 90]
+    python benchmarks/bench_serve.py [--model MODEL] [--requests 60,160,240,320] [--max-seconds 90] [--no-bare]
 
 Protocol: the model (default: Lite0 trained on hymenoptera/train, exported to ONNX fp32) is served by
 `tlearn serve` on a free loopback port with its defaults (micro-batches of up to 32 images, 5 ms window). A
@@ -8,6 +9,11 @@ separate load-generator process (this script with `--load`) keeps C requests in 
 hymenoptera/val JPEG (cycling through the 153 files), until its request count or time limit is reached; it
 records each request's latency and status and the micro-batch sizes the server reports. A failed request
 is any answer other than 200 or a transport error. Traffic never leaves 127.0.0.1.
+
+The bare handler (this script with `--bare-server`) is what a hand-written service does: FastAPI under uvicorn,
+one `def` endpoint taking the same multipart upload, Pillow decode + resize + centre crop + normalise in NumPy,
+and one onnxruntime call per request on the same graph (no micro-batching, no guards). It is measured after
+tlearn's server under the same levels; `serve_over_bare` is tlearn's requests/s over the bare handler's.
 """
 
 from __future__ import annotations
@@ -28,7 +34,45 @@ from _common import SHARED, require_shared, run_tlearn, save
 
 TRAIN = SHARED / "hymenoptera" / "train"
 VAL = SHARED / "hymenoptera" / "val"
-CONCURRENCY = (1, 8, 32)
+CONCURRENCY = (1, 8, 16, 32)
+
+
+def bare_server(model: Path, port: int) -> None:
+    """A minimal hand-written service for the same ONNX model (see the module docstring)."""
+    import io
+
+    import numpy as np
+    import uvicorn
+    from fastapi import FastAPI, File, UploadFile
+    from PIL import Image
+
+    from tlearn.engines.onnx_engine import INPUT_NAME, OUTPUT_NAME, OnnxClassifier
+
+    engine = OnnxClassifier.load(model)
+    session, spec = engine.session, engine.config.preprocessing_spec()
+    height, width = spec.input_size
+    mean = np.array(spec.mean, dtype=np.float32).reshape(1, 3, 1, 1)
+    std = np.array(spec.std, dtype=np.float32).reshape(1, 3, 1, 1)
+    app = FastAPI()
+
+    @app.get("/readyz")
+    def ready() -> dict[str, str]:
+        return {"status": "ready"}
+
+    @app.post("/v1/predict")
+    def predict(files: list[UploadFile] = File(...)) -> dict[str, object]:  # noqa: B008 - FastAPI's idiom
+        batch = []
+        for upload in files:
+            image = Image.open(io.BytesIO(upload.file.read())).convert("RGB")
+            scale = max(height, width) / spec.crop_pct / min(image.size)
+            image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
+            left, top = (image.width - width) // 2, (image.height - height) // 2
+            pixels = np.asarray(image.crop((left, top, left + width, top + height)), dtype=np.float32) / 255
+            batch.append(pixels.transpose(2, 0, 1))
+        probabilities = session.run([OUTPUT_NAME], {INPUT_NAME: (np.stack(batch) - mean) / std})[0]
+        return {"predictions": [{"probabilities": row.tolist()} for row in probabilities]}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
 async def generate_load(url: str, concurrency: int, requests: int, max_seconds: float) -> dict[str, object]:
@@ -57,7 +101,7 @@ async def generate_load(url: str, concurrency: int, requests: int, max_seconds: 
             latencies.append(time.perf_counter() - started)
             if answer.status_code != 200:
                 failures.append(f"HTTP {answer.status_code}: {answer.text[:200]}")
-            else:
+            elif "timing" in answer.json():  # tlearn reports its micro-batches; the bare handler has none
                 batch_images.append(answer.json()["timing"]["batch_images"])
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -86,11 +130,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(model: Path, port: int) -> subprocess.Popen:
+def start_server(model: Path, port: int, *, bare: bool = False) -> subprocess.Popen:
     import httpx
 
+    command = [sys.executable, "-m", "tlearn", "serve", str(model), "--port", str(port), "-q"]
+    if bare:
+        command = [sys.executable, __file__, "--bare-server", str(model), "--port", str(port)]
     server = subprocess.Popen(
-        [sys.executable, "-m", "tlearn", "serve", str(model), "--port", str(port), "-q"],
+        command,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -112,11 +159,17 @@ def start_server(model: Path, port: int) -> subprocess.Popen:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="model directory or .onnx file (default: train + export)")
-    parser.add_argument("--requests", default="60,160,320", help="requests per concurrency level 1,8,32")
+    parser.add_argument("--requests", default="60,160,240,320", help="requests per concurrency level 1,8,16,32")
     parser.add_argument("--max-seconds", type=float, default=90, help="time limit per concurrency level")
+    parser.add_argument("--no-bare", action="store_true", help="skip the bare onnxruntime + FastAPI handler")
     parser.add_argument("--load", help=argparse.SUPPRESS)  # load-generator mode: URL
     parser.add_argument("--concurrency", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--bare-server", type=Path, help=argparse.SUPPRESS)  # bare-handler mode: the model
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.bare_server:
+        bare_server(args.bare_server, args.port)
+        return
     require_shared()
     request_counts = [int(n) for n in args.requests.split(",")]
     if args.load:
@@ -129,8 +182,32 @@ def main() -> None:
         run_tlearn("train", TRAIN, "--out", work / "run", "-q")
         run_tlearn("export", work / "run", "--out", work / "model.onnx", "--check-data", VAL, "-q")
         model = work / "model.onnx"
+    servers = {"tlearn": run_levels(model, request_counts, args.max_seconds, bare=False)}
+    if not args.no_bare:
+        servers["bare"] = run_levels(model, request_counts, args.max_seconds, bare=True)
+    ratios = {}
+    if "bare" in servers:
+        for ours, theirs in zip(servers["tlearn"], servers["bare"], strict=True):
+            ratios[str(ours["concurrency"])] = round(ours["requests_per_s"] / theirs["requests_per_s"], 3)
+    save(
+        "serve",
+        {
+            "protocol": "tlearn serve (defaults) on 127.0.0.1; separate load-generator process; one hymenoptera/val "
+            "JPEG per request; C requests in flight; then the bare onnxruntime + FastAPI handler the same way",
+            "model": str(model),
+            "load_average_1min_at_end": round(os.getloadavg()[0], 2),
+            "levels": servers["tlearn"],
+            "bare_levels": servers.get("bare"),
+            "serve_over_bare": ratios,
+            "failed_requests": sum(level["failed"] for level in servers["tlearn"]),
+        },
+    )
+
+
+def run_levels(model: Path, request_counts: list[int], max_seconds: float, *, bare: bool) -> list[dict]:
+    """Every concurrency level against one server (tlearn's or the bare handler)."""
     port = free_port()
-    server = start_server(model, port)
+    server = start_server(model, port, bare=bare)
     levels = []
     try:
         for concurrency, count in zip(CONCURRENCY, request_counts, strict=True):
@@ -145,29 +222,19 @@ def main() -> None:
                     "--requests",
                     str(count),
                     "--max-seconds",
-                    str(args.max_seconds),
+                    str(max_seconds),
                 ],
                 capture_output=True,
                 text=True,
-                timeout=args.max_seconds + 120,
+                timeout=max_seconds + 120,
                 check=True,
             )
             levels.append(json.loads(completed.stdout.strip().splitlines()[-1]))
-            print(json.dumps(levels[-1]), flush=True)
+            print("bare" if bare else "tlearn", json.dumps(levels[-1]), flush=True)
     finally:
         server.terminate()
         server.wait(timeout=30)
-    save(
-        "serve",
-        {
-            "protocol": "tlearn serve (defaults) on 127.0.0.1; separate load-generator process; one hymenoptera/val "
-            "JPEG per request; C requests in flight",
-            "model": str(model),
-            "load_average_1min_at_end": round(os.getloadavg()[0], 2),
-            "levels": levels,
-            "failed_requests": sum(level["failed"] for level in levels),
-        },
-    )
+    return levels
 
 
 if __name__ == "__main__":
