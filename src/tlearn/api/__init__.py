@@ -25,6 +25,7 @@ from tlearn.api.inference import (
 )
 from tlearn.api.train_config import default_out, resolve_train_config
 from tlearn.config import TrainConfig
+from tlearn.data.tables import is_table, table_label_file
 from tlearn.errors import TlearnError
 from tlearn.pipeline import Run, run_training
 from tlearn.util.progress import Progress
@@ -52,7 +53,7 @@ __all__ = [
 
 
 def train(
-    data: str | Path | None = None,
+    data: str | Path | Any = None,
     *,
     out: str | Path | None = None,
     config: TrainConfig | str | Path | None = None,
@@ -64,7 +65,10 @@ def train(
     """Train and evaluate a classifier on a folder of labelled images.
 
     Args:
-        data: `DATA/<class>/*` or `DATA/{train,val[,test]}/<class>/*`.
+        data: `DATA/<class>/*`, `DATA/{train,val[,test]}/<class>/*`, a label file, a pandas DataFrame with
+            `path` and `label` (and optionally `split`) columns, or a Hugging Face `datasets` image dataset
+            (`Dataset` or `DatasetDict`); a table is written once as a label file under the cache
+            (`tlearn.data.tables`).
         out: run directory (default `runs/<data>-<mode>-<time>`); must be empty unless `overwrite`.
         config: a `TrainConfig`, or a YAML/JSON file of settings; keyword `settings` override it.
         overwrite: replace the outputs of a previous run in `out` (only once the new run has succeeded).
@@ -82,11 +86,21 @@ def train(
     """
     if resume and out is None:
         raise TlearnError("--resume needs --out: the run directory to continue")
+    if is_table(data):
+        from tlearn.backbones.cache import cache_root
+
+        if _is_dataframe_like(data):
+            settings = {**settings, "follow_links": True}  # the user's own code named these images
+        data = table_label_file(data, cache_root())
     resume_dir = Path(out) if resume and out is not None else None
     resolved = resolve_train_config(config, {"data": data, **settings}, resume_dir=resume_dir)
     if out is None:
         out = default_out(resolved.data, resolved.mode)
     return run_training(resolved, out=out, overwrite=overwrite, resume=resume, progress=Progress(quiet=quiet))
+
+
+def _is_dataframe_like(data: Any) -> bool:
+    return type(data).__name__ == "DataFrame"
 
 
 def demo(out: str | Path = "tlearn-demo", *, quiet: bool = False, device: str = "auto") -> Run:
@@ -184,7 +198,10 @@ def select(
     select.json and select.html in `out` when given.
 
     Args:
-        data: `DATA/<class>/*` or `DATA/{train,val[,test]}/<class>/*`.
+        data: `DATA/<class>/*`, `DATA/{train,val[,test]}/<class>/*`, a label file, a pandas DataFrame with
+            `path` and `label` (and optionally `split`) columns, or a Hugging Face `datasets` image dataset
+            (`Dataset` or `DatasetDict`); a table is written once as a label file under the cache
+            (`tlearn.data.tables`).
         backbones: names (a list, or one comma-separated string), tried in order.
         weights: local weights files by backbone name.
         budget: stop starting new candidates after this long ("10m", "90s", or seconds).
