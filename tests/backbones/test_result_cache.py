@@ -146,3 +146,43 @@ def test_cached_head_searches_and_fits_equal_computed_ones(tmp_path, multilabel)
     np.testing.assert_array_equal(
         other_seed.out_of_fold, select_c(x, targets, classes, folds=3, seed=2, **options).out_of_fold
     )
+
+
+def test_digests_see_every_item_of_sequences_and_dataclasses():
+    from dataclasses import dataclass
+
+    @dataclass
+    class Settings:
+        folds: int
+        c: float | None = None
+
+    assert input_digest("k", [1, 2]) != input_digest("k", [1, 3])
+    assert input_digest("k", Settings(5)) == input_digest("k", Settings(5))
+    assert input_digest("k", Settings(5)) != input_digest("k", Settings(5, 0.1))
+    assert input_digest("k", Settings(5)) != input_digest("k", {"folds": 5, "c": None})
+
+
+def test_kinds_are_kept_apart_and_remembered_reads_back(tmp_path):
+    results = ResultCache(tmp_path)
+    first, second = Counted({"a": 1}), Counted({"b": 2})
+    assert remembered(results, "metrics", first, 1) == {"a": 1}
+    assert remembered(results, "audit", second, 1) == {"b": 2}  # same inputs, another computation
+    assert remembered(results, "metrics", first, 1) == {"a": 1} and (first.calls, second.calls) == (1, 1)
+
+
+def test_values_with_nan_and_infinity_round_trip(tmp_path):
+    results = ResultCache(tmp_path)
+    value = {"loss": float("nan"), "bound": float("inf")}
+    results.remember("kind", Counted(value), 1)
+    results.close()
+    read = ResultCache(tmp_path).remember("kind", Counted(None), 1)
+    assert np.isnan(read["loss"]) and read["bound"] == float("inf")
+
+
+def test_a_row_whose_fields_were_changed_to_other_valid_json_is_not_trusted(tmp_path):
+    results = ResultCache(tmp_path)
+    results.remember("kind", Counted({"value": 1}), 1)
+    results.close()
+    with closing(sqlite3.connect(tmp_path / "results.sqlite")) as connection, connection:
+        connection.execute("""UPDATE results SET fields = '{"value": {"value": 2}}'""")
+    assert ResultCache(tmp_path).remember("kind", Counted({"value": 1}), 1) == {"value": 1}
