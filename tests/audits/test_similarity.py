@@ -98,7 +98,22 @@ def test_without_faiss_the_search_stays_exact(monkeypatch):
 
     monkeypatch.setattr(neighbours, "EXACT_LIMIT", 10)
     monkeypatch.setattr(builtins, "__import__", no_faiss)
-    assert isinstance(neighbour_search(planted_copies(count=100)), ExactSearch)
+    embeddings = planted_copies(count=100)
+    search = neighbour_search(embeddings)
+    assert isinstance(search, ExactSearch)
+    assert search.pairs(0.8) == ExactSearch(standardised_unit(embeddings)).pairs(0.8) != []
+
+
+@pytest.mark.parametrize("search_type", [ExactSearch, IndexedSearch])
+def test_with_fewer_images_than_neighbours_every_other_image_counts(search_type):
+    if search_type is IndexedSearch:
+        pytest.importorskip("faiss")
+    diagonal = np.sqrt(0.5)
+    unit = np.array([[1.0, 0.0], [0.0, 1.0], [diagonal, diagonal]])
+    expected = [1 - diagonal / 2, 1 - diagonal / 2, 1 - diagonal]  # the mean distance to both others
+    assert search_type(unit).mean_neighbour_distances(10) == pytest.approx(expected, abs=1e-6)
+    assert search_type(unit[:2]).mean_neighbour_distances(10) == pytest.approx([1.0, 1.0], abs=1e-6)
+    assert search_type(unit[:1]).mean_neighbour_distances(10).tolist() == [0.0]
 
 
 def test_group_pairs_joins_chains():
