@@ -25,7 +25,7 @@ from tlearn.api.inference import (
 )
 from tlearn.api.train_config import default_out, resolve_train_config
 from tlearn.config import TrainConfig
-from tlearn.data.tables import is_table, table_label_file
+from tlearn.data.tables import is_dataframe, is_table, table_label_file
 from tlearn.errors import TlearnError
 from tlearn.pipeline import Run, run_training
 from tlearn.util.progress import Progress
@@ -89,7 +89,7 @@ def train(
     if is_table(data):
         from tlearn.backbones.cache import cache_root
 
-        if _is_dataframe_like(data):
+        if is_dataframe(data):
             settings = {**settings, "follow_links": True}  # the user's own code named these images
         data = table_label_file(data, cache_root())
     resume_dir = Path(out) if resume and out is not None else None
@@ -97,10 +97,6 @@ def train(
     if out is None:
         out = default_out(resolved.data, resolved.mode)
     return run_training(resolved, out=out, overwrite=overwrite, resume=resume, progress=Progress(quiet=quiet))
-
-
-def _is_dataframe_like(data: Any) -> bool:
-    return type(data).__name__ == "DataFrame"
 
 
 def demo(out: str | Path = "tlearn-demo", *, quiet: bool = False, device: str = "auto") -> Run:

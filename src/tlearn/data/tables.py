@@ -36,7 +36,7 @@ SPLIT_NAMES = {"train": "train", "validation": "val", "valid": "val", "val": "va
 
 def is_table(data: Any) -> bool:
     """Whether `data` is a DataFrame or a Hugging Face dataset (anything else is a path)."""
-    return _is_dataframe(data) or _is_hf_dataset(data) or _is_hf_dataset_dict(data)
+    return is_dataframe(data) or _is_hf_dataset(data) or _is_hf_dataset_dict(data)
 
 
 def table_label_file(data: Any, root: Path) -> Path:
@@ -46,7 +46,7 @@ def table_label_file(data: Any, root: Path) -> Path:
         DataError: a DataFrame without `path` / `label` columns, a dataset without an image or label column, or
             a split name tlearn does not know.
     """
-    if _is_dataframe(data):
+    if is_dataframe(data):
         rows = list(_dataframe_rows(data))
         return _written(root, _digest(rows), rows, images=None)
     splits = dict(data) if _is_hf_dataset_dict(data) else {None: data}
@@ -58,7 +58,8 @@ def table_label_file(data: Any, root: Path) -> Path:
     return _written(root, key if all(fingerprints) else "hf-" + _digest(rows), rows, images)
 
 
-def _is_dataframe(data: Any) -> bool:
+def is_dataframe(data: Any) -> bool:
+    """Whether `data` is a pandas DataFrame (its images are read where its paths point)."""
     return type(data).__name__ == "DataFrame" and hasattr(data, "columns") and hasattr(data, "itertuples")
 
 
