@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -162,9 +163,15 @@ def test_rejects_probe_summary_and_clear(tmp_path):
     legacy = tmp_path / "embeddings" / "old-namespace" / "ab" / f"{'ab' * 32}.safetensors"
     legacy.parent.mkdir(parents=True)
     legacy.write_bytes(b"x" * 100)
+    from tlearn.backbones.result_cache import ResultCache
+
+    with contextlib.closing(ResultCache(tmp_path)) as results:
+        results.remember("kind", lambda: [1], 1)
+    (tmp_path / "tables" / "key").mkdir(parents=True)
+    (tmp_path / "tables" / "key" / "labels.csv").write_text("path,label\n")
     summary = summarize(tmp_path)
     assert summary.embeddings["ns"]["entries"] == 1 and summary.rejects == 1 and summary.legacy_entries == 1
-    assert summary.embeddings["ns"]["description"] == {"backbone": {"arch": "x"}}
+    assert summary.embeddings["ns"]["description"] == {"backbone": {"arch": "x"}} and summary.results == 1
     assert clear(tmp_path) > 0
     assert summarize(tmp_path).total_bytes == 0 and not legacy.exists()
 

@@ -11,6 +11,7 @@ Layout under the cache root (`TLEARN_CACHE_DIR`, default the user's cache folder
     embeddings/<namespace>.sqlite                 every embedding of one backbone + preprocessing
     files.sqlite                                  the file index and decoding verdicts ("not an image: ...")
     results.sqlite                                results computed from embeddings (head fits, metrics, figures)
+    tables/<key>/labels.csv                       DataFrames and Hugging Face datasets as label files (+ images)
     backbones/<backbone key>/{weights.safetensors,info.json}   weights in timm's layout, for torch-free reuse
     onnx/<backbone key>-<preprocessing>.{onnx,json}            the verified embedding graph for onnxruntime
 
@@ -660,7 +661,8 @@ def summarize(root: Path) -> CacheSummary:
 def clear(root: Path) -> int:
     """Delete everything tlearn cached under `root`; returns the bytes freed."""
     freed = summarize(root).total_bytes
-    for name in (EMBEDDINGS_DIR, "rejects", "backbones", "onnx", "selections"):  # selections: `tlearn select`
+    # selections: `tlearn select`; tables: DataFrames and datasets written as label files (`tlearn.data.tables`)
+    for name in (EMBEDDINGS_DIR, "rejects", "backbones", "onnx", "selections", "tables"):
         shutil.rmtree(root / name, ignore_errors=True)
     for name in (FILES_DB, RESULTS_DB):
         for path in root.glob(f"{name}*"):
