@@ -10,7 +10,7 @@ hymenoptera/val JPEG (cycling through the 153 files), until its request count or
 records each request's latency and status and the micro-batch sizes the server reports. A failed request
 is any answer other than 200 or a transport error. Traffic never leaves 127.0.0.1.
 
-The bare handler (this script with `--bare-server`) is what a hand-written service does: FastAPI under uvicorn,
+The bare handler (`benchmarks/_bare_server.py`) is what a hand-written service does: FastAPI under uvicorn,
 one `def` endpoint taking the same multipart upload, Pillow decode + resize + centre crop + normalise in NumPy,
 and one onnxruntime call per request on the same graph (no micro-batching, no guards). It is measured after
 tlearn's server under the same levels; `serve_over_bare` is tlearn's requests/s over the bare handler's.
@@ -35,44 +35,6 @@ from _common import SHARED, require_shared, run_tlearn, save
 TRAIN = SHARED / "hymenoptera" / "train"
 VAL = SHARED / "hymenoptera" / "val"
 CONCURRENCY = (1, 8, 16, 32)
-
-
-def bare_server(model: Path, port: int) -> None:
-    """A minimal hand-written service for the same ONNX model (see the module docstring)."""
-    import io
-
-    import numpy as np
-    import uvicorn
-    from fastapi import FastAPI, File, UploadFile
-    from PIL import Image
-
-    from tlearn.engines.onnx_engine import INPUT_NAME, OUTPUT_NAME, OnnxClassifier
-
-    engine = OnnxClassifier.load(model)
-    session, spec = engine.session, engine.config.preprocessing_spec()
-    height, width = spec.input_size
-    mean = np.array(spec.mean, dtype=np.float32).reshape(1, 3, 1, 1)
-    std = np.array(spec.std, dtype=np.float32).reshape(1, 3, 1, 1)
-    app = FastAPI()
-
-    @app.get("/readyz")
-    def ready() -> dict[str, str]:
-        return {"status": "ready"}
-
-    @app.post("/v1/predict")
-    def predict(files: list[UploadFile] = File(...)) -> dict[str, object]:  # noqa: B008 - FastAPI's idiom
-        batch = []
-        for upload in files:
-            image = Image.open(io.BytesIO(upload.file.read())).convert("RGB")
-            scale = max(height, width) / spec.crop_pct / min(image.size)
-            image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
-            left, top = (image.width - width) // 2, (image.height - height) // 2
-            pixels = np.asarray(image.crop((left, top, left + width, top + height)), dtype=np.float32) / 255
-            batch.append(pixels.transpose(2, 0, 1))
-        probabilities = session.run([OUTPUT_NAME], {INPUT_NAME: (np.stack(batch) - mean) / std})[0]
-        return {"predictions": [{"probabilities": row.tolist()} for row in probabilities]}
-
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
 async def generate_load(url: str, concurrency: int, requests: int, max_seconds: float) -> dict[str, object]:
@@ -135,7 +97,7 @@ def start_server(model: Path, port: int, *, bare: bool = False) -> subprocess.Po
 
     command = [sys.executable, "-m", "tlearn", "serve", str(model), "--port", str(port), "-q"]
     if bare:
-        command = [sys.executable, __file__, "--bare-server", str(model), "--port", str(port)]
+        command = [sys.executable, str(Path(__file__).with_name("_bare_server.py")), str(model), str(port)]
     server = subprocess.Popen(
         command,
         stdout=subprocess.DEVNULL,
@@ -164,12 +126,7 @@ def main() -> None:
     parser.add_argument("--no-bare", action="store_true", help="skip the bare onnxruntime + FastAPI handler")
     parser.add_argument("--load", help=argparse.SUPPRESS)  # load-generator mode: URL
     parser.add_argument("--concurrency", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--bare-server", type=Path, help=argparse.SUPPRESS)  # bare-handler mode: the model
-    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.bare_server:
-        bare_server(args.bare_server, args.port)
-        return
     require_shared()
     request_counts = [int(n) for n in args.requests.split(",")]
     if args.load:

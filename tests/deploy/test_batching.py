@@ -125,6 +125,32 @@ def test_a_single_request_does_not_wait_longer_than_the_window():
     assert time.perf_counter() - started < 5.0  # the window (10 ms) is the only wait; 5 s allows a loaded machine
 
 
+def test_a_lone_request_runs_at_once_and_a_batch_waits_only_for_requests_on_their_way():
+    """With nothing else on its way a request never waits out the window (30 s here); a request decoding its
+    images (`expecting`) is waited for, and joins the batch."""
+    model = RecordingModel()
+
+    async def scenario():
+        batcher = MicroBatcher(model, max_batch_size=32, max_wait_s=LONG_WAIT_S)
+        await batcher.start()
+        try:
+            alone = await asyncio.wait_for(batcher.submit(images(1)), 10)  # would hang 30 s if it waited
+            with batcher.expecting():  # a second request still decoding
+                first = asyncio.create_task(batcher.submit(images(2)))
+                await until(lambda: batcher.queued_jobs == 0)  # the collector holds the first job, waiting
+                await asyncio.sleep(0.05)
+                assert not first.done()
+            together = await asyncio.wait_for(asyncio.gather(first, batcher.submit(images(3))), 10)
+            return alone, together
+        finally:
+            await batcher.stop()
+
+    (_, alone_timing), together = run_async(scenario())
+    assert alone_timing.batch_requests == 1 and alone_timing.queue_ms < 5000
+    assert model.batch_sizes == [1, 2]  # the expected request joined the waiting one
+    assert [timing.batch_requests for _, timing in together] == [2, 2]
+
+
 def batcher_scenario(model, *steps, probe: np.ndarray | None = None):
     """Run `steps` (async functions of the batcher) in order on one batcher; returns their results."""
 

@@ -1,10 +1,13 @@
 """Micro-batching: concurrent requests share one model call, so throughput grows with load.
 
 Each request submits its images and awaits its own rows of probabilities. A collector task takes the first
-waiting job, waits a short window for more (or until the batch is full), runs the model once on all of them in
+waiting job, waits a short window for more (or until the batch is full) while other requests are on their way
+(`expecting`: decoding their images), runs the model once on all of them in
 a worker thread — never on the event loop — and hands each job its rows. One model call runs at a time: the
 runtime already spreads a batch over the CPU cores. A request with more images than a batch holds is split
-into several jobs, so no model call ever exceeds `max_batch_size` images (memory stays bounded).
+into several jobs, so no model call ever exceeds `max_batch_size` images (memory stays bounded). A job with no
+other request on its way runs at once: waiting out the window for company that cannot come cost a lone client
+5 ms of its ~20 ms answer (benchmarks/bench_serve.py, concurrency 1).
 
 Nothing that goes wrong in one batch stops the collector: a model exception, a shape mismatch or a wrong
 number of rows fails that batch's requests with a `BatchError` naming the reason, and the next batch runs.
@@ -16,10 +19,11 @@ probe succeeds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -94,6 +98,17 @@ class MicroBatcher:
         self._held_over: deque[_Job] = deque()  # a job that did not fit the previous batch goes first next time
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tlearn-inference")
         self._collector: asyncio.Task[None] | None = None
+        self._expected = 0  # requests decoding images they will submit (`expecting`)
+
+    @contextlib.contextmanager
+    def expecting(self) -> Iterator[None]:
+        """Within this block a request is on its way (decoding its images): a batch being formed waits for it,
+        up to `max_wait_s`. Leave the block right before `submit` (no await between them)."""
+        self._expected += 1
+        try:
+            yield
+        finally:
+            self._expected -= 1
 
     @property
     def queued_jobs(self) -> int:
@@ -175,6 +190,8 @@ class MicroBatcher:
         images = len(jobs[0].pixels)
         deadline = loop.time() + self.max_wait_s
         while images < self.max_batch_size:
+            if self._expected == 0 and self._queue.empty():
+                break  # no other request is on its way: waiting could only delay this one
             try:
                 job = await asyncio.wait_for(self._queue.get(), max(0.0, deadline - loop.time()))
             except TimeoutError:

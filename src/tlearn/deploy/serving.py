@@ -282,7 +282,8 @@ def create_app(loader: Callable[[], InferenceEngine], settings: ServeSettings = 
         service.pending += 1
         try:
             names = [file_name(upload.filename, index) for index, upload in enumerate(files)]
-            pixels = await _decode_all(service, engine.preprocessing, names, [upload.file for upload in files])
+            with batcher.expecting():  # a batch being formed waits for these images
+                pixels = await _decode_all(service, engine.preprocessing, names, [upload.file for upload in files])
             decoded = time.perf_counter()
             try:
                 probabilities, timing = await batcher.submit(pixels)
