@@ -33,6 +33,7 @@ _EXPORTS = {
     "audit": "tlearn.api",
     "select": "tlearn.api",
     "Model": "tlearn.api",
+    "TlearnClassifier": "tlearn.api.estimator",
     "TrainConfig": "tlearn.config",
     "Run": "tlearn.pipeline",
     "RunReport": "tlearn.report.display",
@@ -65,6 +66,7 @@ __all__ = [
     "Run",
     "RunReport",
     "ServeSettings",
+    "TlearnClassifier",
     "TlearnError",
     "TrainConfig",
     "__version__",
@@ -100,6 +102,7 @@ if TYPE_CHECKING:
         serve,
         train,
     )
+    from tlearn.api.estimator import TlearnClassifier
     from tlearn.config import TrainConfig
     from tlearn.data.demo import draw_dataset
     from tlearn.deploy.export import ExportOptions, ExportResult
