@@ -1,6 +1,7 @@
 """The first run on a fresh install against its floor: `tlearn train DATA --mode linear` on an empty cache.
 
-    python benchmarks/bench_first_run.py [--data ../shared/datasets/hymenoptera/train] [--name first-run]
+    python benchmarks/bench_first_run.py [--data ../shared/datasets/hymenoptera/train] [--backbone NAME]
+                                         [--name first-run]
 
 An empty cache means every backbone the run uses is built from its packaged weights, embeds every image it
 needs for the first time, and (on the CPU) exports and checks its ONNX graph once. With `--backbone auto` (the
@@ -62,13 +63,15 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=SHARED / "hymenoptera" / "train")
+    parser.add_argument("--backbone", default="auto", help="the run's --backbone (auto: every candidate)")
     parser.add_argument("--name", default="first-run")
     args = parser.parse_args()
     require_shared()
     work = Path(tempfile.mkdtemp(prefix="tlearn-bench-first-"))
     env = {"TLEARN_CACHE_DIR": str(work / "cache")}
-    first_s, output = run_tlearn("train", args.data, "--out", work / "first", "--mode", "linear", env=env)
-    second_s, _ = run_tlearn("train", args.data, "--out", work / "second", "--mode", "linear", env=env)
+    flags = ["--mode", "linear", "--backbone", args.backbone]
+    first_s, output = run_tlearn("train", args.data, "--out", work / "first", *flags, env=env)
+    second_s, _ = run_tlearn("train", args.data, "--out", work / "second", *flags, env=env)
     run = json.loads((work / "first" / "run.json").read_text())
     # What the run embedded with each backbone: the first (cheapest) and the winner every image, the other
     # candidates the train + val images they were compared on.
@@ -90,6 +93,7 @@ def main() -> None:
         args.name,
         {
             "data": str(args.data),
+            "backbone": args.backbone,
             "first_run_s": round(first_s, 2),
             "second_run_s": round(second_s, 2),
             "floor_script_s": round(floor["script_s"], 2),
