@@ -14,7 +14,12 @@ on a free loopback port. For `--seconds`, `--clients` concurrent clients send, i
 * junk: random bytes named .jpg; must be 415;
 * oversized: a body declared (Content-Length) or streamed (chunked) beyond the 10 MB limit; must be 413;
 * slow (two clients only): headers, half a body, then one byte every 2 s; must be 408 once the 30 s body
-  timeout passes.
+  timeout passes;
+* webp: one lossless WebP of 6300x6300 (a few hundred bytes, 39.7 MP: just under the upload limit, seconds of
+  CPU and hundreds of MB to decode); must be 200;
+* webp16: sixteen of them in one request (635 MP declared against the 100 MP request budget); must be 413;
+* scans: a progressive JPEG with its last scan repeated 200 times (a scan bomb); must be 413;
+* idle: `--idle` sockets held open without sending a byte, reopened when the server closes them.
 
 A monitor polls `/healthz` every 0.25 s on its own connection (each must answer in < 1 s) and samples the
 service's resident memory from /proc (VmRSS; VmHWM for the peak). A crash is the service exiting, a
@@ -48,8 +53,20 @@ from bench_serve import free_port, start_server
 MAX_REQUEST_BYTES = 10 * 1024 * 1024  # tlearn serve's default --max-request-mb
 BODY_TIMEOUT_S = 30.0  # ServeSettings.body_timeout_s
 HEALTH_LIMIT_S = 1.0
-EXPECTED = {"good": 200, "16bit": 200, "thin": 413, "bomb": 413, "junk": 415, "oversized": 413, "slow": 408}
+EXPECTED = {
+    "good": 200,
+    "16bit": 200,
+    "thin": 413,
+    "bomb": 413,
+    "junk": 415,
+    "oversized": 413,
+    "slow": 408,
+    "webp": 200,
+    "webp16": 413,
+    "scans": 413,
+}
 ROTATION = ["good", "good", "thin", "good", "junk", "good", "16bit", "good", "bomb", "good", "oversized", "good"]
+ROTATION += ["webp", "good", "webp16", "good", "scans", "good"]
 
 
 def tiny_model(work: Path) -> Path:
@@ -113,7 +130,17 @@ def payloads(work: Path, model: Path) -> dict[str, list[tuple[str, bytes, str | 
         files.append(work / "offline" / name)
     offline = {Path(p.source).name: p.label for p in tlearn.load(model).predict(files, top_k=1)}
     junk = random.Random(0).randbytes(50_000)
+    webp = io.BytesIO()
+    Image.new("RGB", (6300, 6300), (40, 120, 200)).save(webp, format="WEBP", lossless=True)
+    noise = np.random.default_rng(0).integers(0, 256, (600, 600, 3), dtype=np.uint8)
+    progressive = io.BytesIO()
+    Image.fromarray(noise).save(progressive, format="JPEG", progressive=True, quality=90)
+    data = progressive.getvalue()
+    scan_bomb = data[:-2] + data[data.rfind(b"\xff\xda") : -2] * 200 + b"\xff\xd9"
     return {
+        "webp": [("flat.webp", webp.getvalue(), None)],
+        "webp16": [("flat.webp", webp.getvalue(), None)],
+        "scans": [("scans.jpg", scan_bomb, None)],
         "good": [(name, content, offline[name]) for name, content in good],
         "16bit": [(name, content, offline[name]) for name, content in deep],
         "thin": [("thin.png", png_bytes(Image.new("L", (100_000, 1))), None)],
@@ -223,9 +250,28 @@ class Soak:
         if kind == "slow":
             return await slow_upload(self.port, self.cases["good"][0][1]), None, None
         name, content, expected = self.cases[kind][turn % len(self.cases[kind])]
-        answer = await http.post(f"{self.url}/v1/predict?top_k=1", files=[("files", (name, content, "image/png"))])
+        uploads = [("files", (name, content, "image/png"))] * (16 if kind == "webp16" else 1)
+        answer = await http.post(f"{self.url}/v1/predict?top_k=1", files=uploads)
         label = answer.json()["predictions"][0]["labels"][0] if answer.status_code == 200 else None
         return answer.status_code, label, expected
+
+    async def idle_sockets(self, count: int) -> None:
+        """Hold `count` connections that never send a byte; reopen each one the server closes."""
+        self.idle_reopened = 0
+
+        async def hold() -> None:
+            while time.monotonic() < self.deadline:
+                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                try:
+                    left = max(0.1, self.deadline - time.monotonic())
+                    await asyncio.wait_for(reader.read(1 << 16), left)  # b"" (or a 503) when the server lets go
+                    self.idle_reopened += 1
+                except TimeoutError:
+                    pass
+                finally:
+                    writer.close()
+
+        await asyncio.gather(*(hold() for _ in range(count)), return_exceptions=True)
 
     async def monitor(self) -> None:
         import httpx
@@ -258,6 +304,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--model", type=Path, help="an .onnx file (default: train and export the tiny model)")
+    parser.add_argument("--idle", type=int, default=40, help="idle sockets held open the whole time")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tlearn-bench-hostile-"))
     model = args.model or tiny_model(work)
@@ -270,7 +317,9 @@ def main() -> None:
     try:
 
         async def run() -> None:
-            await asyncio.gather(soak.monitor(), *(soak.client(index) for index in range(args.clients)))
+            await asyncio.gather(
+                soak.monitor(), soak.idle_sockets(args.idle), *(soak.client(index) for index in range(args.clients))
+            )
 
         asyncio.run(run())
         alive = server.poll() is None
@@ -283,10 +332,11 @@ def main() -> None:
             server.kill()
             server.wait()
     # What memory may hold at most (ServeSettings defaults): the idle service, one request body per connection
-    # uvicorn admits while the multipart parser spools it (<= 1 MB per file in memory, the rest on disk),
-    # and per decoding thread one upload plus one 40 MP picture and its conversions (RGB + 16-bit copies).
+    # uvicorn admits while the multipart parser spools it (<= 1 MB per file in memory, the rest on disk), per
+    # decoding thread one upload, and one 40 MP picture being decoded (the pixel gate admits one at a time) at
+    # up to 25 bytes per pixel (a lossless WebP's decode buffers and its RGB copy: about 24 measured here).
     cores = len(os.sched_getaffinity(0))
-    bound_mb = idle_mb + 64 * 1.0 + cores * (MAX_REQUEST_BYTES / 2**20 + 40 * 12)
+    bound_mb = idle_mb + 64 * 1.0 + cores * MAX_REQUEST_BYTES / 2**20 + 40 * 25
     bad = {kind: dict(counts) for kind, counts in soak.statuses.items() if EXPECTED[kind] != 200}
     good = {kind: dict(counts) for kind, counts in soak.statuses.items() if EXPECTED[kind] == 200}
     result = {
@@ -300,6 +350,9 @@ def main() -> None:
         "problems": soak.problems[:20],
         "problem_count": len(soak.problems),
         "p50_latency_s": {kind: round(float(np.median(values)), 3) for kind, values in soak.latencies.items()},
+        "p99_latency_s": {kind: round(float(np.quantile(values, 0.99)), 3) for kind, values in soak.latencies.items()},
+        "idle_sockets": args.idle,
+        "idle_sockets_closed_by_server": getattr(soak, "idle_reopened", 0),
         "healthz_max_s": round(max(soak.health_s), 3),
         "healthz_checks": len(soak.health_s),
         "rss_idle_mb": round(idle_mb, 1),

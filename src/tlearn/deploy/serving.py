@@ -41,7 +41,6 @@ import asyncio
 import logging
 import os
 import re
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -60,11 +59,13 @@ from tlearn.data.preprocess import EvalPreprocess, Preprocessing
 from tlearn.deploy.batching import BatchError, MicroBatcher
 from tlearn.deploy.guards import BodyLimit, HostCheck, OriginCheck, RequestLimit
 from tlearn.deploy.model_info import describe_model, model_identity, without_directories
+from tlearn.deploy.pixels import PixelBudget, PixelGate
 from tlearn.engines.base import InferenceEngine
 from tlearn.engines.options import PredictOptions
 from tlearn.errors import ModelOutputError
 
 logger = logging.getLogger("tlearn.serve")
+UPLOAD_HEAD_BYTES = 256 * 1024  # read for an upload's declared size: image headers (and EXIF before a JPEG's) fit
 
 # Uploads get a lower limit than training data (PIL's 89.5 MP): a 40 MP RGB picture is 120 MB decoded.
 DEFAULT_UPLOAD_PIXELS = 40_000_000
@@ -140,6 +141,7 @@ class _Service:
         threads = settings.decode_threads or min(_cores(), MAX_DECODE_THREADS)
         self.decode_slots = asyncio.Semaphore(threads)
         self.decoder = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tlearn-decode")
+        self.pixel_gate = PixelGate(settings.max_image_pixels)  # about one largest picture decoded at a time
         self._probing: asyncio.Task[str | None] | None = None
 
     async def load(self, loader: Callable[[], InferenceEngine]) -> None:
@@ -369,7 +371,12 @@ async def _decode_all(
     budget = PixelBudget(service.settings.max_request_pixels)
 
     async def decode(name: str, stream: BinaryIO) -> np.ndarray | _Refusal:
-        async with service.decode_slots:
+        # A big picture waits for the gate here, on the event loop, not in a decoding thread: small ones keep
+        # the threads meanwhile. One declaring more than the upload limit is refused before any pixel is
+        # decoded, so it passes without waiting.
+        size = declared_size(upload_head(stream))
+        decoded = size if size is not None and size[0] * size[1] <= max_pixels else None
+        async with service.pixel_gate.admitted(decoded), service.decode_slots:
             return await loop.run_in_executor(
                 service.decoder, decode_upload, name, stream, preprocessing, max_pixels, budget
             )
@@ -388,26 +395,12 @@ async def _decode_all(
     return np.stack(results)
 
 
-class PixelBudget:
-    """The pixels one request's images may declare in all; each image takes its share before it is decoded."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit, self.taken = limit, 0
-        self._lock = threading.Lock()
-
-    def take(self, content: bytes) -> str | None:
-        """Why this image cannot be decoded within the request's budget, or None when it took its share."""
-        size = declared_size(content)
-        if size is None:
-            return None
-        with self._lock:
-            self.taken += size[0] * size[1]
-            if self.taken <= self.limit:
-                return None
-        return (
-            f"the request's images declare more than {self.limit / 1e6:g} MP in all "
-            f"(this one {size[0]}x{size[1]}); send fewer or smaller images per request"
-        )
+def upload_head(stream: BinaryIO, size: int = UPLOAD_HEAD_BYTES) -> bytes:
+    """The first bytes of an upload (its header, for `declared_size`), the stream left at its start."""
+    stream.seek(0)
+    head = stream.read(size)
+    stream.seek(0)
+    return head
 
 
 def decode_upload(
@@ -421,7 +414,7 @@ def decode_upload(
     try:
         stream.seek(0)
         content = stream.read()
-        over = budget.take(content) if budget is not None else None
+        over = budget.take(declared_size(content)) if budget is not None else None
         if over is not None:
             return _Refusal(name, over, 413)
         # Decoded exactly as training and `tlearn predict` decode; the aspect ratio and the resized size are
