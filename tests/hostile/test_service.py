@@ -199,6 +199,36 @@ def test_a_request_whose_images_declare_too_many_pixels_is_413_before_they_are_a
         assert still_serves(client)
 
 
+def test_big_pictures_are_decoded_one_at_a_time_whatever_the_threads(engine, monkeypatch):
+    """Two 1 MP WebPs in one request, decoding threads to spare and a 1.5 MP gate: they are never decoded at
+    the same moment; a picture declaring more than the upload limit is refused without waiting for the gate."""
+    from tlearn.deploy import pixels
+
+    real_decode, inside, most = serving.EvalPreprocess.from_file, [0], [0]
+
+    def decode(preprocess, content):
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        time.sleep(0.1)  # long enough for a second thread to start decoding if it were let in
+        try:
+            return real_decode(preprocess, content)
+        finally:
+            inside[0] -= 1
+
+    monkeypatch.setattr(serving.EvalPreprocess, "from_file", decode)
+    monkeypatch.setattr(serving, "PixelGate", lambda limit: pixels.PixelGate(1_500_000))
+    picture = lossless_webp(1000)
+    with serving_app(lambda: engine, ServeSettings(decode_threads=4)) as client:
+        assert post(client, ("a.webp", picture), ("b.webp", picture)).status_code == 200
+        assert most[0] == 1
+        most[0] = 0
+        assert post(client, ("a.png", RED), ("b.png", RED), ("c.png", RED)).status_code == 200
+        assert most[0] > 1  # small pictures are decoded side by side
+    with serving_app(lambda: engine, ServeSettings(max_image_pixels=500_000)) as client:
+        answer = post(client, ("big.webp", picture))
+        assert answer.status_code == 413 and still_serves(client)
+
+
 def test_decoding_threads_do_not_grow_with_the_host(monkeypatch):
     monkeypatch.setattr(serving, "_cores", lambda: 64)
     assert serving._Service(ServeSettings()).decoder._max_workers == serving.MAX_DECODE_THREADS == 4
