@@ -46,12 +46,11 @@ class PixelGate:
     """The pixels being decoded at once in this process; `admitted` waits (on the event loop) until an
     image's pixels fit.
 
-    Example:
-        >>> async def decode_one(gate):
-        ...     async with gate.admitted((6000, 6000)):
-        ...         return gate.busy
-        >>> asyncio.run(decode_one(PixelGate(40_000_000)))
-        36000000
+    Example (in a coroutine):
+        >>> gate = PixelGate(40_000_000)
+        >>> async def decode_one():  # doctest: +SKIP
+        ...     async with gate.admitted((6000, 6000)):  # 36 MP: waits while more than 4 MP are being decoded
+        ...         return decode(upload)
     """
 
     def __init__(self, limit: int) -> None:
