@@ -31,7 +31,8 @@ import numpy as np
 
 from tlearn.backbones.cache import RESULTS_DB, SqliteStore, Warn, warn_once
 
-LIBRARIES = ("numpy", "scipy", "scikit-learn", "matplotlib", "jinja2")  # their versions are part of every key
+# Their versions are part of every key (tlearn's own too: an install without .py sources still tells releases apart).
+LIBRARIES = ("tlearn", "numpy", "scipy", "scikit-learn", "matplotlib", "jinja2")
 MAX_ROWS = 4000  # results kept (most recently used first): ~50 runs' worth; a row is a few KB to a few hundred
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
