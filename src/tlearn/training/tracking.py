@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tlearn.errors import TlearnError
+from tlearn.util.text import first_line
 
 
 class Sink(Protocol):
@@ -102,8 +103,7 @@ class WandbSink:
         try:
             self._run = wandb.init(project=project, name=run_name, dir=str(local_dir), reinit="create_new")
         except Exception as error:  # wandb raises its own types for login, network and permission failures
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise TlearnError(f"--wandb {project}: cannot start a W&B run ({first})") from None
+            raise TlearnError(f"--wandb {project}: cannot start a W&B run ({first_line(error)})") from None
         self._wandb = wandb
 
     def log_params(self, params: Mapping[str, Any]) -> None:
