@@ -110,3 +110,21 @@ def test_without_wandb_the_error_says_what_to_install(tiny_data, tmp_path, monke
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
     with pytest.raises(TlearnError, match=r"pip install 'tlearn\[wandb\]'"):
         tlearn.train(tiny_data, out=tmp_path / "run", quiet=True, wandb="p")
+
+
+def test_a_wandb_run_that_cannot_start_is_one_line(tiny_data, tmp_path, monkeypatch):
+    import sys
+
+    import pytest
+
+    from tlearn.errors import TlearnError
+
+    fake = FakeWandb()
+
+    def refuse(**options):
+        raise PermissionError("api key not configured\nrun `wandb login`")
+
+    fake.init = refuse
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    with pytest.raises(TlearnError, match=r"^--wandb p: cannot start a W&B run \(api key not configured\)$"):
+        tlearn.train(tiny_data, out=tmp_path / "run", quiet=True, wandb="p")
