@@ -49,3 +49,27 @@ def test_it_clones_and_cross_validates(images):
     assert scores.tolist() == [1.0, 1.0]
     with pytest.raises(ValueError, match="24 paths but 23 labels"):
         TlearnClassifier().fit(paths, names[:-1])
+
+
+def test_a_fold_the_hash_gives_no_validation_image_still_validates_on_one():
+    from tlearn.api.estimator import _splits_with_validation
+    from tlearn.data.discovery import AUTO_SPLIT, assign_split, path_fraction
+
+    # Six paths whose hash puts none in val (found by search, so the case is certain, not drawn).
+    names = (f"/images/{index}.png" for index in range(10_000))
+    paths = [path for path in names if assign_split(path, AUTO_SPLIT) != "val"][:6]
+    labels = ["a", "a", "a", "b", "b", "b"]
+    splits = _splits_with_validation(paths, labels, AUTO_SPLIT)
+    assert splits.count("val") == 1
+    moved = splits.index("val")
+    hashed = [assign_split(path, AUTO_SPLIT) for path in paths]
+    assert [s for i, s in enumerate(splits) if i != moved] == [s for i, s in enumerate(hashed) if i != moved]
+    training = [i for i, split in enumerate(hashed) if split == "train"]
+    assert moved == max(training, key=lambda i: path_fraction(paths[i]))
+    # Every class keeps a training image; a hash split that already validates is left as it is.
+    assert {labels[i] for i, split in enumerate(splits) if split == "train"} == {"a", "b"}
+    assert _splits_with_validation(paths + ["/images/v.png"], labels + ["a"], (0.01, 0.99, 0.0))[-1] == "val"
+    # The nearest image is a class's only training image: the next nearest moves instead.
+    alone = [label if i != moved else "c" for i, label in enumerate(labels)]
+    splits = _splits_with_validation(paths, alone, AUTO_SPLIT)
+    assert splits[moved] == "train" and splits.count("val") == 1

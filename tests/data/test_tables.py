@@ -26,8 +26,14 @@ def test_a_dataframe_trains_like_its_label_file(tmp_path, monkeypatch):
     monkeypatch.setenv("TLEARN_CACHE_DIR", str(tmp_path / "cache"))
     data = make_class_folder(tmp_path / "data", {"red": 10, "blue": 10})
     monkeypatch.chdir(tmp_path)  # relative paths resolve against the current folder
+    # Each class's first image validates; the rest take the hash split of their absolute path, which moves with
+    # tmp_path, so without the pinned rows one draw in about 30 would leave validation empty.
     frame = pd.DataFrame(
-        [{"path": str(path.relative_to(tmp_path)), "label": path.parent.name} for path in sorted(data.rglob("*.png"))]
+        [
+            {"path": str(path.relative_to(tmp_path)), "label": path.parent.name, "split": split}
+            for path in sorted(data.rglob("*.png"))
+            for split in ["val" if path.stem == "img_000" else ""]
+        ]
     )
     label_file = table_label_file(frame, tmp_path / "cache")
     written = rows_of(label_file)

@@ -1,8 +1,12 @@
 """`TlearnClassifier`: tlearn as a scikit-learn estimator over image paths, for `cross_val_score`,
 `GridSearchCV` and pipelines that already speak scikit-learn.
 
-`fit(paths, labels)` trains exactly as `tlearn.train` does on a DataFrame of those (path, label) rows (the
-automatic split, the backbone choice, the final fit on every image); `predict_proba(paths)` has one column per
+`fit(paths, labels)` trains as `tlearn.train` does on a DataFrame of those (path, label) rows (the automatic
+hash split, the backbone choice, the final fit on every image), with one difference: a fold of a few dozen
+images can draw no validation image from the hash (12 images at 16% draw none 12% of the time), which
+`tlearn.train` refuses as an error for the user to act on, while inside `cross_val_score` it would turn one fold
+into NaN at random; so when the hash leaves validation empty, the training image nearest the validation share
+(the highest path hash whose class keeps another training image) validates instead; `predict_proba(paths)` has one column per
 entry of `classes_` (the labels as given, sorted as `numpy.unique` sorts them), and `predict` answers the
 labels themselves, so integer labels come back as integers. Settings are constructor parameters, as
 scikit-learn asks, so `get_params` / `set_params` and cloning work. Each fit writes its run into `out` when
@@ -66,7 +70,9 @@ class TlearnClassifier(ClassifierMixin, BaseEstimator):
         options = {"mode": self.mode, "backbone": self.backbone, "seed": self.seed, **(self.settings or {})}
         if self.time_budget is not None:
             options["time_budget"] = self.time_budget
-        frame = pd.DataFrame({"path": paths, "label": [str(label) for label in labels]})
+        names = [str(label) for label in labels]
+        splits = _splits_with_validation(paths, names, _fractions(options.get("split")))
+        frame = pd.DataFrame({"path": paths, "label": names, "split": splits})
         self.run_ = tlearn.train(frame, out=out, overwrite=self.out is not None, quiet=self.quiet, **options)
         self.model_ = tlearn.load(self.run_.model_path)
         return self
@@ -80,3 +86,30 @@ class TlearnClassifier(ClassifierMixin, BaseEstimator):
     def predict(self, X: Sequence[str | Path]) -> np.ndarray:
         """The most probable label of each image, as the labels were given to `fit`."""
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+
+def _fractions(split: Any) -> tuple[float, float, float]:
+    """The (train, val, test) shares the settings ask for (`"60,20,20"` or a triple), else the automatic ones."""
+    from tlearn.config import parse_split
+    from tlearn.data.discovery import AUTO_SPLIT, check_split_fractions
+
+    if split is None:
+        return AUTO_SPLIT
+    return check_split_fractions(parse_split(split) if isinstance(split, str) else tuple(split))
+
+
+def _splits_with_validation(paths: list[str], labels: list[str], fractions: tuple[float, float, float]) -> list[str]:
+    """Each image's hash split (drawn from its absolute path, as a DataFrame's rows are), with one training image
+    moved to validation when the hash gives validation none; see the module docstring for why."""
+    from tlearn.data.discovery import assign_split, path_fraction
+
+    absolute = [str(Path(path).expanduser().absolute()) for path in paths]
+    splits = [assign_split(path, fractions) for path in absolute]
+    if "val" in splits:
+        return splits
+    training = [index for index, split in enumerate(splits) if split == "train"]
+    per_class = {label: sum(labels[index] == label for index in training) for label in set(labels)}
+    movable = [index for index in training if per_class[labels[index]] > 1]
+    if movable:
+        splits[max(movable, key=lambda index: path_fraction(absolute[index]))] = "val"
+    return splits
