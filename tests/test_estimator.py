@@ -68,7 +68,7 @@ def test_a_fold_the_hash_gives_no_validation_image_still_validates_on_one():
     assert moved == max(training, key=lambda i: path_fraction(paths[i]))
     # Every class keeps a training image; a hash split that already validates is left as it is.
     assert {labels[i] for i, split in enumerate(splits) if split == "train"} == {"a", "b"}
-    assert _splits_with_validation(paths + ["/images/v.png"], labels + ["a"], (0.01, 0.99, 0.0))[-1] == "val"
+    assert _splits_with_validation([*paths, "/images/v.png"], [*labels, "a"], (0.01, 0.99, 0.0))[-1] == "val"
     # The nearest image is a class's only training image: the next nearest moves instead.
     alone = [label if i != moved else "c" for i, label in enumerate(labels)]
     splits = _splits_with_validation(paths, alone, AUTO_SPLIT)

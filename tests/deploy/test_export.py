@@ -217,7 +217,8 @@ def test_the_registry_is_what_picks_the_format(scratch_registry, exported_model,
 def test_an_unknown_format_lists_the_registered_ones(scratch_registry):
     register(_Throwaway)
     with pytest.raises(
-        ExportError, match=r"^unknown export format 'tflite'; expected one of onnx, openvino, torchscript, throwaway$"
+        ExportError,
+        match=r"^unknown export format 'tflite'; expected one of coreml, onnx, openvino, torchscript, throwaway$",
     ):
         ExportOptions(export_format="tflite")
 

@@ -6,11 +6,12 @@ hash split, the backbone choice, the final fit on every image), with one differe
 images can draw no validation image from the hash (12 images at 16% draw none 12% of the time), which
 `tlearn.train` refuses as an error for the user to act on, while inside `cross_val_score` it would turn one fold
 into NaN at random; so when the hash leaves validation empty, the training image nearest the validation share
-(the highest path hash whose class keeps another training image) validates instead; `predict_proba(paths)` has one column per
-entry of `classes_` (the labels as given, sorted as `numpy.unique` sorts them), and `predict` answers the
-labels themselves, so integer labels come back as integers. Settings are constructor parameters, as
-scikit-learn asks, so `get_params` / `set_params` and cloning work. Each fit writes its run into `out` when
-given, else into a temporary folder that lives as long as the estimator.
+(the highest path hash whose class keeps another training image) validates instead.
+
+`predict_proba(paths)` has one column per entry of `classes_` (the labels as given, sorted as `numpy.unique` sorts
+them), and `predict` answers the labels themselves, so integer labels come back as integers. Settings are
+constructor parameters, as scikit-learn asks, so `get_params` / `set_params` and cloning work. Each fit writes its
+run into `out` when given, else into a temporary folder that lives as long as the estimator.
 """
 
 from __future__ import annotations

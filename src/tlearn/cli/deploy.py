@@ -16,16 +16,20 @@ class ExportFormat(str, Enum):
     onnx = "onnx"
     torchscript = "torchscript"
     openvino = "openvino"
+    coreml = "coreml"
 
 
 @app.command()
 def export(
     model: Annotated[Path, typer.Argument(help="Model directory (or run directory holding model/).")],
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="File to write: model.onnx, model.pt, model.xml (+ model.bin).")
+        Path,
+        typer.Option(
+            "--out", "-o", help="File to write: model.onnx, model.pt, model.xml (+ model.bin), model.mlpackage."
+        ),
     ],
     export_format: Annotated[
-        ExportFormat, typer.Option("--format", help="onnx, torchscript or openvino.")
+        ExportFormat, typer.Option("--format", help="onnx, torchscript, openvino or coreml.")
     ] = ExportFormat.onnx,
     int8: Annotated[
         bool,
@@ -44,7 +48,8 @@ def export(
     opset: Annotated[int, typer.Option(min=13, help="ONNX opset.")] = 18,
     quiet: QuietOption = False,
 ) -> None:
-    """Export to ONNX (fp32/INT8), TorchScript or OpenVINO, verified against PyTorch; a failed check writes nothing."""
+    """Export to ONNX (fp32/INT8), TorchScript, OpenVINO or Core ML, verified against PyTorch; a failed check
+    writes nothing."""
     from tlearn.api import export as export_model
 
     result = export_model(

@@ -1,4 +1,5 @@
-"""Exporting a trained model to a deployable file (ONNX fp32 or INT8, TorchScript), verified before it is written.
+"""Exporting a trained model to a deployable file (ONNX fp32 or INT8, TorchScript, OpenVINO IR, a Core ML package),
+verified before it is written.
 
 The exported graph is the whole classifier: normalised float32 (B, 3, H, W) in, calibrated probabilities out,
 with a dynamic batch dimension, and for a "knn" reject rule the embeddings as a second output
@@ -56,7 +57,8 @@ class ExportOptions:
     """How to export (the options of `tlearn export`).
 
     Attributes:
-        export_format: a registered format (`tlearn.deploy.exporters`): "onnx" or "torchscript".
+        export_format: a registered format (`tlearn.deploy.exporters`): "onnx", "torchscript", "openvino" or
+            "coreml".
         int8: quantize (formats that can: ONNX), static with `calibration_data`, dynamic otherwise.
         calibration_data: a folder of representative images (searched recursively) for static INT8.
         check_data: a folder of images to verify on. Default: the run's validation split when its data folder
@@ -128,6 +130,8 @@ def export_model(
             f"{out}: --format {exporter.name} writes its weights beside the file, found by its name; "
             f"name it with {exporter.suffix} (e.g. --out model{exporter.suffix})"
         )
+    if exporter.folder:
+        _check_package_target(out, exporter.name, exporter.suffix)
     classifier = Classifier.load(model, device="cpu")
     calibration_data = options.calibration_data
     calibration_files = image_files(calibration_data, MAX_CALIBRATION_IMAGES) if calibration_data else []
@@ -135,9 +139,42 @@ def export_model(
         raise ExportError(f"{calibration_data}: no image files for calibration")
     check_set = CheckSet.collect(classifier, options.check_data, calibration_files, progress)
     exported = exporter.export(probability_graph(classifier), check_set, options, progress)
-    for suffix, payload in exported.companions.items():  # first, so the main file never names missing weights
-        atomic.write_bytes(out.with_suffix(suffix), payload)
-    atomic.write_bytes(out, exported.payload)
+    if exporter.folder:
+        _write_package(out, exported.files)
+    else:
+        for suffix, payload in exported.companions.items():  # first, so the main file never names missing weights
+            atomic.write_bytes(out.with_suffix(suffix), payload)
+        atomic.write_bytes(out, exported.payload)
     seconds = time.perf_counter() - started
-    size = len(exported.payload) + sum(len(payload) for payload in exported.companions.values())
+    written = [exported.payload, *exported.companions.values(), *exported.files.values()]
+    size = sum(len(payload) for payload in written)
     return ExportResult(out, options.export_format, exported.precision, size, seconds, exported.checks, exported.notes)
+
+
+PACKAGE_MANIFEST = "Manifest.json"  # every Core ML package holds one at its top
+
+
+def _check_package_target(out: Path, format_name: str, suffix: str) -> None:
+    """A folder format's `--out`: named with its suffix, and replacing nothing but an earlier package.
+
+    The package is swapped in whole, so whatever stood at `out` goes; that is only done to a package (its
+    manifest at the top), never to another folder or a file the user keeps there.
+    """
+    if out.suffix.lower() != suffix:
+        raise ExportError(
+            f"{out}: --format {format_name} writes a {suffix} folder; name it so (e.g. --out model{suffix})"
+        )
+    if out.is_symlink() or (out.exists() and not (out.is_dir() and (out / PACKAGE_MANIFEST).is_file())):
+        raise ExportError(
+            f"{out}: exists and is not a {suffix} package; tlearn replaces only an earlier package there: "
+            "move it away or choose another --out"
+        )
+
+
+def _write_package(out: Path, files: dict[str, bytes]) -> None:
+    """The package's files under a temporary folder beside `out`, swapped in by one rename."""
+    with atomic.replace_directory(out) as staging:
+        for name, payload in files.items():
+            target = staging / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(payload)

@@ -143,9 +143,10 @@ def replace_directory(final: str | Path):
     os.chmod(staging, _DIR_MODE)
     try:
         yield staging
-        for child in staging.iterdir():
-            with open(child, "rb") as written:
-                os.fsync(written.fileno())
+        for child in staging.rglob("*"):  # a package format's files sit in sub-folders
+            if child.is_file():
+                with open(child, "rb") as written:
+                    os.fsync(written.fileno())
         if final.exists():
             retired = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=final.parent))
             retired.rmdir()

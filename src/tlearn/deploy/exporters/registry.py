@@ -33,6 +33,8 @@ class Exported(NamedTuple):
     notes: list[str]  # what the user should know about this export (e.g. what INT8 left in fp32)
     # files that belong beside the main one, by the suffix that replaces its own (OpenVINO's ".bin" weights)
     companions: dict[str, bytes] = {}  # noqa: RUF012 - never mutated; a NamedTuple field cannot take a factory
+    # a folder format's files by their path inside the folder (Core ML's .mlpackage); `payload` is then empty
+    files: dict[str, bytes] = {}  # noqa: RUF012 - as above
 
 
 class Exporter(ABC):
@@ -44,6 +46,8 @@ class Exporter(ABC):
         quantizes: the format accepts `--int8` and `--calibration-data`.
         companions: suffixes of the files written beside the main one (OpenVINO's ".bin"): the main file must
             then end in `suffix`, so the runtime finds them by its name.
+        folder: the format is a folder of files (Core ML's ".mlpackage"), written whole under `--out`, which
+            must end in `suffix` (Xcode and Core ML recognise a package by it).
 
     Example:
         >>> @register  # doctest: +SKIP
@@ -56,6 +60,7 @@ class Exporter(ABC):
     suffix: ClassVar[str]
     quantizes: ClassVar[bool] = False
     companions: ClassVar[tuple[str, ...]] = ()
+    folder: ClassVar[bool] = False
 
     @abstractmethod
     def export(self, graph: nn.Module, check_set: CheckSet, options: ExportOptions, progress: Progress) -> Exported:
