@@ -42,11 +42,13 @@ from tlearn.util.progress import Progress
 
 ENGINE_ENV = "TLEARN_EMBEDDING_ENGINE"  # auto | onnx | torch: the default of `FeatureExtractor.engine`
 ENGINES = ("auto", "onnx", "torch")
-# "auto" exports the backbone to ONNX (10-15 s for Lite0 here, once per backbone and machine) when a run has at
-# least this many images to compute with PyTorch already loaded: below it, finishing on PyTorch is quicker for
-# this run. Measured in one benchmark run (machine shared): PyTorch embedded 6.2 images/s, onnxruntime 19.0, so
-# the export pays for itself after about 130-200 images; a smaller run leaves it to the next large one.
-EXPORT_MIN_IMAGES = 200
+# "auto" exports the backbone to ONNX (once per backbone and machine) when a run has at least this many images to
+# compute with PyTorch already loaded: below it, finishing on PyTorch is quicker for this run, and a smaller run
+# leaves the export to the next large one. `python benchmarks/bench_export_breakeven.py` (quiet, 2 cores): export
+# + check 6.2 / 5.4 / 5.6 s for Lite0 / Lite1 / Lite2, PyTorch 96 / 71 / 54 images/s, onnxruntime 256 / 160 /
+# 132, so the export pays for itself within a run after 947 / 681 / 520 images (it was 200, set when PyTorch
+# embedded 6 images/s: a first Lite0 run on hymenoptera's 245 images then lost 4.6 s exporting).
+EXPORT_MIN_IMAGES = 1000
 
 
 class Embedder(Protocol):
