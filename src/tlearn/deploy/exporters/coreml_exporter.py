@@ -163,7 +163,7 @@ def _converted(coremltools: Any, program: torch.export.ExportedProgram, classifi
     """The captured program converted to an fp32 ML Program with an image input (a classifier for single-label
     models)."""
     shape = (1, 3, *classifier.preprocessing.input_size)
-    single_label = classifier.config.task == "multiclass"
+    label_sets = classifier.config.task_type.answers_with_sets  # a multi-label model: per-class probabilities
     try:
         return coremltools.convert(
             program,
@@ -173,7 +173,7 @@ def _converted(coremltools: Any, program: torch.export.ExportedProgram, classifi
                 )
             ],
             outputs=[coremltools.TensorType(name=PROBABILITIES_OUTPUT)],
-            classifier_config=coremltools.ClassifierConfig(list(classifier.config.classes)) if single_label else None,
+            classifier_config=None if label_sets else coremltools.ClassifierConfig(list(classifier.config.classes)),
             convert_to="mlprogram",
             compute_precision=coremltools.precision.FLOAT32,
             minimum_deployment_target=coremltools.target.iOS15,
@@ -190,11 +190,11 @@ def _scored_probabilities(model: Any, classifier: Classifier, pixels: np.ndarray
     rows = []
     for image in pixels:
         answer = model.predict({IMAGE_INPUT: Image.fromarray(image)})
-        if classifier.config.task == "multiclass":
+        if classifier.config.task_type.answers_with_sets:
+            rows.append(np.asarray(answer[PROBABILITIES_OUTPUT], dtype=np.float32).reshape(-1))
+        else:
             by_class = answer[f"{LABEL_OUTPUT}_probs"]
             rows.append([float(by_class[name]) for name in classes])
-        else:
-            rows.append(np.asarray(answer[PROBABILITIES_OUTPUT], dtype=np.float32).reshape(-1))
     probabilities = np.asarray(rows, dtype=np.float32).reshape(len(pixels), len(classes))
     rule = classifier.config.reject
     return probabilities, None if rule is None else reject_scores(rule, probabilities, None, None)
