@@ -62,3 +62,27 @@ def test_the_gate_lets_a_waiting_picture_in_once_the_first_is_decoded():
 
     waiting, order = run(scenario())
     assert waiting == ["first in"] and order == ["first in", "first out", "second in"]
+
+
+def test_one_clients_big_pictures_take_turns_so_another_clients_picture_is_not_queued_behind_them_all():
+    async def scenario(clients):
+        gate, order = PixelGate(40), []
+
+        async def decode(name, client, size=(6, 6)):  # 36 pixels: a big picture (more than a quarter of 40)
+            async with gate.admitted(size, client):
+                order.append(name)
+                await asyncio.sleep(0.02)
+
+        tasks = [asyncio.create_task(decode(f"a{i}", clients[0])) for i in range(3)]
+        await asyncio.sleep(0)  # the flood is in line first
+        tasks.append(asyncio.create_task(decode("b", clients[1])))
+        small = [asyncio.create_task(decode(f"small{i}", clients[0], (1, 2))) for i in range(2)]
+        await asyncio.wait_for(asyncio.gather(*tasks, *small), 10)
+        return order, gate._turns, gate._in_line
+
+    order, turns, in_line = run(scenario(["10.0.0.1", "10.0.0.2"]))
+    assert [name for name in order if not name.startswith("small")] == ["a0", "b", "a1", "a2"]
+    assert order.index("small0") < order.index("b")  # small pictures take no turn: they pass beside a0
+    assert turns == {} and not in_line  # nothing kept for clients with nothing in flight
+    order, *_ = run(scenario([None, None]))  # without a client (the gate alone): first come, first served
+    assert [name for name in order if not name.startswith("small")] == ["a0", "a1", "a2", "b"]

@@ -22,7 +22,7 @@ from PIL import Image
 
 from helpers import colour_image, png_with_size, run_cli
 from tlearn.data.images import ImageDecodeError, ImageTooLargeError
-from tlearn.deploy import serving
+from tlearn.deploy import pixels, serving
 from tlearn.deploy.guards import BodyLimit, HostCheck
 from tlearn.deploy.server import server_config, serving_settings
 from tlearn.deploy.serving import DEFAULT_UPLOAD_PIXELS, ServeSettings, create_app
@@ -202,7 +202,6 @@ def test_a_request_whose_images_declare_too_many_pixels_is_413_before_they_are_a
 def test_big_pictures_are_decoded_one_at_a_time_whatever_the_threads(engine, monkeypatch):
     """Two 1 MP WebPs in one request, decoding threads to spare and a 1.5 MP gate: they are never decoded at
     the same moment; a picture declaring more than the upload limit is refused without waiting for the gate."""
-    from tlearn.deploy import pixels
 
     real_decode, inside, most = serving.EvalPreprocess.from_file, [0], [0]
 
@@ -227,6 +226,25 @@ def test_big_pictures_are_decoded_one_at_a_time_whatever_the_threads(engine, mon
     with serving_app(lambda: engine, ServeSettings(max_image_pixels=500_000)) as client:
         answer = post(client, ("big.webp", picture))
         assert answer.status_code == 413 and still_serves(client)
+
+
+def test_the_gate_is_told_which_client_each_picture_comes_from(engine, monkeypatch):
+    """The gate's per-client turns (tests/deploy/test_pixels.py) only work if the service names the client."""
+    clients = []
+
+    class RecordingGate(pixels.PixelGate):
+        def admitted(self, size, client=None):
+            clients.append(client)
+            return super().admitted(size, client)
+
+    monkeypatch.setattr(serving, "PixelGate", RecordingGate)
+    app = create_app(lambda: engine, ServeSettings())
+    with TestClient(peer_from_header(app), base_url=LOCAL) as client:
+        while client.get("/readyz").json()["status"] == "loading":
+            time.sleep(0.01)
+        files = [("files", ("red.png", RED, "image/png")), ("files", ("blue.png", BLUE, "image/png"))]
+        assert client.post("/v1/predict", files=files, headers={"x-peer": "10.0.0.9"}).status_code == 200
+    assert clients == ["10.0.0.9", "10.0.0.9"]
 
 
 def test_decoding_threads_do_not_grow_with_the_host(monkeypatch):
@@ -303,6 +321,43 @@ def test_a_full_queue_answers_503_with_retry_after(controlled):
         controlled.gate.set()
         assert first.result().status_code == 200
         assert still_serves(client)
+
+
+def peer_from_header(app):
+    """The app behind an ASGI wrapper that takes a request's client address from its `x-peer` header: one
+    TestClient (one event loop, as the service's queues need) speaking for several clients."""
+
+    async def wrapped(scope, receive, send):
+        peer = dict(scope.get("headers") or []).get(b"x-peer")
+        await app({**scope, "client": (peer.decode(), 50000)} if peer else scope, receive, send)
+
+    return wrapped
+
+
+def test_one_client_holds_at_most_its_share_of_the_queue_and_others_are_still_served(controlled):
+    app = create_app(lambda: controlled, ServeSettings(max_pending_requests=4, max_pending_per_client=1))
+    with TestClient(peer_from_header(app), base_url=LOCAL) as client, ThreadPoolExecutor(2) as pool:
+        while client.get("/readyz").json()["status"] == "loading":
+            time.sleep(0.01)
+        admission = app.state.service.admission
+
+        def post_as(peer, name, content):
+            return client.post("/v1/predict", files=[("files", (name, content, "image/png"))], headers={"x-peer": peer})
+
+        controlled.gate = threading.Event()
+        first = pool.submit(post_as, "10.0.0.1", "red.png", RED)
+        assert controlled.entered.wait(30)  # the first request holds this client's one slot, inside the model
+        again = post_as("10.0.0.1", "blue.png", BLUE)
+        assert again.status_code == 503 and again.headers["retry-after"] == "1"
+        assert "this client already has 1 requests being served" in again.text
+        second = pool.submit(post_as, "10.1.2.3", "blue.png", BLUE)  # another client is taken on meanwhile
+        deadline = time.monotonic() + 30
+        while admission.by_client.get("10.1.2.3") != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert admission.by_client == {"10.0.0.1": 1, "10.1.2.3": 1}
+        controlled.gate.set()
+        assert first.result().status_code == 200 and second.result().status_code == 200
+        assert admission.by_client == {}
 
 
 def test_a_refused_upload_gives_its_queue_slot_back(engine):

@@ -86,6 +86,10 @@ def serve(
     batch_wait_ms: Annotated[float, typer.Option(min=0, help="How long a request waits to share a model call.")] = 5.0,
     max_image_mp: Annotated[float, typer.Option(min=0.01, help="Larger images (megapixels) get 413.")] = 40.0,
     max_queue: Annotated[int, typer.Option(min=1, help="Requests decoded or queued at once; more get 503.")] = 32,
+    max_queue_per_client: Annotated[
+        int | None,
+        typer.Option(min=1, help="Of those, the most from one client address (default 3/4); more get 503."),
+    ] = None,
     allow_host: Annotated[
         list[str] | None,
         typer.Option(
@@ -111,6 +115,7 @@ def serve(
         batch_wait_ms=batch_wait_ms,
         max_image_pixels=int(max_image_mp * 1_000_000),
         max_pending_requests=max_queue,
+        max_pending_per_client=max_queue_per_client,
         allowed_hosts=tuple(allow_host or ()),
         allowed_origins=tuple(allow_origin or ()),
         docs=docs,

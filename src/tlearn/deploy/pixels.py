@@ -10,6 +10,8 @@ from each image's header before it is decoded (`tlearn.data.images.declared_size
   however many decoding threads and requests there are,
   memory holds about one limit's worth of pictures: under `benchmarks/bench_serve_hostile.py`'s WebP traffic two
   threads decoding two 39.7 MP pictures at once took the service to 1.64 GB against its stated 1.15 GB bound.
+  A big picture (over `BIG_SHARE` of the limit) also takes its client's turn: one client's big pictures enter
+  the gate one after another, so a client that sends many cannot queue them all ahead of another client's one.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections import Counter
 from collections.abc import AsyncIterator
+
+BIG_SHARE = 0.25  # a picture declaring more than this share of the gate's limit waits for its client's turn
 
 
 class PixelBudget:
@@ -56,18 +61,37 @@ class PixelGate:
     def __init__(self, limit: int) -> None:
         self.limit, self.busy = limit, 0
         self._changed = asyncio.Condition()
+        self._turns: dict[str, asyncio.Lock] = {}  # per client with big pictures in flight
+        self._in_line: Counter[str] = Counter()
 
     @contextlib.asynccontextmanager
-    async def admitted(self, size: tuple[int, int] | None) -> AsyncIterator[None]:
+    async def admitted(self, size: tuple[int, int] | None, client: str | None = None) -> AsyncIterator[None]:
         """Hold an image's pixels while it is decoded (an image whose header gives no size counts as none: the
-        decoder refuses those it cannot bound)."""
+        decoder refuses those it cannot bound); a big picture first waits for `client`'s earlier big ones."""
         pixels = 0 if size is None else size[0] * size[1]
-        async with self._changed:
-            await self._changed.wait_for(lambda: not self.busy or self.busy + pixels <= self.limit)
-            self.busy += pixels
-        try:
-            yield
-        finally:
+        async with self._turn(client if pixels > BIG_SHARE * self.limit else None):
             async with self._changed:
-                self.busy -= pixels
-                self._changed.notify_all()
+                await self._changed.wait_for(lambda: not self.busy or self.busy + pixels <= self.limit)
+                self.busy += pixels
+            try:
+                yield
+            finally:
+                async with self._changed:
+                    self.busy -= pixels
+                    self._changed.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, client: str | None) -> AsyncIterator[None]:
+        """One big picture per client at the gate and in the decoder (None: no turn to wait for)."""
+        if client is None:
+            yield
+            return
+        lock = self._turns.setdefault(client, asyncio.Lock())
+        self._in_line[client] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._in_line[client] -= 1
+            if not self._in_line[client]:  # only clients with big pictures in flight are remembered
+                del self._in_line[client], self._turns[client]

@@ -18,7 +18,8 @@ Bad input and bad clients never take the service down, and memory stays bounded 
   `max_connections_per_client` connections, and at most `limit_concurrency` requests are served at once
   (idle connections do not count, and `/healthz` always answers): beyond either, 503 with `Retry-After`
   (`tlearn.deploy.server` binds the guarded protocol);
-* at most `max_pending_requests` requests are decoded or wait for the model at once; beyond that 503 with
+* at most `max_pending_requests` requests are decoded or wait for the model at once, at most
+  `max_pending_per_client` of them from one client address (`tlearn.deploy.admission`); beyond, 503 with
   `Retry-After`; at most `decode_threads` images (one per core, at most 4, whatever the host) are decoded at
   once, and the images of one request may declare at most `max_request_pixels` in all (16 tiny lossless WebPs
   of 6300x6300 pixels fit in a 3 KB body and took 20 s and 1.8 GB to decode): beyond, 413 before decoding;
@@ -38,11 +39,12 @@ Bad input and bad clients never take the service down, and memory stays bounded 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -56,6 +58,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from tlearn import __version__
 from tlearn.data.images import ImageDecodeError, ImageTooLargeError, declared_size
 from tlearn.data.preprocess import EvalPreprocess, Preprocessing
+from tlearn.deploy.admission import Admission, Busy
 from tlearn.deploy.batching import BatchError, MicroBatcher
 from tlearn.deploy.guards import BodyLimit, HostCheck, OriginCheck, RequestLimit
 from tlearn.deploy.model_info import describe_model, model_identity, without_directories
@@ -87,6 +90,8 @@ class ServeSettings:
         max_batch_size: images per model call, all concurrent requests together; larger requests are split.
         batch_wait_ms: how long a request waits for others to share its model call.
         max_pending_requests: requests being decoded or waiting for the model; more get 503 + Retry-After.
+        max_pending_per_client: of those, the most one client address may hold (`tlearn.deploy.admission`);
+            default three quarters of `max_pending_requests`, so at least a quarter stays for the others.
         decode_threads: images decoded at once (default: one per core, at most `MAX_DECODE_THREADS`: each can
             hold a 40 MP picture, so a bigger host must not multiply the peak memory).
         max_request_pixels: pixels all images of one request may declare in their headers; more get 413.
@@ -113,6 +118,7 @@ class ServeSettings:
     max_batch_size: int = 32
     batch_wait_ms: float = 5.0
     max_pending_requests: int = 32
+    max_pending_per_client: int | None = None
     decode_threads: int | None = None
     max_request_pixels: int = 100_000_000
     retry_after_s: int = 1
@@ -137,7 +143,7 @@ class _Service:
         self.batcher: MicroBatcher | None = None
         self.identity: dict[str, str] = {}
         self.failure: str | None = None
-        self.pending = 0  # requests admitted to decoding or the model queue
+        self.admission = Admission.sharing(settings.max_pending_requests, settings.max_pending_per_client)
         threads = settings.decode_threads or min(_cores(), MAX_DECODE_THREADS)
         self.decode_slots = asyncio.Semaphore(threads)
         self.decoder = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tlearn-decode")
@@ -193,12 +199,18 @@ class _Service:
             self._probing = asyncio.create_task(self.batcher.probe())
         return await asyncio.shield(self._probing)
 
-    def busy(self) -> HTTPException:
-        return HTTPException(
-            503,
-            f"busy: {self.settings.max_pending_requests} requests are already being served; retry shortly",
-            headers={"Retry-After": str(self.settings.retry_after_s)},
-        )
+    @contextlib.contextmanager
+    def admitted(self, request: Request) -> Iterator[None]:
+        """Hold a pending-request slot for the request's client; 503 + Retry-After when none is left to it."""
+        client = _client(request)
+        try:
+            self.admission.take(client)
+        except Busy as busy:
+            raise HTTPException(503, str(busy), headers={"Retry-After": str(self.settings.retry_after_s)}) from None
+        try:
+            yield
+        finally:
+            self.admission.release(client)
 
 
 @dataclass(frozen=True)
@@ -269,6 +281,7 @@ def create_app(loader: Callable[[], InferenceEngine], settings: ServeSettings = 
 
     @app.post("/v1/predict")
     async def predict(
+        request: Request,
         files: list[UploadFile] = File(..., description="Images, repeat the field for several."),  # noqa: B008 - FastAPI's idiom
         top_k: int = Query(3, ge=1, description="Labels per image."),
         reject: bool = Query(True, description="false: the best class even where the reject rule says unknown."),
@@ -279,20 +292,16 @@ def create_app(loader: Callable[[], InferenceEngine], settings: ServeSettings = 
         engine, batcher = service.ready_engine()
         if len(files) > settings.max_files:
             raise HTTPException(413, f"too many files ({len(files)} > {settings.max_files} per request)")
-        if service.pending >= settings.max_pending_requests:
-            raise service.busy()
-        service.pending += 1
-        try:
+        with service.admitted(request):
             names = [file_name(upload.filename, index) for index, upload in enumerate(files)]
             with batcher.expecting():  # a batch being formed waits for these images
-                pixels = await _decode_all(service, engine.preprocessing, names, [upload.file for upload in files])
+                streams = [upload.file for upload in files]
+                pixels = await _decode_all(service, engine.preprocessing, names, streams, _client(request))
             decoded = time.perf_counter()
             try:
                 probabilities, timing = await batcher.submit(pixels)
             except BatchError as error:
                 raise HTTPException(failure_status(error, batcher), without_directories(str(error))) from None
-        finally:
-            service.pending -= 1
         options = PredictOptions(top_k=top_k, reject=reject)
         predictions = [answer_of(engine, name, row, options) for name, row in zip(names, probabilities, strict=True)]
         return {
@@ -351,6 +360,11 @@ def answer_of(engine: InferenceEngine, name: str, row: np.ndarray, options: Pred
     return {"file": name, **{key: value for key, value in answer.items() if key not in ("source", "error")}}
 
 
+def _client(request: Request) -> str:
+    """The peer address a request came from (what the per-client limits count by)."""
+    return request.client.host if request.client else "unknown"
+
+
 def file_name(given: str | None, index: int) -> str:
     """The name an upload is answered under: its base name only (clients may send a whole path)."""
     name = re.split(r"[/\\]", given or "")[-1]
@@ -358,9 +372,10 @@ def file_name(given: str | None, index: int) -> str:
 
 
 async def _decode_all(
-    service: _Service, preprocessing: Preprocessing, names: list[str], streams: list[BinaryIO]
+    service: _Service, preprocessing: Preprocessing, names: list[str], streams: list[BinaryIO], client: str
 ) -> np.ndarray:
-    """(n, H, W, 3) uint8 pixels of the uploads, at most `decode_threads` images decoded at once.
+    """(n, H, W, 3) uint8 pixels of the uploads, at most `decode_threads` images decoded at once (a big picture
+    waits for the pixel gate and for `client`'s earlier big pictures).
 
     Raises:
         HTTPException: any unusable file fails the request, naming every bad file and its reason: 503 (with
@@ -376,7 +391,7 @@ async def _decode_all(
         # decoded, so it passes without waiting.
         size = declared_size(upload_head(stream))
         decoded = size if size is not None and size[0] * size[1] <= max_pixels else None
-        async with service.pixel_gate.admitted(decoded), service.decode_slots:
+        async with service.pixel_gate.admitted(decoded, client), service.decode_slots:
             return await loop.run_in_executor(
                 service.decoder, decode_upload, name, stream, preprocessing, max_pixels, budget
             )
