@@ -57,6 +57,8 @@ TESTS = {
     "report/compare.py": ["tests/report/test_compare.py"],
     "backbones/result_cache.py": ["tests/backbones/test_result_cache.py"],
     "audits/neighbours.py": ["tests/audits/test_similarity.py"],
+    "deploy/pixels.py": ["tests/deploy/test_pixels.py"],
+    "deploy/admission.py": ["tests/deploy/test_admission.py"],
 }
 # Seconds of fixture setup a module's tests need besides their own run: mutmut times each test's call only, so
 # a mutant whose tests first train and export the session's model (the `exported_model` fixture: about 30 s on

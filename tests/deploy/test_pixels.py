@@ -11,8 +11,8 @@ from tlearn.deploy.pixels import PixelBudget, PixelGate
 def test_a_request_budget_refuses_the_image_that_crosses_it_naming_it():
     budget = PixelBudget(100)
     assert budget.take((5, 10)) is None and budget.take(None) is None and budget.take((5, 10)) is None
-    refusal = budget.take((1, 1))
-    assert refusal is not None and "more than 0.0001 MP" in refusal and "1x1" in refusal
+    refusal = budget.take((2, 1))
+    assert refusal is not None and "more than 0.0001 MP" in refusal and "(this one 2x1)" in refusal
 
 
 def run(coroutine):
