@@ -89,6 +89,23 @@ class TrainConfig(BaseModel):
         description="What the shipped model learns from once the choices are made and the figures taken: all "
         "(every labelled image, test split included, after it has been measured); train+val; train.",
     )
+    teacher: str | None = Field(
+        None,
+        description="A trained model (run folder, model folder, .onnx file or hf-hub:OWNER/NAME) whose probabilities "
+        "on the training images the fine-tuned network also learns from (knowledge distillation): e.g. a larger "
+        "backbone's run, to ship a smaller, faster network.",
+    )
+    teacher_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="With --teacher: the teacher's share of the fine-tuning targets (the labels' share is 1 - it).",
+    )
+    unlabelled: Path | None = Field(
+        None,
+        description="With --teacher: a folder of unlabelled images (searched recursively) the fine-tuned network also "
+        "learns from, with the teacher's probabilities as targets.",
+    )
     time_budget: float | None = Field(
         None,
         gt=0,
@@ -196,7 +213,23 @@ class TrainConfig(BaseModel):
         """`90`, `"90s"`, `"10m"`, `"1.5h"`, `"1h30m"` → seconds (`tlearn.util.durations`)."""
         return parse_duration(value.lower()) if isinstance(value, str) else value
 
-    @field_validator("data", "weights", "review")
+    @model_validator(mode="after")
+    def _teacher_teaches_fine_tuning(self) -> TrainConfig:
+        if self.teacher is not None and self.mode == "linear":
+            raise ValueError("--teacher teaches a fine-tuned network, and --mode linear does not fine-tune")
+        if self.unlabelled is not None and self.teacher is None:
+            raise ValueError("--unlabelled images are learnt from a teacher's answers: give --teacher too")
+        return self
+
+    @field_validator("teacher")
+    @classmethod
+    def _teacher_path(cls, value: str | None) -> str | None:
+        """A local teacher is stored absolute (as `data` is); a Hub name is kept as written."""
+        if value is None or value.startswith("hf-hub:"):
+            return value
+        return str(Path(value).expanduser().absolute())
+
+    @field_validator("data", "weights", "review", "unlabelled")
     @classmethod
     def _absolute_path(cls, value: Path | None) -> Path | None:
         """Stored absolute, so `--config RUN/config.yaml` repeats the run from any working directory."""

@@ -27,6 +27,7 @@ from tlearn.backbones.result_cache import ResultCache, remembered
 from tlearn.config import TrainConfig
 from tlearn.data.discovery import DataSource, discover
 from tlearn.engines.imagenet import Answer, imagenet_answers, imagenet_samples
+from tlearn.engines.loading import check_engine
 from tlearn.errors import DataError
 from tlearn.evaluation.calibration import apply_temperature
 from tlearn.report.display import RunReport
@@ -34,7 +35,7 @@ from tlearn.report.page import write_report
 from tlearn.runs.layout import HISTORY_COLUMNS, RunFolder, prediction_columns, report_split
 from tlearn.runs.lifecycle import OutputFolder
 from tlearn.runs.model_dir import WEIGHTS_FILE, save_model
-from tlearn.runs.summary import RunSummary, SelectionRecord, write_summary
+from tlearn.runs.summary import RunSummary, SelectionRecord, TeacherRecord, write_summary
 from tlearn.training.candidates import (
     Candidate,
     PreparedData,
@@ -138,6 +139,8 @@ def run_training(
         for line in review["errors"]:
             progress.info(f"review: {line}")
     backbones = resolve_backbones(config.backbone, config.weights)
+    if config.teacher is not None:
+        check_engine(config.teacher, device=config.device)  # a missing or foreign teacher: before any work
     folder = (
         OutputFolder.open(run.root, kind="train", overwrite=overwrite, resume=resume, data=source.root)
         if dist.is_main
@@ -213,6 +216,7 @@ def _train_and_measure(
         finetune=outcome.tuned.finetune_record if outcome.tuned else None,
         finetune_skipped=outcome.skipped,
         selection=outcome.selection,
+        teacher=outcome.teacher,
     )
     return metrics, result, prepared, summary
 
@@ -239,6 +243,7 @@ class _Outcome:
     tuned: Candidate | None = None
     skipped: str | None = None
     selection: SelectionRecord | None = None
+    teacher: TeacherRecord | None = None  # --teacher: what fine-tuning learnt from besides the labels
 
 
 def _pick_candidate(context: TrainingContext, prepared: PreparedData, linear: Candidate) -> tuple[Candidate, _Outcome]:
@@ -250,6 +255,10 @@ def _pick_candidate(context: TrainingContext, prepared: PreparedData, linear: Ca
         progress.info(f"fine-tuning skipped: {skip}")
         return linear, _Outcome(skipped=skip)
     guard_resumed_data(context, prepared)
+    if config.teacher is not None:
+        from tlearn.training.teacher import consult_teacher  # deferred: loads a model
+
+        prepared.teacher = consult_teacher(config, prepared, progress)
     tuned = finetune_candidate(context, prepared, linear)
     choice = choose(
         prepared.task,
@@ -265,7 +274,8 @@ def _pick_candidate(context: TrainingContext, prepared: PreparedData, linear: Ca
     else:
         progress.info(f"kept the {'fine-tuned network' if kept is tuned else 'linear head'}: {choice.reason}")
     selection = choice.model_copy(update={"kept": "finetune" if kept is tuned else "linear"})
-    return kept, _Outcome(tuned=tuned, selection=selection)
+    teacher = prepared.teacher.record if prepared.teacher is not None else None
+    return kept, _Outcome(tuned=tuned, selection=selection, teacher=teacher)
 
 
 def _write_run(

@@ -93,6 +93,23 @@ class Task(ABC):
         """Loss weights for imbalanced training targets: per class (single-label), per class's positives
         (multi-label)."""
 
+    @abstractmethod
+    def target_matrix(self, targets: np.ndarray, num_classes: int) -> np.ndarray:
+        """(N, K) float32: the targets as the probabilities a perfect model would give (one-hot rows for
+        single-label data, the 0/1 indicators for multi-label data)."""
+
+    def taught_targets(self, targets: np.ndarray, teacher: np.ndarray, share: float) -> np.ndarray:
+        """(N, K) float32 training targets that mix the labels with a teacher model's probabilities
+        (knowledge distillation): (1 - share) * labels + share * teacher. Fine-tuning's losses take such soft
+        targets as they are (cross-entropy with probability targets; binary cross-entropy per class).
+
+        Example:
+            >>> SINGLE_LABEL.taught_targets(np.array([0]), np.array([[0.6, 0.4]]), 0.5)
+            array([[0.8, 0.2]], dtype=float32)
+        """
+        labels = self.target_matrix(targets, teacher.shape[1])
+        return ((1.0 - share) * labels + share * teacher).astype(np.float32)
+
     # How a model answers
 
     @abstractmethod
@@ -218,7 +235,8 @@ class Task(ABC):
 
     @abstractmethod
     def torch_right(self, logits: torch.Tensor, targets: torch.Tensor) -> int:
-        """Images of a training batch answered right (the top class; the whole label set at 0.5)."""
+        """Images of a training batch answered right (the top class; the whole label set at 0.5); targets may be
+        soft (`taught_targets`): their top class, their labels at 0.5."""
 
 
 class SingleLabel(Task):
@@ -232,6 +250,9 @@ class SingleLabel(Task):
 
     def targets(self, label_indices: Sequence[Sequence[int]], num_classes: int) -> np.ndarray:
         return np.asarray([indices[0] for indices in label_indices], dtype=np.int64)
+
+    def target_matrix(self, targets: np.ndarray, num_classes: int) -> np.ndarray:
+        return np.eye(num_classes, dtype=np.float32)[targets]
 
     def class_weights(self, targets: np.ndarray, num_classes: int) -> np.ndarray:
         """n / (K * count): the weighting scikit-learn calls "balanced"."""
@@ -334,7 +355,8 @@ class SingleLabel(Task):
         return nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
 
     def torch_right(self, logits: torch.Tensor, targets: torch.Tensor) -> int:
-        return int((logits.argmax(1) == targets).sum())
+        labels = targets.argmax(1) if targets.ndim == 2 else targets  # soft targets (a teacher's): their top class
+        return int((logits.argmax(1) == labels).sum())
 
 
 class MultiLabel(Task):
@@ -360,6 +382,9 @@ class MultiLabel(Task):
         for row, indices in enumerate(label_indices):
             matrix[row, list(indices)] = 1.0
         return matrix
+
+    def target_matrix(self, targets: np.ndarray, num_classes: int) -> np.ndarray:
+        return np.asarray(targets, dtype=np.float32)
 
     def class_weights(self, targets: np.ndarray, num_classes: int) -> np.ndarray:
         """Each class's negatives-to-positives ratio (the positive weight of its binary loss), at most

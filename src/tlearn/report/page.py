@@ -47,6 +47,7 @@ from tlearn.report.multilabel import (
 from tlearn.report.thumbnails import data_uri, thumbnail
 from tlearn.runs.layout import IMAGENET_FILE, RunFolder, evaluated_set
 from tlearn.runs.records import RunRecords, read_run
+from tlearn.runs.summary import TeacherRecord
 from tlearn.util import atomic
 from tlearn.util.progress import Progress
 
@@ -294,13 +295,39 @@ def _choice_panel(records: RunRecords) -> dict[str, Any] | None:
             "kept": selection.kept == "finetune",
         },
     ]
+    teacher = summary.teacher
+    if teacher is not None and "val" in teacher.accuracy:
+        rows.append(
+            {
+                "name": f"teacher: {teacher.backbone} {teacher.mode} (learnt from, not shipped)",
+                "images": selection.images,
+                "right": round(teacher.accuracy["val"] * selection.images),
+                "accuracy": teacher.accuracy["val"],
+                "loss": None,
+                "seconds": teacher.seconds,
+                "kept": False,
+            }
+        )
     for row in rows:  # each candidate's accuracy on these images, with its 95% Wilson interval
         row["interval"] = wilson_interval(row["right"], row["images"])
     reason = selection.reason
     lead = f"Both candidates were scored on the same validation images. {reason[0].upper()}{reason[1:]}."
     if selection.kept != selection.chosen:
         lead += " The fine-tuned network was kept because --mode finetune asked for it."
+    if teacher is not None:
+        lead += f" {_teacher_sentence(teacher)}"
     return {"lead": lead, "rows": rows, "final": final, **backbones}
+
+
+def _teacher_sentence(teacher: TeacherRecord) -> str:
+    """What the fine-tuned network learnt from besides the labels, and how the teacher did on the test images."""
+    unlabelled = f" and on {teacher.unlabelled_images} unlabelled images" if teacher.unlabelled_images else ""
+    test = teacher.accuracy.get("test")
+    scored = f" The teacher answered {test:.1%} of the test images right." if test is not None else ""
+    return (
+        f"Fine-tuning learnt {1 - teacher.share:.0%} from the labels and {teacher.share:.0%} from the answers of "
+        f"the teacher {teacher.model}{unlabelled}.{scored}"
+    )
 
 
 def worst_errors(rows: list[dict[str, str]], count: int = GALLERY_SIZE) -> list[dict[str, str]]:

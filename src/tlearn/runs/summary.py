@@ -93,6 +93,22 @@ class SelectionRecord(_Record):
     reason: str
 
 
+class TeacherRecord(_Record):
+    """What a run with `--teacher` learnt from (knowledge distillation) and how the teacher fared on the run's
+    own images."""
+
+    model: str  # the teacher as given (a path or hf-hub:OWNER/NAME)
+    backbone: str  # the teacher's backbone
+    mode: str  # the teacher's kind of model: linear or finetune
+    engine: str  # what computed its answers: torch or onnx
+    share: float  # the teacher's share of the fine-tuning targets
+    taught_images: int  # labelled training images whose targets mix label and teacher (the validated stage)
+    unlabelled_images: int = 0  # images of --unlabelled learnt from, with the teacher's answers as targets
+    unlabelled_skipped: int = 0  # of --unlabelled: unreadable, or copies of the run's labelled images
+    accuracy: dict[str, float] = Field(default_factory=dict)  # split → the teacher's accuracy on the run's images
+    seconds: float = 0.0
+
+
 class EmbeddingRecord(_Record):
     """How the frozen backbone's embeddings were obtained."""
 
@@ -123,6 +139,7 @@ class RunSummary(_Record):
     finetune: FinetuneRecord | None = None
     finetune_skipped: str | None = None  # why fine-tuning did not run
     selection: SelectionRecord | None = None
+    teacher: TeacherRecord | None = None  # --teacher: what the fine-tuned network learnt from besides the labels
     seconds: float | None = None
     model_bytes: int | None = None
 

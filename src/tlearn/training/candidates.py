@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from tlearn.training.context import TrainingContext
 from tlearn.training.head import LinearHead, cached_fit_head, cached_select_c
 from tlearn.util import atomic
 from tlearn.util.progress import Progress
+
+if TYPE_CHECKING:
+    from tlearn.training.teacher import Teacher
 
 DEFAULT_BUDGET_CPU = 480.0  # seconds of fine-tuning in auto mode (selection and refit together)
 DEFAULT_BUDGET_GPU = 1200.0
@@ -52,12 +55,19 @@ class PreparedData:
     embedding: EmbeddingRecord  # how the embeddings were obtained (cache hits, engine, seconds)
     balanced: bool = False
     results: ResultCache | None = None  # where head searches and fits are kept between runs (None: computed)
+    teacher: Teacher | None = None  # --teacher: its answers, which fine-tuning learns from besides the labels
 
     def files(self, *splits: str) -> LabelledFiles:
         """The image files and targets of one or several splits."""
         images = self.checked.source.images
         paths = [images[p].path for split in splits for p in self.checked.positions[split]]
         return LabelledFiles(paths, self.answers(*splits))
+
+    def training_files(self, *splits: str) -> LabelledFiles:
+        """What fine-tuning trains on: the splits' files and targets, taught by the teacher when there is one
+        (soft targets, then the unlabelled images)."""
+        files = self.files(*splits)
+        return files if self.teacher is None else self.teacher.taught(self.task, files, splits)
 
     def answers(self, *splits: str) -> np.ndarray:
         """The targets of one or several splits, in split order."""
@@ -197,7 +207,7 @@ def finetune_candidate(context: TrainingContext, prepared: PreparedData, linear:
     config, task = context.config, prepared.task
     train_count = len(prepared.targets["train"])
     head = _fit_linear_on(config, prepared, linear, ("train",))
-    splits = {"train": prepared.files("train"), "val": prepared.files("val")}
+    splits = {"train": prepared.training_files("train"), "val": prepared.files("val")}
     if "test" in prepared.evaluated:
         splits["test"] = prepared.files("test")
     budget = _budget_seconds(config)
@@ -311,7 +321,7 @@ def _refit_finetuned(
     record = tuned.finetune_record
     epochs = max(1, (record.epochs if record else 0) or config.epochs or DEFAULT_EPOCHS)
     head = _fit_linear_on(config, prepared, linear, splits)
-    files = {"train": prepared.files(*splits)}
+    files = {"train": prepared.training_files(*splits)}
     if "test" in prepared.evaluated and "test" not in splits:
         files["test"] = prepared.files("test")
     plan = FinetunePlan.from_config(config, context.dist, train_images=len(files["train"].paths)).fixed(epochs)
