@@ -61,6 +61,15 @@ def resplit(data_set: str, draw: int, out: Path) -> tuple[Path, Path]:
     return out / "train", out / "held"
 
 
+def draw_folder(data_set: str, draw: int, work: Path) -> Path:
+    """WORK/data with `train/` (the draw's training images) and `test/` (its held-out images), as a user's
+    pre-split folder: tlearn carves validation from train/ and measures the test split once."""
+    train, held_out = resplit(data_set, draw, work / "draw")
+    shutil.copytree(train, work / "data" / "train")
+    shutil.copytree(held_out, work / "data" / "test")
+    return work / "data"
+
+
 def run_config(data_set: str, flags: list[str], work: Path, draw: int = 0) -> dict[str, object]:
     """Train on SET/train with `flags`, evaluate once on the held-out folder; the figures of one table cell."""
     train, held_out = resplit(data_set, draw, work / "data")

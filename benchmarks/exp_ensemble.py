@@ -15,8 +15,8 @@ last refit, which the figures (taken before it) do not depend on.
 from __future__ import annotations
 
 import argparse
-import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ import numpy as np
 import tlearn
 import tlearn.pipeline as pipeline
 from _common import require_shared, save
-from bench_suite import resplit
+from bench_suite import draw_folder
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # share of the linear head's probabilities
 ALPHAS = (0.5, 0.7, 0.85, 1.0)  # share of the fine-tuned weights (1 - alpha: the linear-head start's)
@@ -68,17 +68,14 @@ def flipped(prepared, tuned) -> dict[str, np.ndarray]:
     return arrays
 
 
-def caught_run(data: Path, out: Path, wise: bool) -> dict[str, np.ndarray]:
-    caught: dict[str, object] = {}
+def train_catching(data: Path, out: Path, seen: Callable[..., None]) -> None:
+    """The default run on `data` (final fit on train only: the figures are taken before it), calling
+    `seen(context, prepared, linear, kept, outcome)` where the pipeline compares its two candidates."""
     original = pipeline._pick_candidate
 
     def catching(context, prepared, linear):
         kept, outcome = original(context, prepared, linear)
-        caught.update(prepared=prepared, linear=linear, tuned=outcome.tuned)
-        if outcome.tuned is not None:
-            caught["extra"] = flipped(prepared, outcome.tuned)
-            if wise:
-                caught["extra"] |= interpolated(context, prepared, linear, outcome.tuned)
+        seen(context, prepared, linear, kept, outcome)
         return kept, outcome
 
     pipeline._pick_candidate = catching
@@ -86,6 +83,19 @@ def caught_run(data: Path, out: Path, wise: bool) -> dict[str, np.ndarray]:
         tlearn.train(data, out=out, quiet=True, final_fit="train")
     finally:
         pipeline._pick_candidate = original
+
+
+def caught_run(data: Path, out: Path, wise: bool) -> dict[str, np.ndarray]:
+    caught: dict[str, object] = {}
+
+    def seen(context, prepared, linear, kept, outcome):
+        caught.update(prepared=prepared, linear=linear, tuned=outcome.tuned)
+        if outcome.tuned is not None:
+            caught["extra"] = flipped(prepared, outcome.tuned)
+            if wise:
+                caught["extra"] |= interpolated(context, prepared, linear, outcome.tuned)
+
+    train_catching(data, out, seen)
     prepared, linear, tuned = caught["prepared"], caught["linear"], caught["tuned"]
     if tuned is None:
         return {}
@@ -152,10 +162,7 @@ def main() -> None:
         for draw in map(int, args.draws.split(",")):
             with tempfile.TemporaryDirectory(prefix="tlearn-exp-") as temp:
                 work = Path(temp)
-                train, held = resplit(data_set, draw, work / "draw")
-                shutil.copytree(train, work / "data" / "train")
-                shutil.copytree(held, work / "data" / "test")
-                arrays = caught_run(work / "data", work / "run", args.wise)
+                arrays = caught_run(draw_folder(data_set, draw, work), work / "run", args.wise)
             cell = scored(arrays) if arrays else {"skipped": "fine-tuning did not run"}
             results.setdefault(data_set, {})[str(draw)] = cell
             print(data_set, draw, cell, flush=True)

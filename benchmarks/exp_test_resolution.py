@@ -15,16 +15,14 @@ the centre crop grows with it). Inference cost grows with the pixels: (size / 22
 from __future__ import annotations
 
 import argparse
-import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-import tlearn
-import tlearn.pipeline as pipeline
 from _common import require_shared, save
-from bench_suite import resplit
+from bench_suite import draw_folder
+from exp_ensemble import train_catching
 
 
 def at_sizes(prepared, tuned, sizes: list[int]) -> dict[str, dict[int, float]]:
@@ -50,21 +48,14 @@ def at_sizes(prepared, tuned, sizes: list[int]) -> dict[str, dict[int, float]]:
 
 def caught_run(data: Path, out: Path, sizes: list[int]) -> dict[str, object]:
     caught: dict[str, object] = {}
-    original = pipeline._pick_candidate
 
-    def catching(context, prepared, linear):
-        kept, outcome = original(context, prepared, linear)
+    def seen(context, prepared, linear, kept, outcome):
         caught["kept"] = "finetune" if kept is outcome.tuned else "linear"
         if outcome.tuned is not None:
             caught["scores"] = at_sizes(prepared, outcome.tuned, sizes)
             caught["n_val"], caught["n_test"] = len(prepared.targets["val"]), len(prepared.targets["test"])
-        return kept, outcome
 
-    pipeline._pick_candidate = catching
-    try:
-        tlearn.train(data, out=out, quiet=True, final_fit="train")
-    finally:
-        pipeline._pick_candidate = original
+    train_catching(data, out, seen)
     return caught
 
 
@@ -82,10 +73,7 @@ def main() -> None:
         for draw in map(int, args.draws.split(",")):
             with tempfile.TemporaryDirectory(prefix="tlearn-exp-") as temp:
                 work = Path(temp)
-                train, held = resplit(data_set, draw, work / "draw")
-                shutil.copytree(train, work / "data" / "train")
-                shutil.copytree(held, work / "data" / "test")
-                cell = caught_run(work / "data", work / "run", sizes)
+                cell = caught_run(draw_folder(data_set, draw, work), work / "run", sizes)
             results.setdefault(data_set, {})[str(draw)] = cell
             print(data_set, draw, cell, flush=True)
             save(args.name, {"sizes": sizes, "results": results})
