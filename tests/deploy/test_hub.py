@@ -191,3 +191,24 @@ def test_a_linked_file_in_the_run_is_never_staged(exported_model, tmp_path):
     with pytest.raises(TlearnError, match=r"metrics\.json: a symbolic link"):
         stage_model(run, tmp_path / "staged", repo_id="me/shapes")
     assert not (tmp_path / "staged").exists()
+
+
+def test_the_card_says_a_model_was_taught_without_naming_the_teachers_path(exported_model):
+    from tlearn.deploy.hub import model_card
+    from tlearn.runs.model_dir import ModelConfig
+    from tlearn.runs.summary import RunSummary, TeacherRecord
+
+    config = ModelConfig(**json.loads((exported_model.run / "model" / "config.json").read_text()))
+    teacher = TeacherRecord(
+        model="/home/someone/private/lite2-run",
+        backbone="tf_efficientnet_lite2",
+        mode="linear",
+        engine="torch",
+        share=0.25,
+        taught_images=40,
+        accuracy={"val": 0.9, "test": 0.967},
+    )
+    card = model_card(config, None, RunSummary(teacher=teacher), repo_id="someone/taught")
+    taught = "- taught by a tf_efficientnet_lite2 linear model (25% of the fine-tuning targets were its answers); "
+    assert taught + "the teacher answered 96.7% of the test images right" in card and "private" not in card
+    assert "taught by" not in model_card(config, None, RunSummary(), repo_id="someone/plain")

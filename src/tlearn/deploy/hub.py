@@ -201,6 +201,13 @@ def _training(config: ModelConfig, summary: RunSummary | None) -> list[str]:
         lines.append(f"- backbone: {summary.backbone_choice}")
     if summary.selection is not None:
         lines.append(f"- kept: {summary.selection.reason}")
+    if summary.teacher is not None:  # its backbone and kind only: a local teacher's path is the user's business
+        teacher, test = summary.teacher, summary.teacher.accuracy.get("test")
+        scored = f"; the teacher answered {test:.1%} of the test images right" if test is not None else ""
+        lines.append(
+            f"- taught by a {teacher.backbone} {teacher.mode} model ({teacher.share:.0%} of the fine-tuning "
+            f"targets were its answers){scored}"
+        )
     if summary.final_fit:
         lines.append(f"- the shipped model learnt from: {summary.final_fit} images")
     if summary.seconds:
