@@ -35,7 +35,7 @@ from tlearn.report.page import write_report
 from tlearn.runs.layout import HISTORY_COLUMNS, RunFolder, prediction_columns, report_split
 from tlearn.runs.lifecycle import OutputFolder
 from tlearn.runs.model_dir import WEIGHTS_FILE, save_model
-from tlearn.runs.summary import RunSummary, SelectionRecord, TeacherRecord, write_summary
+from tlearn.runs.summary import RunSummary, SelectionRecord, write_summary
 from tlearn.training.candidates import (
     Candidate,
     PreparedData,
@@ -216,7 +216,7 @@ def _train_and_measure(
         finetune=outcome.tuned.finetune_record if outcome.tuned else None,
         finetune_skipped=outcome.skipped,
         selection=outcome.selection,
-        teacher=outcome.teacher,
+        teacher=ready.finetune_data.teacher.record if ready.finetune_data.teacher is not None else None,
     )
     return metrics, result, prepared, summary
 
@@ -243,7 +243,6 @@ class _Outcome:
     tuned: Candidate | None = None
     skipped: str | None = None
     selection: SelectionRecord | None = None
-    teacher: TeacherRecord | None = None  # --teacher: what fine-tuning learnt from besides the labels
 
 
 def _pick_candidate(context: TrainingContext, prepared: PreparedData, linear: Candidate) -> tuple[Candidate, _Outcome]:
@@ -274,8 +273,7 @@ def _pick_candidate(context: TrainingContext, prepared: PreparedData, linear: Ca
     else:
         progress.info(f"kept the {'fine-tuned network' if kept is tuned else 'linear head'}: {choice.reason}")
     selection = choice.model_copy(update={"kept": "finetune" if kept is tuned else "linear"})
-    teacher = prepared.teacher.record if prepared.teacher is not None else None
-    return kept, _Outcome(tuned=tuned, selection=selection, teacher=teacher)
+    return kept, _Outcome(tuned=tuned, selection=selection)
 
 
 def _write_run(

@@ -65,7 +65,7 @@ class Teacher:
         """
         answers = np.concatenate([self.probabilities[split] for split in splits])
         targets = task.taught_targets(files.labels, answers, self.record.share)
-        labels = np.concatenate([targets, self.unlabelled.labels.astype(np.float32)])
+        labels = np.concatenate([targets, self.unlabelled.labels])
         return LabelledFiles([*files.paths, *self.unlabelled.paths], labels)
 
 
@@ -128,15 +128,9 @@ def _check_fits(name: str | None, engine: InferenceEngine, task: Task, classes: 
         raise DataError(f"{name}: the teacher is a {teacher_task.title} model and this data is {task.title}")
     missing, extra = sorted(set(classes) - set(engine.classes)), sorted(set(engine.classes) - set(classes))
     if missing or extra:
-        differences = "; ".join(
-            part
-            for part in (
-                f"only the data has {', '.join(missing)}" if missing else "",
-                f"only the teacher has {', '.join(extra)}" if extra else "",
-            )
-            if part
-        )
-        raise DataError(f"{name}: the teacher's classes are not the data's ({differences})")
+        parts = [f"only the data has {', '.join(missing)}"] if missing else []
+        parts += [f"only the teacher has {', '.join(extra)}"] if extra else []
+        raise DataError(f"{name}: the teacher's classes are not the data's ({'; '.join(parts)})")
 
 
 def _unlabelled(
