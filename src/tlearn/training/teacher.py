@@ -65,7 +65,7 @@ class Teacher:
         """
         answers = np.concatenate([self.probabilities[split] for split in splits])
         targets = task.taught_targets(files.labels, answers, self.record.share)
-        labels = np.concatenate([targets, self.unlabelled.labels])
+        labels = np.concatenate([targets, self.unlabelled.labels.astype(np.float32)])
         return LabelledFiles([*files.paths, *self.unlabelled.paths], labels)
 
 
