@@ -12,6 +12,7 @@ import resource
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -216,3 +217,30 @@ def test_a_scan_bomb_in_a_training_folder_is_one_skipped_file(tmp_path):
     batch = run_task(0, [tmp_path / "bomb.jpg", tmp_path / "good.jpg"], DecodeTask(LITE0))
     assert [(position, "210 scans" in reason) for position, reason in batch.failures] == [(0, True)]
     assert batch.positions == [1] and batch.pixels.shape == (1, 224, 224, 3) and not batch.transient
+
+
+def slow_jpeg() -> bytes:
+    """A 3000x3000 progressive JPEG of noise: about 0.25 CPU seconds of decoding on a 2-core EPYC."""
+    return progressive_jpeg(0, size=3000)
+
+
+def test_decoding_stops_once_the_file_has_taken_its_cpu_time():
+    """The limit is checked between blocks of the file, so a decode stops close to it, whatever the decoder."""
+    payload = slow_jpeg()
+    assert load_rgb(payload).size == (3000, 3000)  # the default limit lets a large photo through
+    started = time.thread_time()
+    with pytest.raises(ImageTooLargeError, match=r"decoding took more than 0.02 CPU seconds") as refused:
+        load_rgb(payload, max_cpu_seconds=0.02)
+    assert time.thread_time() - started < 0.12  # stopped within a block of the limit, not after the whole file
+    assert not refused.value.transient  # a lasting verdict: the next run refuses it without decoding
+
+
+def test_the_decode_time_limit_holds_in_the_decoding_workers(tmp_path, monkeypatch):
+    """Training and predict decode through `run_task`: the slow file is one per-file reason, its neighbour
+    decodes."""
+    monkeypatch.setattr("tlearn.data.images.MAX_DECODE_CPU_SECONDS", 0.02)
+    (tmp_path / "slow.jpg").write_bytes(slow_jpeg())
+    (tmp_path / "good.jpg").write_bytes(progressive_jpeg(0))
+    batch = run_task(0, [tmp_path / "slow.jpg", tmp_path / "good.jpg"], DecodeTask(LITE0))
+    assert [(position, "CPU seconds" in reason) for position, reason in batch.failures] == [(0, True)]
+    assert batch.positions == [1] and not batch.transient

@@ -199,6 +199,22 @@ def test_a_request_whose_images_declare_too_many_pixels_is_413_before_they_are_a
         assert still_serves(client)
 
 
+def test_a_file_that_takes_too_long_to_decode_is_413_and_the_service_goes_on(engine, monkeypatch):
+    """Stopped at the decode time limit (checked in the decoding thread) with a reason; never "retry"."""
+    noise = np.random.default_rng(0).integers(0, 256, (2000, 2000, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="JPEG", progressive=True, quality=90)
+    monkeypatch.setattr("tlearn.data.images.MAX_DECODE_CPU_SECONDS", 0.01)
+    with serving_app(lambda: engine) as client:
+        answer = post(client, ("slow.jpg", buffer.getvalue()), ("red.png", RED))
+        assert answer.status_code == 413, answer.text
+        files = answer.json()["detail"]["files"]
+        assert files == [{"file": "slow.jpg", "reason": files[0]["reason"], "status": 413}]
+        assert "decoding took more than 0.01 CPU seconds" in files[0]["reason"]
+        assert "retry-after" not in answer.headers
+        assert still_serves(client)
+
+
 def test_big_pictures_are_decoded_one_at_a_time_whatever_the_threads(engine, monkeypatch):
     """Two 1 MP WebPs in one request, decoding threads to spare and a 1.5 MP gate: they are never decoded at
     the same moment; a picture declaring more than the upload limit is refused without waiting for the gate."""

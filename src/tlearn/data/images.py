@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import time
 import warnings
 from pathlib import Path
 from typing import BinaryIO
@@ -46,6 +47,11 @@ MAX_FILE_BYTES = 600_000_000
 # grey, Photoshop 3-5, mozjpeg's optimised scripts under 20.
 MAX_JPEG_SCANS = 32
 _SCAN_MARKER = b"\xff\xda"  # SOS; entropy-coded data stuffs every 0xFF with 0x00, so it only appears as a marker
+
+# CPU seconds one file's decoding may take (this thread's CPU time, so a busy machine never refuses a good file).
+# A 36 MP baseline JPEG takes 0.35 s here, at the scan limit a progressive bomb ~2.4 s: this bounds what no
+# header check foresees (a decoder's slow path) at 14x the cost of the largest ordinary photo.
+MAX_DECODE_CPU_SECONDS = 5.0
 
 # Wider than any panorama or banner we expect to classify; beyond it the centre crop would show a sliver, and
 # resizing the short side to the backbone's size would allocate the long side times that ratio.
@@ -96,6 +102,34 @@ class ImageShapeError(ImageTooLargeError):
     anything of that size is allocated (a `ImageTooLargeError`: the service answers 413)."""
 
 
+class ImageDecodeTimeError(ImageTooLargeError):
+    """Decoding this file took more CPU time than allowed; stopped between two blocks of its bytes (a
+    `ImageTooLargeError`: the service answers 413, never "retry"). A lasting verdict, like the size limits:
+    the limit is many times what an ordinary photo costs, so the next run refuses the file without decoding."""
+
+
+class _CpuLimitedBytes(io.BytesIO):
+    """A file's bytes that stop being handed out once this thread has spent `seconds` of CPU on the file.
+
+    Why not a timer or a process: Pillow decodes by reading a block (64 KB) and passing it to the C decoder, in
+    a loop, so a check at each read bounds a decode to the limit plus one block's work, in the calling thread
+    (the service decodes in threads, which cannot be killed). Decoders that take all bytes at once (WebP,
+    compressed TIFF) are bounded by the pixel limit instead.
+    """
+
+    def __init__(self, content: bytes, seconds: float) -> None:
+        super().__init__(content)
+        self.seconds = seconds
+        self._deadline = time.thread_time() + seconds
+
+    def read(self, size: int | None = -1) -> bytes:
+        if time.thread_time() > self._deadline:
+            raise ImageDecodeTimeError(
+                f"decoding took more than {self.seconds:g} CPU seconds (stopped; possible decompression bomb)"
+            )
+        return super().read(size)
+
+
 class ImageMemoryError(ImageDecodeError):
     """Memory ran out while decoding or resizing this image: a failure of this attempt, not of the file."""
 
@@ -118,6 +152,7 @@ def load_rgb(
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     draft_size: int | None = None,
     max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
+    max_cpu_seconds: float | None = None,
 ) -> Image.Image:
     """Decode an image file (or its bytes) into a fully loaded RGB picture.
 
@@ -132,14 +167,16 @@ def load_rgb(
             sides stay at least this large. Much faster for camera photos; no effect on small images.
         max_aspect_ratio: images whose long side exceeds this many times their short side are refused
             before decoding.
+        max_cpu_seconds: decoding stops with `ImageDecodeTimeError` once it has taken this much of the
+            calling thread's CPU time (None: `MAX_DECODE_CPU_SECONDS`).
 
     Returns:
         A loaded PIL image in mode RGB.
 
     Raises:
         ImageDecodeError: the file is empty, not an image of a supported format, truncated, corrupt, too
-            large (`ImageTooLargeError`, `ImageShapeError`), in a colour mode that cannot be converted, or
-            memory ran out (`ImageMemoryError`, transient).
+            large (`ImageTooLargeError`, `ImageShapeError`), too slow to decode (`ImageDecodeTimeError`), in a
+            colour mode that cannot be converted, or memory ran out (`ImageMemoryError`, transient).
 
     Example:
         >>> picture = load_rgb("data/ants/0013035.jpg")  # doctest: +SKIP
@@ -147,10 +184,11 @@ def load_rgb(
     if isinstance(source, str | Path):
         # Read the bytes up front: no file handle stays open behind a multi-frame image.
         source = read_file_bytes(source)
-    if isinstance(source, bytes):
-        if not source:
-            raise ImageDecodeError("empty file (0 bytes)")
-        source = io.BytesIO(source)
+    elif not isinstance(source, bytes):
+        source = source.read()
+    if not source:
+        raise ImageDecodeError("empty file (0 bytes)")
+    source = _CpuLimitedBytes(source, MAX_DECODE_CPU_SECONDS if max_cpu_seconds is None else max_cpu_seconds)
     try:
         with warnings.catch_warnings():
             # We apply our own pixel limit below; PIL's warning would only repeat it.

@@ -24,7 +24,8 @@ Bad input and bad clients never take the service down, and memory stays bounded 
   once, and the images of one request may declare at most `max_request_pixels` in all (16 tiny lossless WebPs
   of 6300x6300 pixels fit in a 3 KB body and took 20 s and 1.8 GB to decode): beyond, 413 before decoding;
 * an image over `max_image_pixels` (40 MP for uploads), or one whose resized copy would be (a 100000x1 PNG),
-  is 413 before anything large is allocated; a file that is not a decodable image is 415; running out of
+  is 413 before anything large is allocated, as is a file whose decoding takes more than 5 CPU seconds
+  (`tlearn.data.images.MAX_DECODE_CPU_SECONDS`); a file that is not a decodable image is 415; running out of
   memory while decoding is 503 with `Retry-After` — each naming the file and the reason;
 * a model failure is 500 with the reason and the next request is served; `/readyz` turns 503 when the model
   can no longer answer (see `MicroBatcher`); a model that gives NaN or infinite probabilities (damaged weights)
