@@ -68,9 +68,10 @@ def flipped(prepared, tuned) -> dict[str, np.ndarray]:
     return arrays
 
 
-def train_catching(data: Path, out: Path, seen: Callable[..., None]) -> None:
-    """The default run on `data` (final fit on train only: the figures are taken before it), calling
-    `seen(context, prepared, linear, kept, outcome)` where the pipeline compares its two candidates."""
+def train_catching(data: Path, out: Path, seen: Callable[..., None], **options: object) -> None:
+    """The default run on `data` (final fit on train only: the figures are taken before it; `options` change
+    other settings), calling `seen(context, prepared, linear, kept, outcome)` where the pipeline compares its
+    two candidates."""
     original = pipeline._pick_candidate
 
     def catching(context, prepared, linear):
@@ -80,7 +81,7 @@ def train_catching(data: Path, out: Path, seen: Callable[..., None]) -> None:
 
     pipeline._pick_candidate = catching
     try:
-        tlearn.train(data, out=out, quiet=True, final_fit="train")
+        tlearn.train(data, out=out, quiet=True, final_fit="train", **options)
     finally:
         pipeline._pick_candidate = original
 

@@ -3,18 +3,20 @@ its training crops (the "FixRes" effect: random resized crops make objects look 
 centre crop at the same size does at test time)?
 
     python benchmarks/exp_test_resolution.py [--sets signs,mri] [--draws 0,1,2] [--sizes 224,240,256,288]
-                                             [--name exp-test-resolution]
+                                             [--name exp-test-resolution] [--options '{"eval_size": 240}']
 
 Each (set, draw) is the default run (auto mode, fine-tuning from Lite0) on a folder whose `train/` is the draw's
 training images (validation carved from it by the hash, as tlearn does) and whose `test/` is the draw's held-out
 images (bench_suite.resplit), as in exp_ensemble.py. The fine-tuned network is caught as the pipeline compares
 its candidates and evaluated on validation and test at each input size (same crop_pct, so the resize before
-the centre crop grows with it). Inference cost grows with the pixels: (size / 224)^2.
+the centre crop grows with it). Inference cost grows with the pixels: (size / 224)^2. `--options` (JSON) changes
+settings of the run, e.g. `{"eval_size": 240, "train_size": 224}`: the network validated (its epoch kept) at 240.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 
@@ -46,7 +48,7 @@ def at_sizes(prepared, tuned, sizes: list[int]) -> dict[str, dict[int, float]]:
     return scores
 
 
-def caught_run(data: Path, out: Path, sizes: list[int]) -> dict[str, object]:
+def caught_run(data: Path, out: Path, sizes: list[int], options: dict[str, object]) -> dict[str, object]:
     caught: dict[str, object] = {}
 
     def seen(context, prepared, linear, kept, outcome):
@@ -55,7 +57,7 @@ def caught_run(data: Path, out: Path, sizes: list[int]) -> dict[str, object]:
             caught["scores"] = at_sizes(prepared, outcome.tuned, sizes)
             caught["n_val"], caught["n_test"] = len(prepared.targets["val"]), len(prepared.targets["test"])
 
-    train_catching(data, out, seen)
+    train_catching(data, out, seen, **options)
     return caught
 
 
@@ -65,18 +67,20 @@ def main() -> None:
     parser.add_argument("--draws", default="0,1,2")
     parser.add_argument("--sizes", default="224,240,256,288")
     parser.add_argument("--name", default="exp-test-resolution")
+    parser.add_argument("--options", default="{}", help="settings of the run, as JSON")
     args = parser.parse_args()
     require_shared()
     sizes = [int(size) for size in args.sizes.split(",")]
+    options = json.loads(args.options)
     results: dict[str, dict[str, object]] = {}
     for data_set in args.sets.split(","):
         for draw in map(int, args.draws.split(",")):
             with tempfile.TemporaryDirectory(prefix="tlearn-exp-") as temp:
                 work = Path(temp)
-                cell = caught_run(draw_folder(data_set, draw, work), work / "run", sizes)
+                cell = caught_run(draw_folder(data_set, draw, work), work / "run", sizes, options)
             results.setdefault(data_set, {})[str(draw)] = cell
             print(data_set, draw, cell, flush=True)
-            save(args.name, {"sizes": sizes, "results": results})
+            save(args.name, {"sizes": sizes, "options": options, "results": results})
 
 
 if __name__ == "__main__":

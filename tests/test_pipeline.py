@@ -183,9 +183,17 @@ def test_imbalanced_data_uses_a_balanced_loss(tmp_path):
     assert not off.summary.head.balanced_loss
 
 
-def test_finetune_keeps_the_best_validated_epoch_not_the_last(tiny_data, tmp_path):
+def test_finetune_keeps_the_best_validated_epoch_not_the_last(tiny_data, tmp_path, monkeypatch):
     # A learning rate far too high: the network wrecks itself after the first steps, so the epochs differ and
     # the last one is not the best. The kept model must be the best one on validation.
+    from tlearn.training import setup
+
+    crops, real_transform = [], setup.train_transform
+    monkeypatch.setattr(
+        setup,
+        "train_transform",
+        lambda *args, size, **options: crops.append(size) or real_transform(*args, size=size, **options),
+    )
     run = tlearn.train(
         tiny_data,
         out=tmp_path / "run",
@@ -210,6 +218,8 @@ def test_finetune_keeps_the_best_validated_epoch_not_the_last(tiny_data, tmp_pat
     assert all(row["gpu_percent"] is None for row in rows[1:])
     classifier = tlearn.load(run.model_path)
     assert classifier.config.mode == "finetune" and classifier.classes == ["blue", "red"]
+    # trained on Lite0's 224-pixel crops; validated, tested and shipped at 240 (training.plan.EVAL_SCALE)
+    assert set(crops) == {224} and classifier.config.preprocessing["input_size"] == [240, 240]
 
 
 def _shapes(root):

@@ -140,8 +140,12 @@ class TrainConfig(BaseModel):
     head_init: Literal["linear", "zero"] = Field(
         "zero", description="Fine-tuning starts from the fitted linear head, or from a zero classifier."
     )
-    train_size: int | None = Field(
-        None, ge=32, description="Training crop size (none: the backbone's input size; evaluation always uses it)."
+    train_size: int | None = Field(None, ge=32, description="Training crop size (none: the backbone's input size).")
+    eval_size: int | None = Field(
+        None,
+        ge=32,
+        description="Input size a fine-tuned network is validated, tested, exported and served at (none: its "
+        "training crop x 15/14 to a multiple of 8, 240 for 224, when trained on random resized crops; else the crop).",
     )
     weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay (not on biases and norms).")
     label_smoothing: float = Field(0.1, ge=0, lt=1, description="Label smoothing of the fine-tuning loss.")

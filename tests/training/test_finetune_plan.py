@@ -23,7 +23,9 @@ ALONE = DistributedContext()
 
 def _plan(train_images: int = 40, *, budget_seconds: float | None = None, **settings) -> FinetunePlan:
     config = TrainConfig(data="photos", device="cpu", **{"workers": 0, **settings})
-    return FinetunePlan.from_config(config, ALONE, train_images=train_images, budget_seconds=budget_seconds)
+    return FinetunePlan.from_config(
+        config, ALONE, train_images=train_images, input_size=224, budget_seconds=budget_seconds
+    )
 
 
 def _state(planned_epochs: int, *, epoch: int = 1) -> TrainingState:
@@ -72,7 +74,7 @@ def test_the_plans_steps_per_epoch_are_the_loaders(images, world_size, batch_siz
     config = TrainConfig(data="photos", device="cpu", workers=0, batch_size=batch_size)
     for rank in range(world_size):
         dist = DistributedContext(rank=rank, world_size=world_size)
-        plan = FinetunePlan.from_config(config, dist, train_images=images)
+        plan = FinetunePlan.from_config(config, dist, train_images=images, input_size=224)
         assert len(train_loader(list(range(images)), plan, dist)) == plan.steps_per_epoch
 
 

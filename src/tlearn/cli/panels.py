@@ -19,6 +19,7 @@ PANELS: dict[str, tuple[str, ...]] = {
         "bn",
         "head_init",
         "train_size",
+        "eval_size",
         "weight_decay",
         "label_smoothing",
         "warmup_epochs",

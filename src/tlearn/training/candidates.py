@@ -218,12 +218,13 @@ def finetune_candidate(context: TrainingContext, prepared: PreparedData, linear:
         config,
         context.dist,
         train_images=len(splits["train"].paths),
+        input_size=prepared.info.preprocessing.input_size[0],
         budget_seconds=budget if config.mode == "auto" else None,
     )
     outcome = finetune(
         context,
         plan,
-        _model_config(prepared, "finetune", task.untuned_thresholds(len(prepared.classes))),
+        _model_config(prepared, "finetune", task.untuned_thresholds(len(prepared.classes)), plan.eval_size),
         _linear_state(prepared, head),
         splits,
         _class_weights(prepared, ("train",)),
@@ -232,7 +233,7 @@ def finetune_candidate(context: TrainingContext, prepared: PreparedData, linear:
     start = {**outcome.history[0], "stage": "linear head (fitted on train)"}
     thresholds = task.choose_thresholds(outcome.probabilities["val"], prepared.answers("val"))
     return Candidate(
-        _model_config(prepared, "finetune", thresholds),
+        _model_config(prepared, "finetune", thresholds, plan.eval_size),
         outcome.state,
         outcome.probabilities,
         [start, *outcome.history[1:]],
@@ -324,7 +325,12 @@ def _refit_finetuned(
     files = {"train": prepared.training_files(*splits)}
     if "test" in prepared.evaluated and "test" not in splits:
         files["test"] = prepared.files("test")
-    plan = FinetunePlan.from_config(config, context.dist, train_images=len(files["train"].paths)).fixed(epochs)
+    plan = FinetunePlan.from_config(
+        config,
+        context.dist,
+        train_images=len(files["train"].paths),
+        input_size=prepared.info.preprocessing.input_size[0],
+    ).fixed(epochs)
     outcome = finetune(
         context,
         plan,
@@ -363,15 +369,21 @@ def _budget_seconds(config: TrainConfig) -> float:
     return DEFAULT_BUDGET_GPU if on_gpu else DEFAULT_BUDGET_CPU
 
 
-def _model_config(prepared: PreparedData, mode: str, thresholds: list[float] | None = None) -> ModelConfig:
+def _model_config(
+    prepared: PreparedData, mode: str, thresholds: list[float] | None = None, input_size: int | None = None
+) -> ModelConfig:
+    """The model's description; `input_size` replaces the backbone's (a network answers at any size)."""
     info = prepared.info
+    preprocessing = info.preprocessing.to_dict()
+    if input_size is not None:
+        preprocessing["input_size"] = [input_size, input_size]
     return ModelConfig(
         task=prepared.task.name,
         thresholds=thresholds,
         arch=info.arch,
         backbone=prepared.ref.describe(),
         classes=prepared.classes,
-        preprocessing=info.preprocessing.to_dict(),
+        preprocessing=preprocessing,
         embedding_dim=info.num_features,
         classifier_keys=info.classifier_keys,
         mode=mode,

@@ -162,7 +162,7 @@ def adapt_batch_norm(model: nn.Module, files: LabelledFiles, model_config: Model
 def train_images(files: LabelledFiles, model_config: ModelConfig, plan: FinetunePlan) -> TrainImages:
     """The training images decoded once (by `plan.workers` processes), augmented per the plan each epoch."""
     preprocessing = model_config.preprocessing_spec()
-    size = plan.train_size or preprocessing.input_size[0]
+    size = plan.train_size
     return TrainImages(
         files.paths,
         files.labels,
@@ -180,7 +180,7 @@ def train_loader(dataset: Dataset, plan: FinetunePlan, dist: DistributedContext)
     Example:
         >>> from tlearn.config import TrainConfig
         >>> config, alone = TrainConfig(data="photos", device="cpu", workers=0, batch_size=8), DistributedContext()
-        >>> plan = FinetunePlan.from_config(config, alone, train_images=20)
+        >>> plan = FinetunePlan.from_config(config, alone, train_images=20, input_size=224)
         >>> len(train_loader(list(range(20)), plan, alone)), plan.steps_per_epoch  # the last 4 images dropped
         (2, 2)
     """
