@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from tlearn.cli.app import DeviceOption, EngineOption, ModelArgument, QuietOption, WorkersOption, app
 from tlearn.evaluation.tasks import headline
+
+if TYPE_CHECKING:
+    from tlearn.report.compare import RunSummary
 
 
 @app.command()
@@ -79,13 +82,34 @@ def compare(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Also write the table to a .md or .html file.")
     ] = None,
+    speed: Annotated[
+        bool,
+        typer.Option(
+            "--speed", help="Also time each model on onnxruntime here: images/s in batches of 32, one image's latency."
+        ),
+    ] = False,
 ) -> None:
-    """Compare runs side by side: backbone, mode, epochs, time, accuracy, macro F1, ECE, model size."""
+    """Compare runs side by side: backbone, mode, epochs, time, accuracy, macro F1, ECE, model size (and speed)."""
     from tlearn.report.compare import comparison_notes, markdown_table, summarize_run, write_comparison
 
     summaries = [summarize_run(run) for run in runs]
+    if speed:
+        summaries = [_timed(summary) for summary in summaries]
     print(markdown_table(summaries))
     for note in comparison_notes(summaries):
         print(f"note: {note}")
     if out is not None:
         print(f"written: {write_comparison(summaries, out)}")
+
+
+def _timed(summary: RunSummary) -> RunSummary:
+    """The row with its model's speed on this machine (`tlearn.deploy.speed`), said on stderr as it goes."""
+    import dataclasses
+
+    from tlearn.deploy.speed import BATCH_SIZE, measure_speed
+
+    if summary.model_path is None:
+        return summary
+    print(f"timing {summary.model_path} on onnxruntime (batches of {BATCH_SIZE}, then one image) ...", file=sys.stderr)
+    measured = measure_speed(summary.model_path)
+    return dataclasses.replace(summary, images_per_second=measured.images_per_second, latency_ms=measured.latency_ms)

@@ -43,6 +43,8 @@ COLUMNS = (  # every column a table may have, in order; `table_columns` keeps th
     "ECE",
     "answered",
     "model size",
+    "images/s",
+    "latency",
 )
 NUMERIC = {
     "epochs",
@@ -55,8 +57,10 @@ NUMERIC = {
     "ECE",
     "answered",
     "model size",
+    "images/s",
+    "latency",
 }
-OPTIONAL = ("mAP", "ECE", "answered")  # shown only when at least one run has the figure
+OPTIONAL = ("mAP", "ECE", "answered", "images/s", "latency")  # shown only when at least one run has the figure
 # By task name: the accuracy column's heading when every run shares the task, and what the mode column adds.
 ACCURACY_HEADINGS = {"multiclass": "accuracy", "multilabel": "subset accuracy"}
 TASK_MODE_NOTES = {"multiclass": "", "multilabel": " + multi-label"}
@@ -84,6 +88,9 @@ class RunSummary:
     data: str = "?"  # the folder the figures were measured on (a training run's data, an evaluation's folder)
     accuracy_interval: tuple[float, float] | None = None  # 95% Wilson
     macro_f1_interval: tuple[float, float] | None = None  # 95% bootstrap
+    model_path: str | None = None  # the model the figures are of (a model directory or an exported file)
+    images_per_second: float | None = None  # measured on request (`tlearn compare --speed`, deploy/speed.py)
+    latency_ms: float | None = None
 
     @property
     def data_key(self) -> tuple[str, str, int | None]:
@@ -107,6 +114,8 @@ class RunSummary:
             _text(self.ece, "{:.3f}"),
             _text(None if self.coverage is None else 100 * self.coverage, "{:.1f}%"),
             _text(None if self.model_bytes is None else self.model_bytes / 1e6, "{:.1f} MB"),
+            _text(self.images_per_second, "{:.0f}"),
+            _text(self.latency_ms, "{:.1f} ms"),
         ]
         return dict(zip(COLUMNS, text, strict=True))
 
@@ -151,6 +160,7 @@ def summarize_run(folder: str | Path) -> RunSummary:
         data=_measured_on(records),
         accuracy_interval=_interval(metrics.get("accuracy_interval", metrics.get("subset_accuracy_interval"))),
         macro_f1_interval=_interval(metrics.get("macro_f1_interval")),
+        model_path=str(records.model_path) if records.model_path else None,
     )
 
 
@@ -263,6 +273,11 @@ def comparison_notes(summaries: Sequence[RunSummary]) -> list[str]:
         )
     if len(summaries) > 1 and not any(column == "accuracy" for _, column in best_cells(summaries)):
         notes.append("no run's accuracy interval lies above the others' on the same images: none is marked best")
+    if any(summary.images_per_second is not None for summary in summaries):
+        notes.append(
+            "images/s and latency: each model on onnxruntime on this machine, random pixels at its input size "
+            "(no file decoding); images/s in batches of 32, latency the median of single images"
+        )
     return notes
 
 
