@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import re
 import time
 from types import SimpleNamespace
 
@@ -36,12 +38,16 @@ def test_throughput_is_pictures_per_second_in_batches_and_latency_one_picture_al
 
 def test_compare_with_speed_times_each_model_on_onnxruntime(capsys, tiny_data, tmp_path):
     run = tlearn.train(tiny_data, out=tmp_path / "run", quiet=True, split=(0.6, 0.2, 0.2))
-    code, out, err = run_cli(capsys, "compare", run.path, "--speed")
+    code, out, err = run_cli(capsys, "compare", run.path, "--speed", "--out", tmp_path / "speed.html")
     assert code == 0 and "timing" in err and "onnxruntime" in err
     heading, _, row = out.splitlines()[:3]
     columns = [cell.strip() for cell in heading.strip("|").split("|")]
     cells = dict(zip(columns, [cell.strip() for cell in row.strip("|").split("|")], strict=True))
     assert float(cells["images/s"]) > 1 and float(cells["latency"].removesuffix(" ms")) > 0
     assert "note: images/s and latency: each model on onnxruntime" in out
-    code, out, _ = run_cli(capsys, "compare", run.path)
+    # the page adds accuracy against speed as a figure of its own
+    figure = re.search(r'<img src="data:image/png;base64,([^"]+)"', (tmp_path / "speed.html").read_text())
+    assert figure and base64.b64decode(figure.group(1))[:4] == b"\x89PNG"
+    code, out, _ = run_cli(capsys, "compare", run.path, "--out", tmp_path / "plain.html")
     assert code == 0 and "images/s" not in out and "latency" not in out  # timed only when asked
+    assert "<img" not in (tmp_path / "plain.html").read_text()

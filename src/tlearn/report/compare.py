@@ -18,6 +18,7 @@ the terminal) and `|` is escaped in Markdown (it would split a cell); the HTML p
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,11 +234,27 @@ def write_comparison(summaries: Sequence[RunSummary], path: str | Path) -> Path:
                 rows=[[summary.cells()[column] for column in columns] for summary in summaries],
                 best=best_cells(summaries),
                 notes=comparison_notes(summaries),
+                figure=_speed_figure(summaries),
             ),
         )
     else:
         raise TlearnError(f"{path}: write the comparison to a .md or .html file")
     return path
+
+
+def _speed_figure(summaries: Sequence[RunSummary]) -> str | None:
+    """The accuracy-against-speed figure as a data URI for the page (None when no run was timed)."""
+    points = [
+        (summary.run, summary.images_per_second, summary.accuracy, summary.accuracy_interval)
+        for summary in summaries
+        if summary.images_per_second is not None and summary.accuracy is not None
+    ]
+    if not points:
+        return None
+    from tlearn.report.drawing import FigureDrawer  # deferred: matplotlib only when there is a figure
+
+    png = FigureDrawer(None).draw("speed_accuracy_figure", points)
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def best_cells(summaries: Sequence[RunSummary]) -> set[tuple[int, str]]:

@@ -1,5 +1,6 @@
 """The report's figures as PNG bytes: training curves, confusion matrices, reliability diagram, per-class
-precision–recall curves (multi-label runs) and accuracy against coverage (runs that may answer "unknown").
+precision–recall curves (multi-label runs), accuracy against coverage (runs that may answer "unknown") and
+accuracy against speed (`tlearn compare --speed`).
 
 matplotlib's object API (`Figure`, no pyplot): no display, no global state, the Agg renderer. Each function
 takes plain data and returns the PNG, so the report decides where it goes (a file and the HTML page).
@@ -19,6 +20,7 @@ from typing import Any, ParamSpec
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from tlearn.evaluation.calibration import ReliabilityBins
 from tlearn.report.multilabel import ClassCurve
@@ -381,6 +383,40 @@ def accuracy_coverage_figure(
     axes.set_title("accuracy against coverage")
     axes.grid(alpha=0.3)
     axes.legend(loc="lower left", fontsize=8)
+    return _png(figure)
+
+
+@_literal_text
+def speed_accuracy_figure(points: Sequence[tuple[str, float, float, tuple[float, float] | None]]) -> bytes:
+    """Each model's accuracy (with its 95% interval) against its images per second: the trade-off at a glance.
+
+    Args:
+        points: (name, images per second, accuracy, interval or None) per model.
+
+    Example:
+        >>> speed_accuracy_figure([("a", 100.0, 0.9, (0.8, 0.95)), ("b", 300.0, 0.85, None)])[:4] == b"\\x89PNG"
+        True
+    """
+    figure = Figure(figsize=(6, 4.2), dpi=DPI)
+    figure.subplots_adjust(left=0.13, right=0.97, bottom=0.12, top=0.92)
+    axes = figure.subplots()
+    for name, speed, accuracy, interval in points:
+        low, high = interval if interval is not None else (accuracy, accuracy)
+        axes.errorbar(
+            [speed], [accuracy], yerr=[[accuracy - low], [high - accuracy]], fmt="o", color=TRAIN_COLOUR, capsize=3
+        )
+        axes.annotate(printable(name), (speed, accuracy), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    speeds = [point[1] for point in points]
+    axes.set_xscale("log")
+    axes.set_xlim(min(speeds) / 1.3, max(speeds) * 1.8)  # room for the names right of the points
+    plain = FuncFormatter(lambda value, _: f"{value:g}")  # with mathtext off, log ticks would print as TeX
+    axes.xaxis.set_major_formatter(plain)
+    axes.xaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}" if f"{value:g}"[0] in "235" else ""))
+    axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.0%}"))
+    axes.set_xlabel("images per second on this machine (onnxruntime, batches of 32; log scale)")
+    axes.set_ylabel("accuracy (95% interval)")
+    axes.set_title("accuracy against speed")
+    axes.grid(alpha=0.3, which="both")
     return _png(figure)
 
 
