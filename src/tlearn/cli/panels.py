@@ -7,7 +7,7 @@ from __future__ import annotations
 PANELS: dict[str, tuple[str, ...]] = {
     "Data": ("split", "follow_links", "review", "label_sep", "task", "crop", "max_image_pixels"),
     "Backbone and choices": ("backbone", "weights", "mode", "final_fit", "time_budget", "cv_folds"),
-    "Learning from a teacher": ("teacher", "teacher_share", "unlabelled"),
+    "Smaller networks: a teacher, pruning": ("teacher", "teacher_share", "unlabelled", "prune"),
     "Answers": ("calibrate", "reject", "target_accuracy", "target_coverage"),
     "Fine-tuning": (
         "epochs",

@@ -122,8 +122,7 @@ def model_card(config: ModelConfig, metrics: dict[str, Any] | None, summary: Run
         f"A {config.task_type.title} image classifier over {len(classes)} classes, trained "
         f"with [tlearn](https://pypi.org/project/tlearn/) {config.tlearn_version} on "
         f"`{config.arch}` ({config.backbone.get('weights', 'weights of unknown origin')}). "
-        f"It is a plain timm model: `model.safetensors` loads into `timm.create_model({config.arch!r}, "
-        f"num_classes={len(classes)})`; `config.json` holds the class order and preprocessing.",
+        + _loading_line(config, len(classes)),
         "",
         "## Classes",
         "",
@@ -244,3 +243,18 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return values if isinstance(values, dict) else None
+
+
+def _loading_line(config: ModelConfig, classes: int) -> str:
+    """How the weights load outside tlearn: into timm's network, or, pruned, into one narrowed to their shapes."""
+    built = f"`timm.create_model({config.arch!r}, num_classes={classes})`"
+    if config.pruned is None:
+        return (
+            f"It is a plain timm model: `model.safetensors` loads into {built}; `config.json` holds the class "
+            "order and preprocessing."
+        )
+    return (
+        f"It is a timm model with channels pruned ({config.pruned:g}x less compute per image): its layers are "
+        f"narrower than {built}'s, so load it with `tlearn.load` (or resize each layer to the stored shapes "
+        "first); `config.json` holds the class order and preprocessing."
+    )

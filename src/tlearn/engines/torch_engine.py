@@ -18,6 +18,7 @@ from torch import nn
 
 from tlearn.backbones.devices import resolve_device
 from tlearn.backbones.fusion import fold_batchnorm
+from tlearn.backbones.pruning import fit_to_state
 from tlearn.backbones.timm_models import normalize_on_device
 from tlearn.engines.answers import KnnReferences, calibrated, read_references
 from tlearn.engines.base import InferenceEngine
@@ -67,8 +68,8 @@ class Classifier(InferenceEngine):
             raise ModelFileError(f"{folder / WEIGHTS_FILE}: unreadable weights ({error})") from None
         model = _network(config, folder)
         try:
-            model.load_state_dict(state)
-        except RuntimeError as error:
+            _load_weights(model, state, config)
+        except (RuntimeError, ValueError) as error:
             first = str(error).strip().splitlines()[0]
             raise ModelFileError(f"{folder / WEIGHTS_FILE}: weights do not fit {config.arch}: {first}") from None
         model.eval()
@@ -79,7 +80,7 @@ class Classifier(InferenceEngine):
     def from_state(cls, state: dict[str, np.ndarray], config: ModelConfig, *, device: str = "auto") -> Classifier:
         """A model from weights in memory (a run's fine-tuned network before it is saved), batch norm folded."""
         model = _network(config, None)
-        model.load_state_dict({name: torch.from_numpy(np.array(value)) for name, value in state.items()})
+        _load_weights(model, {name: torch.from_numpy(np.array(value)) for name, value in state.items()}, config)
         model.eval()
         fold_batchnorm(model)
         return cls(model, config, resolve_device(device))
@@ -102,6 +103,24 @@ class Classifier(InferenceEngine):
         pre_logits = self.model.forward_head(features, pre_logits=True)  # (B, D): what the classifier reads
         logits = self.model.forward_head(features)  # (B, C)
         return calibrated(logits.float().cpu().numpy(), self.config), pre_logits.float().cpu().numpy()
+
+
+def _load_weights(model: nn.Module, state: dict[str, torch.Tensor], config: ModelConfig) -> None:
+    """Load `state` strictly; a pruned network's layers first take the stored widths, and one forward pass
+    proves they chain (weights edited to widths that do not would otherwise fail at the first prediction).
+
+    Raises:
+        RuntimeError, ValueError: the weights do not fit the network.
+    """
+    if config.pruned is None:
+        model.load_state_dict(state)
+        return
+    fit_to_state(model, state)
+    model.load_state_dict(state)
+    model.eval()
+    side = min(64, int(config.preprocessing_spec().input_size[0]))
+    with torch.inference_mode():
+        model(torch.zeros(1, 3, side, side))
 
 
 def _network(config: ModelConfig, folder: Path | None) -> nn.Module:

@@ -102,6 +102,8 @@ class ModelConfig(BaseModel):
     task: Literal["multiclass", "multilabel"] = "multiclass"
     thresholds: list[float] | None = None  # per class, in class order (multilabel only)
     reject: RejectRule | None = None  # None: the model always answers one of its classes
+    # `--prune`: the speed-up channel pruning aimed at; the layers' widths are then read from the weights' shapes
+    pruned: float | None = Field(default=None, gt=1)
     created: str = Field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     metrics: dict[str, dict[str, float]] = Field(default_factory=dict)  # split → headline figures
 

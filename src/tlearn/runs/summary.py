@@ -75,6 +75,7 @@ class FinetuneRecord(_Record):
     budget_seconds: float | None = None
     resumed_after_epoch: int | None = None
     refits: dict[str, RefitRecord] = Field(default_factory=dict)  # "refit" (train + val), "refit-all"
+    compute_kept: float | None = None  # `--prune`: multiply-accumulates per image after / before pruning
 
 
 class SelectionRecord(_Record):

@@ -31,6 +31,7 @@ from tlearn.util import atomic
 from tlearn.util.progress import Progress
 
 if TYPE_CHECKING:
+    from tlearn.training.plan import FinetunePlan
     from tlearn.training.teacher import Teacher
 
 DEFAULT_BUDGET_CPU = 480.0  # seconds of fine-tuning in auto mode (selection and refit together)
@@ -224,7 +225,7 @@ def finetune_candidate(context: TrainingContext, prepared: PreparedData, linear:
     outcome = finetune(
         context,
         plan,
-        _model_config(prepared, "finetune", task.untuned_thresholds(len(prepared.classes)), plan.eval_size),
+        _model_config(prepared, "finetune", task.untuned_thresholds(len(prepared.classes)), plan),
         _linear_state(prepared, head),
         splits,
         _class_weights(prepared, ("train",)),
@@ -233,7 +234,7 @@ def finetune_candidate(context: TrainingContext, prepared: PreparedData, linear:
     start = {**outcome.history[0], "stage": "linear head (fitted on train)"}
     thresholds = task.choose_thresholds(outcome.probabilities["val"], prepared.answers("val"))
     return Candidate(
-        _model_config(prepared, "finetune", thresholds, plan.eval_size),
+        _model_config(prepared, "finetune", thresholds, plan),
         outcome.state,
         outcome.probabilities,
         [start, *outcome.history[1:]],
@@ -245,6 +246,7 @@ def finetune_candidate(context: TrainingContext, prepared: PreparedData, linear:
             peak_gpu_memory_mb=outcome.peak_gpu_memory_mb,
             budget_seconds=round(budget, 1) if config.mode == "auto" else None,
             resumed_after_epoch=outcome.resumed_after,
+            compute_kept=round(outcome.pruned.macs_after / outcome.pruned.macs_before, 4) if outcome.pruned else None,
         ),
         data=prepared,
     )
@@ -370,13 +372,14 @@ def _budget_seconds(config: TrainConfig) -> float:
 
 
 def _model_config(
-    prepared: PreparedData, mode: str, thresholds: list[float] | None = None, input_size: int | None = None
+    prepared: PreparedData, mode: str, thresholds: list[float] | None = None, plan: FinetunePlan | None = None
 ) -> ModelConfig:
-    """The model's description; `input_size` replaces the backbone's (a network answers at any size)."""
+    """The model's description; a fine-tuned network's `plan` gives its input size (a network answers at any
+    size: `plan.eval_size` replaces the backbone's) and whether its channels were pruned."""
     info = prepared.info
     preprocessing = info.preprocessing.to_dict()
-    if input_size is not None:
-        preprocessing["input_size"] = [input_size, input_size]
+    if plan is not None:
+        preprocessing["input_size"] = [plan.eval_size, plan.eval_size]
     return ModelConfig(
         task=prepared.task.name,
         thresholds=thresholds,
@@ -387,6 +390,7 @@ def _model_config(
         embedding_dim=info.num_features,
         classifier_keys=info.classifier_keys,
         mode=mode,
+        pruned=plan.prune if plan is not None else None,
     )
 
 

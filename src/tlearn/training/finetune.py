@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tlearn.backbones.pruning import PruneOutcome
 from tlearn.data.checks import LabelledFiles
 from tlearn.errors import TlearnError
 from tlearn.runs.model_dir import ModelConfig
@@ -78,6 +79,7 @@ class FinetuneOutcome:
     seconds: float
     resumed_after: int | None = None  # the checkpoint's epoch when this stage was resumed
     peak_gpu_memory_mb: float | None = None  # CUDA only
+    pruned: PruneOutcome | None = None  # `--prune`: the compute per image the network kept
 
 
 def finetune(
@@ -116,6 +118,11 @@ def finetune(
     started = time.perf_counter()
     torch.manual_seed(plan.seed)
     setup = build_setup(plan, model_config, initial_state, splits, class_weights, dist)
+    if setup.pruned is not None:
+        progress.info(
+            f"{stage}: channels pruned: {setup.pruned.macs_after / setup.pruned.macs_before:.0%} of the compute per "
+            f"image is left ({setup.pruned.speedup:.2f}x less)"
+        )
     resumed_after = None
     if context.resume and has_checkpoint(checkpoint_dir):
         state, best_weights = _resume(setup, plan, checkpoint_dir)
@@ -157,6 +164,7 @@ def finetune(
         seconds=time.perf_counter() - started,
         resumed_after=resumed_after,
         peak_gpu_memory_mb=_peak_gpu_memory_mb(plan.device),
+        pruned=setup.pruned,
     )
 
 

@@ -85,6 +85,7 @@ class FinetunePlan:
     unfreeze_depth: int | None
     bn: str
     head_init: str
+    prune: float | None  # channel-prune the starting network to 1/prune of its compute (None: keep its widths)
     # the optimisation
     lr: float
     layer_decay: float
@@ -148,6 +149,7 @@ class FinetunePlan:
             unfreeze_depth=config.unfreeze_depth,
             bn=config.bn,
             head_init=config.head_init,
+            prune=config.prune,
             lr=config.lr,
             layer_decay=config.layer_decay,
             weight_decay=config.weight_decay,

@@ -18,6 +18,7 @@ from timm.models import group_parameters
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from tlearn.backbones.pruning import PruneOutcome, prune_channels
 from tlearn.data.checks import LabelledFiles
 from tlearn.data.decoding import BatchDecoder
 from tlearn.engines.torch_engine import Classifier
@@ -46,6 +47,7 @@ class FinetuneSetup:
     loss_fn: nn.Module
     evaluation: dict[str, EvalImages]  # every split but "train"
     task: Task
+    pruned: PruneOutcome | None = None  # how much compute channel pruning left (None: not pruned)
 
 
 def build_setup(
@@ -65,6 +67,8 @@ def build_setup(
         for key in model_config.classifier_keys:
             state[key] = torch.zeros_like(state[key])
     model.load_state_dict(state)
+    # pruned from the starting weights, the same way every time: a resumed stage finds the checkpoint's widths
+    pruned = prune_channels(model, plan.prune, plan.train_size) if plan.prune else None
     evaluator = Classifier(model, model_config, device)
     groups = layer_groups(model)
     optimizer = build_optimizer(groups, plan)
@@ -89,6 +93,7 @@ def build_setup(
         model_config.task_type.torch_loss(nn, weights, plan.label_smoothing),
         evaluation,
         model_config.task_type,
+        pruned,
     )
 
 
