@@ -8,7 +8,8 @@ comparison, a changed constant, a dropped argument, ...) and runs the module's o
 the tests a reviewer would run for that area) against each. A mutant is killed when a test fails, survives when
 they all pass, and has no test when none of them runs its code. Writes benchmarks/results/<name>.json with the
 counts per module and the score killed / (killed + survived), and <name>-survivors.txt with every survivor
-(`mutmut show NAME` in the scratch folder prints its diff). A benchmark, not part of CI: minutes per module.
+(`mutmut show NAME`, run in the module's folder of the scratch copy, e.g. SCRATCH/data_checks.py, prints
+its diff). A benchmark, not part of CI: minutes per module.
 
 How it runs mutmut (measured reasons): in a scratch copy of src/, tests/ and pyproject.toml, because mutmut 3
 rewrites the sources it mutates; with that copy's `mutants/src` first on PYTHONPATH, because the project's
@@ -16,9 +17,10 @@ editable install would otherwise import the unmutated package; twice, because th
 mutants and a folder that did not exist when Python started is not searched for imports.
 
 `--resume` goes on in an earlier run's scratch folder (the "scratch" of its JSON) instead of starting over: it
-first copies the current tests/ in, runs again the mutants that survived or timed out, then the ones not yet
-checked. Killed mutants keep their verdict, which holds as long as src/ is unchanged and tests were only added
-(a test that was removed or weakened needs a fresh run). On a busy machine, where one module takes an hour,
+first copies the current tests/ in and writes the mutmut settings again (so test files added to `TESTS` run),
+runs again the mutants that survived or timed out, then the ones not yet checked. Killed mutants keep their
+verdict, which holds as long as src/ is unchanged and tests were only added (a test that was removed or
+weakened needs a fresh run). On a busy machine, where one module takes an hour,
 that makes "add tests, measure again" minutes instead.
 """
 
@@ -82,27 +84,14 @@ def run_module(
     if resume:
         shutil.rmtree(scratch / "tests")
         shutil.copytree(ROOT / "tests", scratch / "tests")  # mutmut copies them on into mutants/ itself
+        _write_settings(scratch, module)  # the test files run now (a file added to TESTS since is run too)
         again = [name for name, value in _results(scratch, env).items() if value in ("survived", "timeout")]
         passes = [again, []] if again else [[]]  # the mutants named first, then whatever is left unchecked
     else:
         scratch.mkdir(parents=True)
-        for item in ("src", "tests", "pyproject.toml"):
-            source = ROOT / item
-            (shutil.copytree if source.is_dir() else shutil.copy)(source, scratch / item)
-        selection = ", ".join(f'"{path}"' for path in TESTS[module])
-        with (scratch / "pyproject.toml").open("a") as config:
-            config.write(
-                "\n[tool.mutmut]\n"
-                f'source_paths = ["src/tlearn/{module}"]\n'
-                'also_copy = ["src", "tests"]\n'
-                f"pytest_add_cli_args_test_selection = [{selection}]\n"
-                'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]\n'
-                # forked from a process that ran the tests once, a mutant's tests hung wherever they decode images
-                # in a process pool (the pool's workers waited on their pipe forever) and read as timeouts: the
-                # fork server forks every mutant from a process that only collected the tests
-                'process_isolation = "forkserver"\n'
-                f"timeout_constant = {FIXTURE_SECONDS.get(module, 1.0)}\n"
-            )
+        for item in ("src", "tests"):
+            shutil.copytree(ROOT / item, scratch / item)
+        _write_settings(scratch, module)
         passes = [[], []]  # the first run writes the mutants (see the module docstring), the second tests them
     started = time.perf_counter()
     timed_out = False
@@ -140,6 +129,25 @@ def run_module(
         "tests": TESTS[module],
     }
     return summary, sorted(name for name, value in results.items() if value == "survived")
+
+
+def _write_settings(scratch: Path, module: str) -> None:
+    """The scratch copy's pyproject.toml: the project's, with the mutmut settings for `module` appended."""
+    selection = ", ".join(f'"{path}"' for path in TESTS[module])
+    shutil.copy(ROOT / "pyproject.toml", scratch / "pyproject.toml")
+    with (scratch / "pyproject.toml").open("a") as config:
+        config.write(
+            "\n[tool.mutmut]\n"
+            f'source_paths = ["src/tlearn/{module}"]\n'
+            'also_copy = ["src", "tests"]\n'
+            f"pytest_add_cli_args_test_selection = [{selection}]\n"
+            'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]\n'
+            # forked from a process that ran the tests once, a mutant's tests hung wherever they decode images
+            # in a process pool (the pool's workers waited on their pipe forever) and read as timeouts: the
+            # fork server forks every mutant from a process that only collected the tests
+            'process_isolation = "forkserver"\n'
+            f"timeout_constant = {FIXTURE_SECONDS.get(module, 1.0)}\n"
+        )
 
 
 def _limit_memory() -> None:

@@ -63,6 +63,21 @@ def test_linear_run_writes_the_contract(tiny_data, tmp_path):
     assert run.metrics == metrics
 
 
+def test_a_fine_tuned_network_is_fitted_again_on_every_image_and_the_run_records_the_refit(tiny_data, tmp_path):
+    from helpers import TINY_BACKBONE, tiny_backbone_weights
+
+    weights = tiny_backbone_weights(tmp_path)
+    options = {"backbone": TINY_BACKBONE, "weights": weights, "batch_size": 8, "workers": 0, "epochs": 2}
+    run = tlearn.train(tiny_data, out=tmp_path / "run", quiet=True, mode="finetune", split=(0.6, 0.2, 0.2), **options)
+    tuned = run.summary.finetune
+    assert run.summary.final_fit == "all" and set(tuned.refits) == {"refit-all"}
+    assert tuned.refits["refit-all"].epochs == tuned.epochs == 2  # the validated run's schedule, once more
+    stages = [row["stage"] for row in run.history_rows[-tuned.epochs :]]
+    assert all(stage.startswith("refit-all on train+val+test: ") for stage in stages)
+    saved = json.loads((run.path / "run.json").read_text())
+    assert saved["finetune"]["refits"]["refit-all"]["epochs"] == 2
+
+
 def test_saved_model_reproduces_the_run_metrics(tiny_data, tmp_path):
     # train+val: the model measured on test is the one shipped (`all` fits it once more, test split included)
     run = tlearn.train(tiny_data, out=tmp_path / "run", quiet=True, split=(0.6, 0.2, 0.2), final_fit="train+val")

@@ -112,7 +112,8 @@ class TrainConfig(BaseModel):
         le=5,
         description="Channel-prune the fine-tuned network to 1/PRUNE of its compute per image (e.g. 1.5: a third "
         "less; torch-pruning, the least important channels first), then fine-tune it to recover; implies --mode "
-        "finetune. With --teacher (the unpruned run) it learns from the teacher's answers too.",
+        "finetune. With --teacher (the unpruned run) it learns from the teacher's answers too, and a teacher of "
+        "the same architecture is the network pruned (else the ImageNet backbone is).",
     )
     time_budget: float | None = Field(
         None,

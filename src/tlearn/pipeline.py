@@ -213,7 +213,7 @@ def _train_and_measure(
         world_size=context.dist.world_size,
         embedding=prepared.embedding,
         head=linear.head_record,
-        finetune=outcome.tuned.finetune_record if outcome.tuned else None,
+        finetune=(result.finetune_record or outcome.tuned.finetune_record) if outcome.tuned else None,  # with refits
         finetune_skipped=outcome.skipped,
         selection=outcome.selection,
         teacher=ready.finetune_data.teacher.record if ready.finetune_data.teacher is not None else None,

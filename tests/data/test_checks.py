@@ -132,8 +132,11 @@ def test_the_loss_is_class_weighted_only_above_three_to_one(tmp_path, many, imba
 def test_a_class_whose_training_images_were_all_skipped_is_imbalanced_without_a_ratio(tmp_path):
     make_class_folder(tmp_path / "train", {"a": 3, "b": 1})
     make_class_folder(tmp_path / "val", {"a": 1, "b": 1}, start=50)
-    imbalance = _check(tmp_path, failures={3: "not an image"}).report["imbalance"]  # train/b/img_000.png
-    assert imbalance == {"ratio": None, "majority": "a", "minority": "b", "imbalanced": True}
+    report = _check(tmp_path, failures={3: "not an image"}).report  # train/b/img_000.png
+    assert report["imbalance"] == {"ratio": None, "majority": "a", "minority": "b", "imbalanced": True}
+    assert [line for line in summary_lines(report) if "imbalance" in line] == [
+        "class imbalance: b has no usable training image"
+    ]
 
 
 def test_the_report_names_the_data_folder_and_the_label_file(tmp_path):

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 import tlearn
 from helpers import TINY_BACKBONE, make_class_folder, tiny_backbone_weights
+from tlearn.backbones import pruning
 from tlearn.backbones.pruning import ROUND_TO, fit_to_state, prune_channels
 from tlearn.config import TrainConfig
 from tlearn.errors import ModelFileError
@@ -67,15 +68,23 @@ def test_prune_implies_fine_tuning_and_refuses_the_linear_mode():
         TrainConfig(data="d", prune=1.0)  # no speed-up asked
 
 
+SETTINGS = {"final_fit": "train", "epochs": 3, "lr": 0.02, "warmup_epochs": 0}
+
+
 @pytest.fixture(scope="module")
-def pruned_run(tmp_path_factory):
+def colours(tmp_path_factory):
     root = tmp_path_factory.mktemp("pruning")
-    data = root / "colours"
-    make_class_folder(data / "train", {"red": 12, "blue": 12})
-    make_class_folder(data / "val", {"red": 6, "blue": 6}, start=100)
-    weights = tiny_backbone_weights(root)
-    settings = {"final_fit": "train", "epochs": 3, "lr": 0.02, "warmup_epochs": 0}
-    run = tlearn.train(data, out=root / "run", weights=weights, prune=1.5, **TINY, **settings)
+    make_class_folder(root / "colours" / "train", {"red": 12, "blue": 12})
+    make_class_folder(root / "colours" / "val", {"red": 6, "blue": 6}, start=100)
+    return root / "colours", tiny_backbone_weights(root)
+
+
+@pytest.fixture(scope="module")
+def pruned_run(colours, tmp_path_factory):
+    data, weights = colours
+    run = tlearn.train(
+        data, out=tmp_path_factory.mktemp("pruned") / "run", weights=weights, prune=1.5, **TINY, **SETTINGS
+    )
     return data, run
 
 
@@ -121,3 +130,62 @@ def test_pruned_weights_that_do_not_chain_are_refused_in_one_line(pruned_run, tm
     (plain / "model.safetensors").write_bytes((run.model_path / "model.safetensors").read_bytes())
     with pytest.raises(ModelFileError, match="weights do not fit"):
         tlearn.load(plain)
+
+
+def test_pruning_with_a_teacher_of_the_same_network_starts_from_its_weights_in_the_runs_class_order(
+    colours, tmp_path, monkeypatch
+):
+    data, weights = colours
+    monkeypatch.setattr(pruning, "ROUND_TO", 1)  # gentle steps on this tiny network: the start keeps its answers
+    run = tlearn.train(data, out=tmp_path / "teacher", weights=weights, mode="linear", **TINY)
+    settings = {
+        "final_fit": "train",
+        "epochs": 1,
+        "lr": 1e-6,
+        "warmup_epochs": 0,
+        "teacher_share": 0.0,
+        "eval_size": SIDE,
+    }
+    student = tlearn.train(
+        data, out=tmp_path / "s", weights=weights, prune=1.1, teacher=str(run.path), **TINY, **settings
+    )
+    assert student.summary.teacher.starts_pruning
+    start = student.history_rows[0]
+    assert start["stage"] == "the teacher's network" and start["val_accuracy"] >= 0.75  # the teacher's knowledge
+    # A copy of the teacher whose class names are swapped: its weights, put in the run's class order, answer the
+    # other class for every image before any training.
+    swapped = tmp_path / "swapped"
+    swapped.mkdir()
+    config = json.loads((run.model_path / "config.json").read_text())
+    config["classes"] = config["classes"][::-1]
+    (swapped / "config.json").write_text(json.dumps(config))
+    (swapped / "model.safetensors").write_bytes((run.model_path / "model.safetensors").read_bytes())
+    wrong = tlearn.train(data, out=tmp_path / "w", weights=weights, prune=1.1, teacher=str(swapped), **TINY, **settings)
+    assert wrong.history_rows[0]["val_accuracy"] <= 0.25
+    # Without --prune the teacher only teaches its answers: fine-tuning starts from the backbone.
+    taught = tlearn.train(
+        data, out=tmp_path / "t", weights=weights, mode="finetune", teacher=str(run.path), **TINY, **settings
+    )
+    assert not taught.summary.teacher.starts_pruning and taught.history_rows[0]["stage"] != "the teacher's network"
+
+
+def test_a_teacher_that_learnt_from_this_folders_test_split_is_said_to_make_the_test_figure_optimistic(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(pruning, "ROUND_TO", 1)
+    data = tmp_path / "colours"
+    for split, start in (("train", 0), ("val", 100), ("test", 200)):
+        make_class_folder(data / split, {"red": 6, "blue": 6}, start=start)
+    weights = tiny_backbone_weights(tmp_path)
+    settings = {"final_fit": "train", "epochs": 1, "warmup_epochs": 0, "eval_size": SIDE}
+    warning = "this run's test split included, so the test figure is optimistic"
+    for final_fit, warned in (("all", True), ("train+val", False)):
+        teacher = tlearn.train(
+            data, out=tmp_path / final_fit, weights=weights, mode="linear", final_fit=final_fit, **TINY
+        )
+        capsys.readouterr()
+        options = {**TINY, "quiet": False, **settings}
+        tlearn.train(
+            data, out=tmp_path / f"s-{final_fit}", weights=weights, prune=1.1, teacher=str(teacher.path), **options
+        )
+        assert (warning in capsys.readouterr().err) == warned

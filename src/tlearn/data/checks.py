@@ -164,7 +164,9 @@ def summary_lines(report: dict[str, Any], announced: str | None = None) -> list[
     if report["ignored"]:
         lines.append(f"ignored {len(report['ignored'])} non-image file(s), e.g. {printable(report['ignored'][0])}")
     imbalance = report["imbalance"]
-    if imbalance["imbalanced"]:
+    if imbalance["imbalanced"] and imbalance["ratio"] is None:  # the training step refuses this data next
+        lines.append(f"class imbalance: {imbalance['minority']} has no usable training image")
+    elif imbalance["imbalanced"]:
         lines.append(
             f"class imbalance: {imbalance['majority']} vs {imbalance['minority']} is {imbalance['ratio']}:1 in train"
         )

@@ -108,6 +108,7 @@ class TeacherRecord(_Record):
     unlabelled_skipped: int = 0  # of --unlabelled: unreadable, or copies of the run's labelled images
     accuracy: dict[str, float] = Field(default_factory=dict)  # split → the teacher's accuracy on the run's images
     seconds: float = 0.0
+    starts_pruning: bool = False  # `--prune`: fine-tuning started from the teacher's own network, pruned
 
 
 class EmbeddingRecord(_Record):

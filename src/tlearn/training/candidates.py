@@ -8,6 +8,7 @@ the winner to `final_fit`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -69,6 +70,11 @@ class PreparedData:
         (soft targets, then the unlabelled images)."""
         files = self.files(*splits)
         return files if self.teacher is None else self.teacher.taught(self.task, files, splits)
+
+    @property
+    def teacher_weights(self) -> dict[str, np.ndarray] | None:
+        """`--prune` from a teacher of the same architecture: the network fine-tuning prunes and starts from."""
+        return self.teacher.weights if self.teacher is not None else None
 
     def answers(self, *splits: str) -> np.ndarray:
         """The targets of one or several splits, in split order."""
@@ -207,7 +213,6 @@ def finetune_candidate(context: TrainingContext, prepared: PreparedData, linear:
 
     config, task = context.config, prepared.task
     train_count = len(prepared.targets["train"])
-    head = _fit_linear_on(config, prepared, linear, ("train",))
     splits = {"train": prepared.training_files("train"), "val": prepared.files("val")}
     if "test" in prepared.evaluated:
         splits["test"] = prepared.files("test")
@@ -222,16 +227,18 @@ def finetune_candidate(context: TrainingContext, prepared: PreparedData, linear:
         input_size=prepared.info.preprocessing.input_size[0],
         budget_seconds=budget if config.mode == "auto" else None,
     )
+    plan, start = _starting_point(config, prepared, linear, plan, ("train",))
     outcome = finetune(
         context,
         plan,
         _model_config(prepared, "finetune", task.untuned_thresholds(len(prepared.classes)), plan),
-        _linear_state(prepared, head),
+        start,
         splits,
         _class_weights(prepared, ("train",)),
         stage="select",
     )
-    start = {**outcome.history[0], "stage": "linear head (fitted on train)"}
+    origin = "the teacher's network" if prepared.teacher_weights is not None else "linear head (fitted on train)"
+    start = {**outcome.history[0], "stage": origin}
     thresholds = task.choose_thresholds(outcome.probabilities["val"], prepared.answers("val"))
     return Candidate(
         _model_config(prepared, "finetune", thresholds, plan),
@@ -323,7 +330,6 @@ def _refit_finetuned(
     config = context.config
     record = tuned.finetune_record
     epochs = max(1, (record.epochs if record else 0) or config.epochs or DEFAULT_EPOCHS)
-    head = _fit_linear_on(config, prepared, linear, splits)
     files = {"train": prepared.training_files(*splits)}
     if "test" in prepared.evaluated and "test" not in splits:
         files["test"] = prepared.files("test")
@@ -333,11 +339,12 @@ def _refit_finetuned(
         train_images=len(files["train"].paths),
         input_size=prepared.info.preprocessing.input_size[0],
     ).fixed(epochs)
+    plan, start = _starting_point(config, prepared, linear, plan, splits)
     outcome = finetune(
         context,
         plan,
         tuned.model_config,
-        _linear_state(prepared, head),
+        start,
         files,
         _class_weights(prepared, splits),
         stage=stage,
@@ -392,6 +399,16 @@ def _model_config(
         mode=mode,
         pruned=plan.prune if plan is not None else None,
     )
+
+
+def _starting_point(
+    config: TrainConfig, prepared: PreparedData, linear: Candidate, plan: FinetunePlan, splits: tuple[str, ...]
+) -> tuple[FinetunePlan, dict[str, np.ndarray]]:
+    """The weights a fine-tune starts from, and its plan: the backbone with the linear head fitted on `splits`;
+    with `--prune` and a teacher of the same architecture, the teacher's network, its classifier kept."""
+    if prepared.teacher_weights is not None:
+        return dataclasses.replace(plan, head_init="linear"), prepared.teacher_weights
+    return plan, _linear_state(prepared, _fit_linear_on(config, prepared, linear, splits))
 
 
 def _linear_state(prepared: PreparedData, head: LinearHead) -> dict[str, np.ndarray]:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import yaml
 
 from tlearn.config import TrainConfig
 from tlearn.data.checks import LabelledFiles
@@ -35,7 +36,10 @@ from tlearn.engines.loading import load_engine
 from tlearn.engines.options import PredictOptions
 from tlearn.errors import DataError
 from tlearn.evaluation.tasks import Task
-from tlearn.runs.summary import TeacherRecord
+from tlearn.runs.hub_models import local_model
+from tlearn.runs.layout import CONFIG_FILE, SUMMARY_FILE
+from tlearn.runs.model_dir import WEIGHTS_FILE, model_folder
+from tlearn.runs.summary import TeacherRecord, read_run_summary
 from tlearn.util.progress import Progress
 
 if TYPE_CHECKING:
@@ -50,6 +54,9 @@ class Teacher:
     record: TeacherRecord
     probabilities: dict[str, np.ndarray]  # split → (N, K) in the run's class order
     unlabelled: LabelledFiles  # the usable unlabelled images, their targets the teacher's probabilities
+    # `--prune` with a teacher of the run's architecture: its weights (classifier in the run's class order),
+    # which fine-tuning prunes and starts from instead of the ImageNet backbone (see `starting_weights`)
+    weights: dict[str, np.ndarray] | None = None
 
     def taught(self, task: Task, files: LabelledFiles, splits: Sequence[str]) -> LabelledFiles:
         """The training files of `splits` with soft targets, followed by the unlabelled images.
@@ -100,6 +107,7 @@ def consult_teacher(config: TrainConfig, prepared: PreparedData, progress: Progr
         split: round(float(task.right(probabilities[split], prepared.targets[split], thresholds).mean()), 6)
         for split in prepared.evaluated
     }
+    weights = starting_weights(config, engine, prepared.info.arch, columns)
     record = TeacherRecord(
         model=str(config.teacher),
         backbone=engine.config.backbone.get("name", engine.config.arch),
@@ -111,6 +119,7 @@ def consult_teacher(config: TrainConfig, prepared: PreparedData, progress: Progr
         unlabelled_skipped=skipped,
         accuracy=accuracy,
         seconds=round(time.perf_counter() - started, 3),
+        starts_pruning=weights is not None,
     )
     shown = ", ".join(f"{split} accuracy {value:.3f}" for split, value in accuracy.items())
     extra = f", {len(unlabelled.paths)} unlabelled images" if config.unlabelled is not None else ""
@@ -118,7 +127,49 @@ def consult_teacher(config: TrainConfig, prepared: PreparedData, progress: Progr
         f"teacher: {record.backbone} ({record.mode}, {record.engine}): {shown}; fine-tuning learns "
         f"{1 - record.share:.0%} from the labels, {record.share:.0%} from the teacher{extra}"
     )
-    return Teacher(record, probabilities, unlabelled)
+    if weights is not None:
+        progress.info("teacher: fine-tuning prunes the teacher's own network and starts from it")
+        if "test" in prepared.evaluated and _learnt_from_this_folder(config):
+            progress.info(
+                "teacher: warning: it learnt from every image of this folder (--final-fit all), this run's test "
+                "split included, so the test figure is optimistic; teach with a run trained with --final-fit "
+                "train+val, or measure on other images with `tlearn evaluate`"
+            )
+    return Teacher(record, probabilities, unlabelled, weights)
+
+
+def starting_weights(
+    config: TrainConfig, engine: InferenceEngine, arch: str, columns: list[int]
+) -> dict[str, np.ndarray] | None:
+    """With `--prune`, the teacher's weights when it is a network of the run's architecture (a model folder on
+    torch), its classifier's rows in the run's class order; else None (pruning starts from the ImageNet backbone).
+
+    Pruning a network already fitted to the data keeps the channels this data needs, and recovery starts from
+    its answers: on mri, Lite0 pruned to 62% of its compute lost 6.8 points pruned from ImageNet's weights
+    (benchmarks/results/prune-from-imagenet.json; from the teacher: prune.json).
+    """
+    if config.prune is None or engine.engine != "torch" or engine.config.arch != arch or engine.config.pruned:
+        return None
+    from safetensors.numpy import load_file  # deferred: only pruning from a teacher reads its weights
+
+    weights = load_file(model_folder(local_model(config.teacher)) / WEIGHTS_FILE)
+    for key in engine.config.classifier_keys:
+        weights[key] = weights[key][columns]
+    return weights
+
+
+def _learnt_from_this_folder(config: TrainConfig) -> bool:
+    """Whether the teacher is a run on the same data that shipped a model fitted on all of it (its test split,
+    which is this run's, included). False when its run records cannot say."""
+    run_dir = model_folder(local_model(config.teacher)).parent
+    try:
+        summary = read_run_summary(run_dir / SUMMARY_FILE)
+        settings = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    if summary is None or summary.final_fit != "all" or not isinstance(settings, dict):
+        return False
+    return str(settings.get("data")) == str(config.data)
 
 
 def _check_fits(name: str | None, engine: InferenceEngine, task: Task, classes: list[str]) -> None:
