@@ -212,3 +212,14 @@ def test_the_card_says_a_model_was_taught_without_naming_the_teachers_path(expor
     taught = "- taught by a tf_efficientnet_lite2 linear model (25% of the fine-tuning targets were its answers); "
     assert taught + "the teacher answered 96.7% of the test images right" in card and "private" not in card
     assert "taught by" not in model_card(config, None, RunSummary(), repo_id="someone/plain")
+
+
+def test_the_card_of_a_pruned_model_says_it_does_not_load_into_timms_network_as_built(exported_model):
+    from tlearn.deploy.hub import model_card
+    from tlearn.runs.model_dir import ModelConfig
+
+    config = ModelConfig(**json.loads((exported_model.run / "model" / "config.json").read_text()))
+    plain = model_card(config, None, None, repo_id="someone/plain")
+    assert "It is a plain timm model: `model.safetensors` loads into `timm.create_model(" in plain
+    pruned = model_card(config.model_copy(update={"pruned": 1.5}), None, None, repo_id="someone/pruned")
+    assert "channels pruned (1.5x less compute per image)" in pruned and "plain timm model" not in pruned
