@@ -2,7 +2,7 @@
 fine-tuned to recover, on the shared sets' held-out folders, with both models' ONNX Runtime speed.
 
     python benchmarks/bench_prune.py [--sets signs,mri] [--prune 1.5[,1.3...]] [--teacher-share 0.5]
-                                     [--flags "--lr 1e-3 ..."] [--name prune]
+                                     [--flags "--lr 1e-3 ..."] [--keep DIR] [--name prune]
 
 Per set, each as a fresh `tlearn train SET/train` process, evaluated once on the held-out folder (as
 bench_suite.py does):
@@ -11,11 +11,14 @@ bench_suite.py does):
   full network is the one pruned, and recovery learns from its answers and the labels; S = 0: the labels alone).
 Then every model is exported to ONNX and timed in this process, one after the other (`tlearn.deploy.speed`:
 batches of 32, and one image at a time for the latency): compare the speeds as ratios, measured in one run.
+`--keep DIR` keeps the runs in DIR/SET/ (else they go with a temporary folder), e.g. to time them again with
+`tlearn compare --speed` on a quieter machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import tempfile
 from pathlib import Path
@@ -31,6 +34,7 @@ def main() -> None:
     parser.add_argument("--prune", default="1.5", help="one or several speed-ups, comma-separated")
     parser.add_argument("--teacher-share", type=float, default=0.5)
     parser.add_argument("--flags", default="", help="more `tlearn train` flags for the pruned runs")
+    parser.add_argument("--keep", type=Path, help="keep the runs in KEEP/SET/ instead of a temporary folder")
     parser.add_argument("--name", default="prune")
     args = parser.parse_args()
     require_shared()
@@ -38,7 +42,8 @@ def main() -> None:
     for data_set in args.sets.split(","):
         if data_set not in SETS:
             raise SystemExit(f"unknown set {data_set!r}; expected one of {', '.join(SETS)}")
-        with tempfile.TemporaryDirectory(prefix="tlearn-prune-") as temp:
+        kept = args.keep / data_set if args.keep else None
+        with contextlib.nullcontext(kept) if kept else tempfile.TemporaryDirectory(prefix="tlearn-prune-") as temp:
             work = Path(temp)
             tuned = ["--backbone", "lite0", "--mode", "finetune"]
             cells = {"full": run_config(data_set, tuned, work / "full")}

@@ -15,7 +15,7 @@ import tlearn
 from helpers import TINY_BACKBONE, make_class_folder, tiny_backbone_weights
 from tlearn.backbones import pruning
 from tlearn.backbones.pruning import ROUND_TO, fit_to_state, prune_channels
-from tlearn.config import TrainConfig
+from tlearn.config import TrainConfig, build_config
 from tlearn.errors import ModelFileError
 
 TINY = {"backbone": TINY_BACKBONE, "batch_size": 8, "workers": 0, "quiet": True}
@@ -66,6 +66,16 @@ def test_prune_implies_fine_tuning_and_refuses_the_linear_mode():
         TrainConfig(data="d", prune=1.5, mode="linear")
     with pytest.raises(ValueError):
         TrainConfig(data="d", prune=1.0)  # no speed-up asked
+
+
+def test_a_pruned_network_recovers_with_every_layer_trained_at_one_rate_unless_told_otherwise():
+    recipe = build_config(data="d", prune=1.5, lr=None, layer_decay=None, unfreeze_every=None)  # as the CLI gives
+    assert (recipe.lr, recipe.layer_decay, recipe.unfreeze_every) == (1e-3, 1.0, 0)
+    assert TrainConfig(**recipe.model_dump()).lr == 1e-3  # a saved pruned config repeats its run
+    told = TrainConfig(data="d", prune=1.5, lr=3e-3, layer_decay=0.7, unfreeze_every=2)
+    assert (told.lr, told.layer_decay, told.unfreeze_every) == (3e-3, 0.7, 2)
+    full = TrainConfig(data="d", mode="finetune")
+    assert (full.lr, full.layer_decay, full.unfreeze_every) == (2e-3, 0.8, 1)  # unpruned runs keep the default
 
 
 SETTINGS = {"final_fit": "train", "epochs": 3, "lr": 0.02, "warmup_epochs": 0}
