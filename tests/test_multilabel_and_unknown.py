@@ -13,6 +13,8 @@ from PIL import Image
 
 import tlearn
 from helpers import TINY_BACKBONE, run_cli, tiny_backbone_weights
+from tlearn.audits.review import apply_review
+from tlearn.data.discovery import discover
 from tlearn.engines.answers import KnnReferences
 from tlearn.errors import DataError
 
@@ -29,21 +31,22 @@ def _picture(red: bool, blue: bool, seed: int) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-def _multilabel_folder(root: Path, count: int = 60) -> Path:
-    """`count` images with red, blue or both, listed in labels.csv (`red|blue` for both)."""
+def _multilabel_folder(root: Path, count: int = 60, first_seed: int = 0) -> Path:
+    """`count` images with red, blue or both, listed in labels.csv (`red|blue` for both); the noise drawn from
+    seeds `first_seed` on (other seeds: other contents, which no earlier test has embedded)."""
     root.mkdir(parents=True)
     rows = []
     for index in range(count):
         red, blue = [(True, False), (False, True), (True, True)][index % 3]
-        _picture(red, blue, seed=index).save(root / f"img_{index:03d}.png")
+        _picture(red, blue, seed=first_seed + index).save(root / f"img_{index:03d}.png")
         rows.append((f"img_{index:03d}.png", "|".join(name for name, on in (("red", red), ("blue", blue)) if on)))
     with (root / "labels.csv").open("w", newline="") as handle:
         csv.writer(handle).writerows([("path", "label"), *rows])
     return root / "labels.csv"
 
 
-def test_multilabel_linear_run_answers_label_sets(tmp_path):
-    labels = _multilabel_folder(tmp_path / "data")
+def test_multilabel_linear_run_answers_label_sets(tmp_path, capsys):
+    labels = _multilabel_folder(tmp_path / "data", first_seed=7000)
     run = tlearn.train(labels, out=tmp_path / "run", quiet=True, mode="linear")
     config = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
     assert config["task"] == "multilabel" and len(config["thresholds"]) == 2 and config["classes"] == ["blue", "red"]
@@ -51,6 +54,11 @@ def test_multilabel_linear_run_answers_label_sets(tmp_path):
         assert run.metrics[split]["task"] == "multilabel"
         assert run.metrics[split]["mAP"] >= 0.95 and run.metrics[split]["subset_accuracy"] >= 0.9
         assert run.metrics[split]["label_cardinality"] == pytest.approx(4 / 3, abs=0.2)
+    audit = json.loads((tmp_path / "run" / "audit.json").read_text())  # the run audits its label sets too
+    assert audit["task"] == "multilabel" and audit["summary"]["cv_accuracy"] >= 0.9
+    assert sum(audit["counts"].values()) == sum(len(row["label"].split("|")) for row in csv.DictReader(labels.open()))
+    code, _, err = run_cli(capsys, "audit", labels, "--out", tmp_path / "audit")  # the run's squashed embeddings
+    assert code == 0 and "60 cached, 0 computed" in err
     with (tmp_path / "run" / "predictions.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     both = [row for row in rows if set(row["label"].split("|")) == {"red", "blue"}]
@@ -155,10 +163,39 @@ def test_reject_rule_is_chosen_on_val_stored_and_applied(tiny_data, tmp_path, sc
         assert odd.reject_score < config["reject"]["threshold"] < min(answer.reject_score for answer in known)
 
 
-def test_audit_refuses_multilabel_data_in_one_line(tmp_path):
-    labels = _multilabel_folder(tmp_path / "data", count=12)
-    with pytest.raises(DataError, match="several labels: audit and select work on single-label data"):
-        tlearn.audit(labels, out=tmp_path / "audit", quiet=True)
+def test_a_multilabel_folder_is_audited_and_its_review_puts_the_label_sets_right(tmp_path):
+    labels = _multilabel_folder(tmp_path / "data", count=60)
+    rows = list(csv.reader(labels.open()))
+    # Planted errors, one of each kind: a label missing, a label too many, a label swapped.
+    planted = {"img_002.png": ("red", "blue|red"), "img_003.png": ("red|blue", "red"), "img_004.png": ("red", "blue")}
+    for row in rows[1:]:
+        if row[0] in planted:
+            row[1] = planted[row[0]][0]
+    with labels.open("w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    audit = tlearn.audit(labels, out=tmp_path / "audit", quiet=True)
+    assert audit.payload["task"] == "multilabel" and audit.summary["cv_accuracy"] >= 0.9
+    issues = {issue["path"]: issue for issue in audit.payload["label_issues"]}
+    assert set(planted) <= set(issues) and len(issues) <= len(planted) + 2
+    for path, (given, truth) in planted.items():
+        assert set(issues[path]["given"].split("|")) == set(given.split("|"))
+        assert set(issues[path]["suggested"].split("|")) == set(truth.split("|"))
+        assert issues[path]["p_suggested"] > issues[path]["p_given"]
+    assert "(multi-label)" in audit.lines()[0] and "every label right" in audit.lines()[0]
+    review = {row["path"]: row for row in csv.DictReader(audit.review_csv.open())}
+    assert all(review[path]["action"] in ("relabel", "drop") for path in planted)
+    for row in review.values():
+        row["action"] = "relabel" if row["path"] in planted else "keep"
+    with audit.review_csv.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(next(iter(review.values()))))
+        writer.writeheader()
+        writer.writerows(review.values())
+    reviewed, summary = apply_review(discover(labels), audit.review_csv)
+    assert summary["relabelled"] == len(planted) and not summary["errors"]
+    now = {image.relpath: set(image.labels) for image in reviewed.images}
+    assert all(now[path] == set(truth.split("|")) for path, (_, truth) in planted.items())
+    with pytest.raises(DataError, match="several labels: backbone selection ranks backbones on single-label data"):
+        tlearn.select(labels, backbones=["lite0"], quiet=True)
 
 
 def test_evaluate_measures_label_sets_and_reject_rules(tiny_data, tmp_path):

@@ -307,8 +307,7 @@ def _write_run(
         prediction_columns(classes, with_split=True),
     )
     atomic.write_json(run.imagenet, _imagenet_samples(result.data or prepared, rows))
-    refusal = prepared.task.audit_note
-    audit = {"reason": refusal} if refusal else _audit(prepared, summary)
+    audit = _audit(prepared, summary)
     atomic.write_json(run.audit, audit)
     if "summary" in audit:
         write_review(run.review, review_rows(audit))
@@ -337,11 +336,12 @@ def _audit(prepared: PreparedData, summary: RunSummary) -> dict[str, Any]:
         return {"reason": f"{images} images: run `tlearn audit` for this folder (training audits up to {AUDIT_LIMIT})"}
     checked = prepared.checked
     table = ImageTable(
-        labels=prepared.answers(*splits),
+        targets=np.concatenate([prepared.targets[split] for split in splits]),
         classes=prepared.classes,
         relpaths=[relpath for split in splits for relpath in checked.relpaths(split)],
         splits=[split for split in splits for _ in checked.relpaths(split)],
         content_hashes=[checked.content_hashes[p] for split in splits for p in checked.positions[split]],
+        task_name=prepared.task.name,
     )
     embeddings = np.concatenate([prepared.features[split] for split in splits])
     settings = AuditSettings(c=summary.head.c) if summary.head else AuditSettings()

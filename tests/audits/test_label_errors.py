@@ -9,8 +9,10 @@ from tlearn.audits.label_errors import (
     calibrate_joint,
     confident_joint,
     find_label_issues,
+    find_task_label_issues,
     per_class_thresholds,
 )
+from tlearn.evaluation.tasks import MULTI_LABEL, SINGLE_LABEL
 
 
 def test_thresholds_are_the_mean_self_confidence_of_each_class():
@@ -90,3 +92,28 @@ def test_an_image_predicted_as_its_own_label_is_never_flagged():
 def test_clean_labels_give_no_issues():
     probabilities, _, true, _ = planted(flips=0)
     assert len(find_label_issues(probabilities, true).flagged) == 0
+
+
+def test_label_sets_are_searched_one_class_at_a_time_and_every_doubted_decision_is_suggested_back():
+    probabilities, given, true, flipped = planted()
+    other = planted(seed=1)
+    # Two independent yes/no classes: class 0 is "true class is 0" of the first draw, class 1 of the second.
+    present = np.stack([probabilities[:, 0], other[0][:, 0]], axis=1)
+    targets = np.stack([given == 0, other[1] == 0], axis=1).astype(np.float32)
+    found = find_task_label_issues(MULTI_LABEL, present, targets)
+    for column, (scores, answers) in enumerate(MULTI_LABEL.label_problems(present, targets)):
+        alone = find_label_issues(scores, answers)  # the same search, on that class's yes/no problem alone
+        assert set(alone.flagged.tolist()) <= set(found.flagged.tolist())
+        assert all(found.suggestions[p][column] == alone.suggested[p] for p in alone.flagged)
+        assert all(column not in found.suggestions[p] for p in set(range(len(targets))) - set(alone.flagged.tolist()))
+    assert list(found.self_confidence[found.flagged]) == sorted(found.self_confidence[found.flagged])
+    problems = MULTI_LABEL.label_problems(present, targets)
+    assert found.estimated_errors == sum(find_label_issues(*problem).estimated_errors for problem in problems)
+    wrong = np.flatnonzero(targets[:, 0] != (true == 0))  # the flips that moved an image in or out of class 0
+    assert len(wrong) >= 4 and set(wrong.tolist()) <= set(found.flagged.tolist())
+    # A suggestion puts the doubted decisions the other way, and keeps the rest of the set.
+    assert MULTI_LABEL.corrected([1, 0], {0: 0}) == [1] and MULTI_LABEL.corrected([1], {0: 1}) == [1, 0]
+    # Single-label data is one problem: the very search above.
+    single = find_task_label_issues(SINGLE_LABEL, probabilities, given)
+    assert single.flagged.tolist() == find_label_issues(probabilities, given).flagged.tolist()
+    assert single.suggestions[int(flipped[0])] == {0: int(true[flipped[0]])}

@@ -31,6 +31,9 @@ def test_label_errors_are_relabelled_when_the_suggestion_is_confident_else_dropp
         ("a/2.jpg", "c", "drop"),
     ]
     assert "likely label error" in rows[0]["reason"]
+    # A label set the heads doubt entirely suggests no label at all: dropped, however confident.
+    (row,) = review_rows(payload(label_issues=[issue("x.jpg", "a|b", "", 0.99)]))
+    assert row["action"] == "drop"
 
 
 def test_duplicates_relabel_the_odd_one_out_and_drop_copies_that_leak_into_later_splits():
@@ -132,3 +135,33 @@ def test_a_review_that_empties_a_class_or_is_not_a_review_list_is_refused(data, 
         apply_review(source, write(tmp_path / "bad.csv", ["file,label", "red/img_001.png,red"]))
     with pytest.raises(DataError, match="cannot read"):
         apply_review(source, tmp_path / "missing.csv")
+
+
+def test_a_label_set_review_compares_sets_and_names_each_bad_label(data, tmp_path):
+    names = sorted(path.relative_to(data).as_posix() for path in data.rglob("*.png"))
+    labels = write(
+        tmp_path / "labels.csv",
+        ["path,label"] + [f"{data / name},{'red|blue' if i % 2 else 'red'}" for i, name in enumerate(names)],
+    )
+    source = discover(labels)
+    pairs = [image.relpath for image in source.images if len(image.labels) == 2]
+    first, second, third = (
+        pairs[0],
+        pairs[1],
+        next(image.relpath for image in source.images if image.labels == ("red",)),
+    )
+    review = write(
+        tmp_path / "review.csv",
+        [
+            "path,given,suggested,action",
+            f"{first},blue|red,red,relabel",  # line 2: the set in another order is the same set
+            f"{second},red|blue,red|green,relabel",  # line 3: green is not a class
+            f"{third},red|blue,red,relabel",  # line 4: out of date (the image is labelled red alone)
+        ],
+    )
+    reviewed, summary = apply_review(source, review)
+    assert [error.split(":")[0] for error in summary["errors"]] == [f"{review} line {n}" for n in (3, 4)]
+    assert "'green' is not a class" in summary["errors"][0] and "out of date" in summary["errors"][1]
+    assert {image.relpath: image.labels for image in reviewed.images}[first] == ("red",)
+    assert {image.relpath: set(image.labels) for image in reviewed.images}[second] == {"red", "blue"}
+    assert summary["relabelled"] == 1

@@ -123,11 +123,13 @@ def test_group_pairs_joins_chains():
 def test_an_image_unlike_every_other_is_an_outlier_and_nothing_else_is(monkeypatch):
     embeddings, labels = clusters(per_class=40)
     far = np.full((1, embeddings.shape[1]), 12.0)  # far from both classes
-    found = outlier_scores(np.vstack([embeddings, far]), np.append(labels, 0), 2)
+    found = outlier_scores(np.vstack([embeddings, far]), np.eye(2)[np.append(labels, 0)])
     assert found.flagged.tolist() == [80]
     assert found.scores[80] > found.fence > np.max(found.scores[:80])
     monkeypatch.setattr(neighbours, "BLOCK_ROWS", 9)
-    assert outlier_scores(np.vstack([embeddings, far]), np.append(labels, 0), 2).scores == pytest.approx(found.scores)
+    assert outlier_scores(np.vstack([embeddings, far]), np.eye(2)[np.append(labels, 0)]).scores == pytest.approx(
+        found.scores
+    )
 
 
 def test_an_image_is_never_its_own_neighbour():
@@ -138,7 +140,7 @@ def test_an_image_is_never_its_own_neighbour():
 
 def test_outliers_report_the_nearest_class():
     embeddings, labels = clusters(per_class=40)
-    found = outlier_scores(embeddings, labels, 2)
+    found = outlier_scores(embeddings, np.eye(2)[labels])
     assert (found.nearest_class == labels).mean() > 0.95
 
 
@@ -147,7 +149,7 @@ def test_class_overlap_lists_the_confused_pair_first():
     probabilities = np.eye(3)[labels] * 0.9 + 0.05
     probabilities[[10, 11, 12], :] = [0.1, 0.3, 0.6]  # three of class 1 predicted as class 2
     probabilities[[20], :] = [0.05, 0.9, 0.05]  # one of class 2 predicted as class 1
-    rows = class_overlap(probabilities, labels, ["a", "b", "c"])
+    rows = class_overlap(probabilities, np.eye(3)[labels], np.eye(3)[probabilities.argmax(axis=1)], ["a", "b", "c"])
     assert rows[0]["classes"] == ["b", "c"]
     assert (rows[0]["first_as_second"], rows[0]["second_as_first"], rows[0]["images"]) == (3, 1, 20)
     assert rows[0]["confusion_rate"] == pytest.approx(0.2)

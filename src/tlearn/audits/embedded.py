@@ -10,8 +10,7 @@ from tlearn.backbones.cache import cache_root
 from tlearn.backbones.features import FeatureExtractor
 from tlearn.backbones.registry import BackboneInfo, BackboneRef
 from tlearn.data.discovery import DataSource
-from tlearn.errors import DataError
-from tlearn.evaluation.tasks import task_for
+from tlearn.evaluation.tasks import Task, task_for
 from tlearn.util.progress import Progress
 
 
@@ -23,7 +22,8 @@ class EmbeddedImages:
     ref: BackboneRef
     info: BackboneInfo
     embeddings: np.ndarray  # (N, D) float32
-    labels: np.ndarray  # (N,) class indices into source.classes
+    labels: np.ndarray  # (N,) class indices into source.classes (an image's first label)
+    targets: np.ndarray  # the task's targets: `labels` for single-label data, (N, K) label indicators for label sets
     relpaths: list[str]  # relative to source.root, '/'-separated
     splits: list[str]
     content_hashes: list[str]
@@ -35,6 +35,11 @@ class EmbeddedImages:
     def classes(self) -> list[str]:
         """Class names in index order."""
         return self.source.classes
+
+    @property
+    def task(self) -> Task:
+        """Single-label, or multi-label when some image carries several labels."""
+        return task_for("auto", has_label_sets=self.source.has_label_sets)
 
 
 def embed_source(
@@ -52,13 +57,10 @@ def embed_source(
         >>> embedded.embeddings.shape  # doctest: +SKIP
         (245, 1280)
     """
-    if task_for("auto", has_label_sets=source.has_label_sets).audit_note:
-        raise DataError(
-            f"{source.root}: images with several labels: audit and select work on single-label data "
-            "(one class per image)"
-        )
     images = [image for image in source.images if splits is None or image.split in splits]
-    extractor = FeatureExtractor(ref, cache_root(), device=device)
+    task = task_for("auto", has_label_sets=source.has_label_sets)
+    # The crop a training run's `--crop auto` uses (squash for label sets): the same embeddings, from the cache.
+    extractor = FeatureExtractor(ref, cache_root(), device=device, crop_mode=task.crop_mode)
     result = extractor.embed_files([image.path for image in images], progress=progress)
     usable = [position for position in range(len(images)) if position not in result.failures]
     index = {name: label for label, name in enumerate(source.classes)}
@@ -68,6 +70,7 @@ def embed_source(
         info=result.info,
         embeddings=result.embeddings[usable],
         labels=np.array([index[images[p].label] for p in usable], dtype=np.int64),
+        targets=task.targets([[index[name] for name in images[p].labels] for p in usable], len(source.classes)),
         relpaths=[images[p].relpath for p in usable],
         splits=[images[p].split for p in usable],
         content_hashes=[result.content_hashes[p] or "" for p in usable],

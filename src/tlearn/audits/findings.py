@@ -14,17 +14,18 @@ from typing import Any
 import numpy as np
 
 from tlearn.audits.duplicates import DUPLICATE_SIMILARITY, near_duplicate_groups
-from tlearn.audits.label_errors import RELABEL_CONFIDENCE, find_label_issues
+from tlearn.audits.label_errors import RELABEL_CONFIDENCE, find_task_label_issues
 from tlearn.audits.neighbours import neighbour_search
 from tlearn.audits.outliers import outlier_scores
 from tlearn.audits.overlap import class_overlap
 from tlearn.data.discovery import SPLITS
 from tlearn.errors import DataError
 from tlearn.evaluation.intervals import wilson_interval
+from tlearn.evaluation.tasks import SINGLE_LABEL, Task, task_named
 from tlearn.training.head import DEFAULT_FOLDS, one_blas_thread, select_c
 
 AUDIT_FORMAT = "tlearn-audit"
-AUDIT_VERSION = 1
+AUDIT_VERSION = 2  # 2: multi-label data; thresholds and confident joints per problem (`Task.label_problems`)
 SPLIT_ORDER = {name: index for index, name in enumerate((*SPLITS, "all"))}
 
 
@@ -46,13 +47,28 @@ class AuditSettings:
 
 @dataclass
 class ImageTable:
-    """The audited images: class indices, names and where each image is (relative path, split)."""
+    """The audited images: their task's targets, the class names and where each image is (relative path, split)."""
 
-    labels: np.ndarray  # (N,)
+    targets: np.ndarray  # (N,) class indices (single-label) or (N, K) 0/1 label indicators (multi-label)
     classes: list[str]
     relpaths: list[str]
     splits: list[str]
     content_hashes: list[str] | None = None  # to tell byte-identical copies from near-duplicates
+    task_name: str = SINGLE_LABEL.name  # `Task.name` (a name, not the object: the result cache digests the table)
+
+    @property
+    def task(self) -> Task:
+        """What the targets mean: one class per image, or a set of labels."""
+        return task_named(self.task_name)
+
+    @property
+    def members(self) -> np.ndarray:
+        """(N, K) 0/1: the classes each image carries."""
+        return self.task.target_matrix(self.targets, len(self.classes))
+
+    def cell(self, indices: list[int] | tuple[int, ...]) -> str:
+        """Class indices as the review list and the page write them (`a`, or `a|b` for a label set)."""
+        return self.task.label_cell([self.classes[k] for k in indices])
 
 
 @dataclass
@@ -84,45 +100,50 @@ def audit_embeddings(embeddings: np.ndarray, table: ImageTable, settings: AuditS
     """
     settings = settings or AuditSettings()
     started = time.perf_counter()
-    labels, classes = table.labels, table.classes
-    counts = np.bincount(labels, minlength=len(classes))
+    task, classes, targets, membership = table.task, table.classes, table.targets, table.members
+    counts = membership.sum(axis=0)
     if counts.min() < 2:
         name = classes[int(counts.argmin())]
         raise DataError(
-            f"class {name!r} has {counts.min()} readable image(s); the audit cross-validates and needs 2 per class"
+            f"class {name!r} has {int(counts.min())} readable image(s); the audit cross-validates and needs 2 per class"
         )
     with one_blas_thread():
         grid = {"c_grid": (settings.c,)} if settings.c is not None else {}
-        selection = select_c(embeddings, labels, len(classes), folds=settings.folds, seed=settings.seed, **grid)
+        selection = select_c(
+            embeddings, targets, len(classes), task=task, folds=settings.folds, seed=settings.seed, **grid
+        )
         probabilities = selection.out_of_fold
         cross_validated = time.perf_counter()
-        issues = find_label_issues(probabilities, labels)
+        issues = find_task_label_issues(task, probabilities, targets)
         search = neighbour_search(embeddings)  # one search (and index) for duplicates and outliers
         groups = near_duplicate_groups(embeddings, threshold=settings.duplicate_similarity, search=search)
-        outliers = outlier_scores(embeddings, labels, len(classes), search)
-    correct = int((probabilities.argmax(axis=1) == labels).sum())
-    low, high = wilson_interval(correct, len(labels))
+        outliers = outlier_scores(embeddings, membership, search)
+    thresholds = task.untuned_thresholds(len(classes))  # the answers at 0.5 for label sets: nothing tuned on them
+    answers = [list(task.answer(row, thresholds)) for row in probabilities]
+    correct = int(task.right(probabilities, targets, thresholds).sum())
+    low, high = wilson_interval(correct, len(targets))
 
     def image(position: int) -> dict[str, Any]:
-        predicted = int(probabilities[position].argmax())
+        given, predicted, row = task.given(targets[position]), answers[position], probabilities[position]
         return {
             "path": table.relpaths[position],
             "split": table.splits[position],
-            "given": classes[labels[position]],
-            "predicted": classes[predicted],
-            "p_given": round(float(probabilities[position, labels[position]]), 4),
-            "p_predicted": round(float(probabilities[position, predicted]), 4),
+            "given": table.cell(given),
+            "predicted": table.cell(predicted),
+            "p_given": round(task.agreement(row, given), 4),
+            "p_predicted": round(task.agreement(row, predicted), 4),
         }
 
-    label_issues = [
-        {
+    def issue(position: int) -> dict[str, Any]:
+        suggested = task.corrected(task.given(targets[position]), issues.suggestions[position])
+        return {
             **image(position),
-            "suggested": classes[issues.suggested[position]],
-            "p_suggested": round(float(probabilities[position, issues.suggested[position]]), 4),
+            "suggested": table.cell(suggested),
+            "p_suggested": round(task.agreement(probabilities[position], suggested), 4),
             "score": round(1.0 - float(issues.self_confidence[position]), 4),
         }
-        for position in issues.flagged
-    ]
+
+    label_issues = [issue(position) for position in issues.flagged]
     duplicates = [_duplicate_group(members, similarity, table, probabilities) for members, similarity in groups]
     duplicates.sort(key=lambda group: (not (group["conflicting_labels"] or group["cross_split"]), -group["similarity"]))
     outlier_rows = [
@@ -133,12 +154,14 @@ def audit_embeddings(embeddings: np.ndarray, table: ImageTable, settings: AuditS
         }
         for position in outliers.flagged
     ]
+    answered = task.target_matrix(task.targets(answers, len(classes)), len(classes))
     payload = {
         "format": AUDIT_FORMAT,
         "version": AUDIT_VERSION,
         "classes": classes,
-        "images": len(labels),
-        "counts": {name: int((labels == index).sum()) for index, name in enumerate(classes)},
+        "task": task.name,
+        "images": len(targets),
+        "counts": {name: int(counts[index]) for index, name in enumerate(classes)},
         "summary": {
             "label_issues": len(label_issues),
             "estimated_label_errors": issues.estimated_errors,
@@ -146,7 +169,7 @@ def audit_embeddings(embeddings: np.ndarray, table: ImageTable, settings: AuditS
             "duplicate_conflicts": sum(group["conflicting_labels"] for group in duplicates),
             "cross_split_duplicates": sum(group["cross_split"] for group in duplicates),
             "outliers": len(outlier_rows),
-            "cv_accuracy": correct / len(labels),
+            "cv_accuracy": correct / len(targets),
             "cv_accuracy_interval": [low, high],
         },
         "cross_validation": {"folds": selection.folds, "c": selection.c, "correct": correct},
@@ -156,12 +179,18 @@ def audit_embeddings(embeddings: np.ndarray, table: ImageTable, settings: AuditS
             "neighbours": outliers.neighbours,
             "neighbour_search": search.method,
         },
-        "thresholds": {name: round(float(value), 4) for name, value in zip(classes, issues.thresholds, strict=True)},
-        "confident_joint": issues.confident_joint.tolist(),
+        # confident learning's per-class thresholds and confident joint, one entry per problem the labels pose
+        "label_problems": [
+            {
+                "thresholds": [round(float(value), 4) for value in problem.thresholds],
+                "confident_joint": problem.confident_joint.tolist(),
+            }
+            for problem in issues.problems
+        ],
         "label_issues": label_issues,
         "near_duplicates": duplicates,
         "outliers": outlier_rows,
-        "class_overlap": class_overlap(probabilities, labels, classes),
+        "class_overlap": class_overlap(probabilities, membership, answered, classes),
         "seconds": {
             "cross_validation": round(cross_validated - started, 3),
             "findings": round(time.perf_counter() - cross_validated, 3),
@@ -173,19 +202,20 @@ def audit_embeddings(embeddings: np.ndarray, table: ImageTable, settings: AuditS
 def _duplicate_group(
     members: list[int], similarity: float, table: ImageTable, probabilities: np.ndarray
 ) -> dict[str, Any]:
-    """A near-duplicate group as audit.json lists it, with the label its members most likely share."""
-    labels = sorted({int(table.labels[member]) for member in members})
-    # The group is one picture: the label the heads give the most probability to, summed over its members.
-    consensus = max(labels, key=lambda label: float(probabilities[members, label].sum()))
+    """A near-duplicate group as audit.json lists it, with the label (set) its members most likely share."""
+    task = table.task
+    given = sorted({tuple(task.given(table.targets[member])) for member in members})
+    # The group is one picture: of its members' labels, the one the heads back most, summed over the members.
+    consensus = max(given, key=lambda labels: sum(task.agreement(probabilities[member], labels) for member in members))
     splits = sorted({table.splits[member] for member in members}, key=SPLIT_ORDER.get)
     hashes = {table.content_hashes[member] for member in members} if table.content_hashes else set()
     return {
         "paths": [table.relpaths[member] for member in members],
         "splits": [table.splits[member] for member in members],
-        "labels": [table.classes[table.labels[member]] for member in members],
+        "labels": [table.cell(task.given(table.targets[member])) for member in members],
         "similarity": round(similarity, 4),
         "identical": len(hashes) == 1,
         "cross_split": len(splits) > 1,
-        "conflicting_labels": len(labels) > 1,
-        "consensus": table.classes[consensus],
+        "conflicting_labels": len(given) > 1,
+        "consensus": table.cell(consensus),
     }

@@ -20,6 +20,7 @@ from tlearn.audits.review import review_rows, write_review
 from tlearn.backbones.registry import DEFAULT_BACKBONE, resolve_backbone
 from tlearn.data.discovery import discover
 from tlearn.errors import DataError
+from tlearn.evaluation.tasks import SINGLE_LABEL, task_named
 from tlearn.runs.layout import AUDIT_FILE, AUDIT_PAGE, REVIEW_FILE
 from tlearn.runs.lifecycle import OutputFolder
 from tlearn.util import atomic
@@ -66,9 +67,10 @@ class Audit:
         s = self.summary
         low, high = s["cv_accuracy_interval"]
         actions = Counter(row["action"] for row in self.review)
+        task = task_named(self.payload.get("task", SINGLE_LABEL.name))
         return [
-            f"images: {self.payload['images']} in {len(self.payload['classes'])} classes; out-of-fold accuracy "
-            f"{s['cv_accuracy']:.3f} (95% {low:.3f}–{high:.3f})",
+            f"images: {self.payload['images']} in {len(self.payload['classes'])} classes ({task.title}); "
+            f"out-of-fold accuracy {s['cv_accuracy']:.3f} (95% {low:.3f}–{high:.3f}; {task.right_answer})",
             f"likely label errors: {s['label_issues']} (confident learning estimates {s['estimated_label_errors']})",
             f"near-duplicate groups: {s['near_duplicate_groups']} ({s['duplicate_conflicts']} with different labels, "
             f"{s['cross_split_duplicates']} across splits)",
@@ -109,7 +111,12 @@ def audit_folder(
             f"({embedded.seconds:.1f} s, backbone {ref.arch})"
         )
         table = ImageTable(
-            embedded.labels, embedded.classes, embedded.relpaths, embedded.splits, embedded.content_hashes
+            embedded.targets,
+            embedded.classes,
+            embedded.relpaths,
+            embedded.splits,
+            embedded.content_hashes,
+            task_name=embedded.task.name,
         )
         try:
             findings = audit_embeddings(embedded.embeddings, table, settings)

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tlearn.evaluation.tasks import Task
+
 # A flagged image is prefilled "relabel" in review.csv when its out-of-fold probability for the suggested
 # class reaches this; below it, "drop" (pruning, the action the paper evaluates, loses one image instead of
 # risking a second wrong label).
@@ -128,3 +130,52 @@ def find_label_issues(probabilities: np.ndarray, labels: np.ndarray) -> LabelIss
     positions = np.flatnonzero(flagged)
     positions = positions[np.argsort(self_confidence[positions], kind="stable")]
     return LabelIssues(thresholds, counts, joint, positions, self_confidence, suggested)
+
+
+@dataclass
+class TaskLabelIssues:
+    """Confident learning over every problem a task's labels pose (`Task.label_problems`): the one K-class
+    problem of single-label data, or one yes/no problem per class of multi-label data. An image is flagged when
+    any problem flags it; its self-confidence is its lowest over the problems (for multi-label data, the class
+    decision the heads doubt most), which ranks the flags, lowest first.
+
+    Multi-label data is split into per-class problems as cleanlab's `multilabel_classification.filter` does,
+    and searched with the single-label code above: `python benchmarks/bench_label_errors.py --multilabel`
+    compares the two on mosaics of the shared sets with planted errors.
+    """
+
+    problems: list[LabelIssues]
+    flagged: np.ndarray  # positions flagged by any problem, lowest self-confidence first
+    self_confidence: np.ndarray  # (N,) the lowest p(given answer | x) over the problems
+    suggestions: list[dict[int, int]]  # per position: problem index → the answer it suggests, where it flagged
+
+    @property
+    def estimated_errors(self) -> int:
+        """Label errors the calibrated joints imply, summed over the problems (for multi-label data, wrong
+        class decisions: an image may carry several)."""
+        return sum(problem.estimated_errors for problem in self.problems)
+
+    def ranked(self) -> np.ndarray:
+        """Every position, most suspicious first (lowest self-confidence)."""
+        return np.argsort(self.self_confidence, kind="stable")
+
+
+def find_task_label_issues(task: Task, probabilities: np.ndarray, targets: np.ndarray) -> TaskLabelIssues:
+    """Flag likely label errors of any task from out-of-fold probabilities (N, K) and its targets.
+
+    Example:
+        >>> from tlearn.evaluation.tasks import MULTI_LABEL
+        >>> p = np.array([[0.9, 0.8], [0.8, 0.9], [0.1, 0.9], [0.9, 0.2], [0.8, 0.1], [0.2, 0.9]])
+        >>> found = find_task_label_issues(MULTI_LABEL, p, np.array([[1, 1], [1, 1], [0, 1], [1, 0], [1, 1], [0, 1]]))
+        >>> found.flagged.tolist(), found.suggestions[4]  # image 4: labelled with class 1, which p doubts
+        ([4], {1: 0})
+    """
+    problems = [find_label_issues(scores, given) for scores, given in task.label_problems(probabilities, targets)]
+    self_confidence = np.min([problem.self_confidence for problem in problems], axis=0)
+    suggestions: list[dict[int, int]] = [{} for _ in range(len(self_confidence))]
+    for index, problem in enumerate(problems):
+        for position in problem.flagged:
+            suggestions[position][index] = int(problem.suggested[position])
+    flagged = np.flatnonzero([bool(suggestion) for suggestion in suggestions])
+    flagged = flagged[np.argsort(self_confidence[flagged], kind="stable")]
+    return TaskLabelIssues(problems, flagged, self_confidence, suggestions)

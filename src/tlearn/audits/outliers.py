@@ -58,22 +58,18 @@ def robust_fence(scores: np.ndarray, z: float = OUTLIER_Z) -> float:
     return median + z * spread if spread > 0 else float("inf")
 
 
-def outlier_scores(
-    embeddings: np.ndarray, labels: np.ndarray, num_classes: int, search: NeighbourSearch | None = None
-) -> OutlierScores:
+def outlier_scores(embeddings: np.ndarray, members: np.ndarray, search: NeighbourSearch | None = None) -> OutlierScores:
     """Score every image by its distance to its nearest neighbours (found by `search` over these embeddings,
-    default `tlearn.audits.neighbours.neighbour_search`) and set the outlier fence.
+    default `tlearn.audits.neighbours.neighbour_search`) and set the outlier fence; `members` (N, K) says which
+    classes each image carries (`Task.target_matrix`): a class's centre is the mean of its images.
 
     Example:
-        >>> found = outlier_scores(embeddings, labels, 2)  # doctest: +SKIP
+        >>> found = outlier_scores(embeddings, SINGLE_LABEL.target_matrix(labels, 2))  # doctest: +SKIP
         >>> found.flagged[:3], found.fence  # doctest: +SKIP
     """
     scores = (search or neighbour_search(embeddings)).mean_neighbour_distances(NEIGHBOURS)
     unit = centred_unit(embeddings)
-    centroids = np.zeros((num_classes, unit.shape[1]))
-    for label in range(num_classes):
-        if np.any(labels == label):
-            centroids[label] = unit[labels == label].mean(axis=0)
+    centroids = members.T.astype(np.float64) @ unit / np.maximum(members.sum(axis=0), 1)[:, None]
     centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
     nearest = (unit @ centroids.T).argmax(axis=1) if len(unit) else np.zeros(0, dtype=np.int64)
     return OutlierScores(scores, robust_fence(scores), nearest, min(NEIGHBOURS, max(len(unit) - 1, 0)))

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tlearn.audits.findings import SPLIT_ORDER
 from tlearn.data.discovery import DataSource, LabelledImage
 from tlearn.errors import DataError
+from tlearn.evaluation.tasks import LABEL_SET_SEPARATOR, task_for
 from tlearn.util import atomic
 
 REVIEW_COLUMNS = ["path", "given", "suggested", "action", "reason"]
@@ -57,7 +59,9 @@ def review_rows(payload: dict[str, Any]) -> list[dict[str, str]]:
     far = {outlier["path"] for outlier in payload["outliers"]}
     for issue in payload["label_issues"]:
         # Far from every class, a confident suggestion is still a guess: such an image is dropped, not relabelled.
-        action = "relabel" if issue["p_suggested"] >= confident and issue["path"] not in far else "drop"
+        # An empty suggestion (no label at all: the heads doubt each label the image has) is not a relabel.
+        relabel = issue["p_suggested"] >= confident and issue["path"] not in far and issue["suggested"]
+        action = "relabel" if relabel else "drop"
         reason = (
             f"likely label error: p({issue['given']})={issue['p_given']:.2f}, "
             f"p({issue['suggested']})={issue['p_suggested']:.2f}"
@@ -130,7 +134,8 @@ def apply_review(source: DataSource, review_csv: str | Path) -> tuple[DataSource
         )
     column = {name: header.index(name) for name in REQUIRED_COLUMNS}
     by_path = {image.relpath: position for position, image in enumerate(source.images)}
-    changes: dict[int, str | None] = {}  # position → new label, or None to drop
+    task = task_for("auto", has_label_sets=source.has_label_sets)  # how a cell spells a label (set)
+    changes: dict[int, list[str] | None] = {}  # position → new labels, or None to drop
     seen: dict[str, int] = {}
     errors: list[str] = []
     kept = 0
@@ -138,7 +143,7 @@ def apply_review(source: DataSource, review_csv: str | Path) -> tuple[DataSource
         if not any(cell.strip() for cell in cells):
             continue
         row = {name: (cells[index].strip() if index < len(cells) else "") for name, index in column.items()}
-        problem = _row_problem(row, source, by_path, seen)
+        problem = _row_problem(row, source, by_path, seen, task.label_names)
         if problem:
             errors.append(f"{review_csv} line {number}: {problem}; row skipped")
             continue
@@ -147,27 +152,35 @@ def apply_review(source: DataSource, review_csv: str | Path) -> tuple[DataSource
         if action == "keep":
             kept += 1
         else:
-            changes[by_path[row["path"]]] = row["suggested"] if action == "relabel" else None
+            changes[by_path[row["path"]]] = task.label_names(row["suggested"]) if action == "relabel" else None
     images: list[LabelledImage] = []
     for position, image in enumerate(source.images):
         if position not in changes:
             images.append(image)
-        elif changes[position] is not None:
-            images.append(dataclasses.replace(image, label=changes[position]))
+        elif (labels := changes[position]) is not None:
+            images.append(dataclasses.replace(image, label=labels[0], extra_labels=tuple(labels[1:])))
     reviewed = dataclasses.replace(source, images=images)
     _require_training_images(reviewed, review_csv)
     summary = {
         "file": str(review_csv),
-        "relabelled": sum(label is not None and label != source.images[p].label for p, label in changes.items()),
-        "dropped": sum(label is None for label in changes.values()),
+        "relabelled": sum(
+            labels is not None and set(labels) != set(source.images[p].labels) for p, labels in changes.items()
+        ),
+        "dropped": sum(labels is None for labels in changes.values()),
         "kept": kept,
         "errors": errors,
     }
     return reviewed, summary
 
 
-def _row_problem(row: dict[str, str], source: DataSource, by_path: dict[str, int], seen: dict[str, int]) -> str | None:
-    """Why a review row cannot be applied, or None when it can."""
+def _row_problem(
+    row: dict[str, str],
+    source: DataSource,
+    by_path: dict[str, int],
+    seen: dict[str, int],
+    label_names: Callable[[str], list[str]],
+) -> str | None:
+    """Why a review row cannot be applied, or None when it can (`label_names` reads a cell's label set)."""
     action = row["action"].lower()
     if action not in ACTIONS:
         return f"action {row['action']!r} is not one of keep, relabel, drop"
@@ -175,11 +188,17 @@ def _row_problem(row: dict[str, str], source: DataSource, by_path: dict[str, int
         return f"{row['path']} is not an image under {source.root}"
     if row["path"] in seen:
         return f"{row['path']} is already reviewed on line {seen[row['path']]}"
-    label = source.images[by_path[row["path"]]].label
-    if row["given"] != label:
+    labels = source.images[by_path[row["path"]]].labels
+    if set(label_names(row["given"])) != set(labels):
+        label = LABEL_SET_SEPARATOR.join(labels)
         return f"{row['path']} is labelled {label!r}, not {row['given']!r} (the review is out of date)"
-    if action == "relabel" and row["suggested"] not in source.classes:
-        return f"suggested label {row['suggested']!r} is not a class ({', '.join(source.classes)})"
+    if action == "relabel":
+        suggested = label_names(row["suggested"])
+        unknown = [name for name in suggested if name not in source.classes]
+        if unknown:
+            return f"suggested label {unknown[0]!r} is not a class ({', '.join(source.classes)})"
+        if not suggested:
+            return "relabel needs a suggested label"
     return None
 
 
@@ -187,7 +206,7 @@ def _require_training_images(source: DataSource, review_csv: Path) -> None:
     if not source.images:
         raise DataError(f"{review_csv}: the review drops every image; set some rows back to keep")
     for name in source.classes:
-        if not any(image.label == name and image.split == "train" for image in source.images):
+        if not any(name in image.labels and image.split == "train" for image in source.images):
             raise DataError(
                 f"{review_csv}: the review leaves class {name!r} without training images; "
                 "set some of its rows back to keep"

@@ -43,6 +43,7 @@ from tlearn.backbones.registry import BackboneRef, StoredBackbone, resolve_backb
 from tlearn.data.discovery import DataSource, discover
 from tlearn.errors import BackboneError, DataError, TlearnError
 from tlearn.evaluation.intervals import mcnemar_p_value, wilson_interval
+from tlearn.evaluation.tasks import task_for
 from tlearn.runs.layout import SELECT_FILE, SELECT_PAGE
 from tlearn.runs.lifecycle import OutputFolder
 from tlearn.training.head import one_blas_thread, select_c
@@ -176,6 +177,9 @@ def select_backbones(
         ...                  device="cpu", progress=Progress())  # doctest: +SKIP
     """
     source = discover(data)
+    refusal = task_for("auto", has_label_sets=source.has_label_sets).select_note
+    if refusal:
+        raise DataError(f"{source.root}: images with several labels: {refusal} (one class per image)")
     unknown_weights = sorted(set(request.weights) - set(request.backbones))
     if unknown_weights:
         raise TlearnError(f"--weights given for {', '.join(unknown_weights)}, which is not among --backbones")

@@ -55,20 +55,22 @@ class Task(ABC):
     Attributes:
         name: the task as `config.json` and `metrics.json` spell it ("multiclass" or "multilabel").
         title: how the console and tables name it.
+        right_answer: what an image answered right means, as the console says it.
         activation: the output function, as the exported graph's description names it.
         answers_with_sets: an answer is a set of labels (possibly empty), not one class.
         calibration_note: why temperature scaling does not apply (None: it does).
-        audit_note: why the data audit does not apply (None: it does).
+        select_note: why backbone selection (`tlearn select`) does not apply (None: it does).
         reject_note: why an "unknown" answer rule does not apply (None: it does).
         crop_mode: how `--crop auto` fits a picture to the backbone's square input (data/preprocess.py).
     """
 
     name: ClassVar[str]
     title: ClassVar[str]
+    right_answer: ClassVar[str]
     activation: ClassVar[str]
     answers_with_sets: ClassVar[bool]
     calibration_note: ClassVar[str | None] = None
-    audit_note: ClassVar[str | None] = None
+    select_note: ClassVar[str | None] = None
     reject_note: ClassVar[str | None] = None
     crop_mode: ClassVar[str]
 
@@ -208,6 +210,25 @@ class Task(ABC):
     def given(self, target: np.ndarray) -> list[int]:
         """The class indices one image's target carries."""
 
+    # What the audit checks (confident learning: tlearn.audits.label_errors)
+
+    @abstractmethod
+    def label_problems(self, probabilities: np.ndarray, targets: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The classification problems whose given answers confident learning checks, each as (N, C)
+        probabilities and (N,) given answers: the one K-class problem of single-label data; one yes/no problem
+        per class for multi-label data (index 1: the class is in the image's set), as cleanlab's multi-label
+        search also splits it."""
+
+    @abstractmethod
+    def corrected(self, given: Sequence[int], suggestions: dict[int, int]) -> list[int]:
+        """The class indices an image with the `given` classes gets once each problem that doubts it
+        (problem index → the answer it suggests) has its way, in the order given."""
+
+    @abstractmethod
+    def agreement(self, row: np.ndarray, indices: Sequence[int]) -> float:
+        """How far (K,) probabilities back the answer `indices`: the class's probability (single-label); the
+        weakest of its K decisions, p for a class in the set and 1 - p for one out of it (multi-label)."""
+
     # The linear head on embeddings
 
     @abstractmethod
@@ -244,6 +265,7 @@ class SingleLabel(Task):
 
     name = "multiclass"
     title = "single-label"
+    right_answer = "the top class right"
     activation = "softmax"
     answers_with_sets = False
     crop_mode = "center"  # timm's evaluation crop: the object of a one-class photo is mostly central
@@ -318,6 +340,15 @@ class SingleLabel(Task):
     def given(self, target: np.ndarray) -> list[int]:
         return [int(target)]
 
+    def label_problems(self, probabilities: np.ndarray, targets: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [(probabilities, np.asarray(targets, dtype=np.int64))]
+
+    def corrected(self, given: Sequence[int], suggestions: dict[int, int]) -> list[int]:
+        return [suggestions[0]] if suggestions else list(given)
+
+    def agreement(self, row: np.ndarray, indices: Sequence[int]) -> float:
+        return float(row[indices[0]])
+
     def sample(self, targets: np.ndarray, size: int, seed: int) -> np.ndarray:
         """Each class keeps its share (at least 2 images)."""
         rng = np.random.default_rng(seed)
@@ -365,13 +396,14 @@ class MultiLabel(Task):
 
     name = "multilabel"
     title = "multi-label"
+    right_answer = "every label right, at 0.5"
     activation = "sigmoid"
     answers_with_sets = True
     # The labels of a multi-label picture may sit at its edges: a centre crop of two photos side by side keeps
     # half of each (benchmarks/bench_multilabel.py --layout side measures the difference).
     crop_mode = "squash"
     calibration_note = "multi-label thresholds are chosen on the probabilities as they are"
-    audit_note = "the audit is for single-label data"
+    select_note = "backbone selection ranks backbones on single-label data"
     reject_note = (
         "--reject is for single-label models; a multi-label model already answers no label when no class "
         "reaches its threshold"
@@ -443,6 +475,32 @@ class MultiLabel(Task):
 
     def given(self, target: np.ndarray) -> list[int]:
         return [int(k) for k in np.flatnonzero(target)]
+
+    def label_problems(self, probabilities: np.ndarray, targets: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [
+            (np.stack([1.0 - probabilities[:, k], probabilities[:, k]], axis=1), (targets[:, k] > 0).astype(np.int64))
+            for k in range(probabilities.shape[1])
+        ]
+
+    def corrected(self, given: Sequence[int], suggestions: dict[int, int]) -> list[int]:
+        """The given set without the classes suggested out, then the classes suggested in (by index).
+
+        Example:
+            >>> MULTI_LABEL.corrected([2, 0], {0: 0, 1: 1})
+            [2, 1]
+        """
+        kept = [k for k in given if suggestions.get(k, 1) == 1]
+        return kept + sorted(k for k, answer in suggestions.items() if answer == 1 and k not in kept)
+
+    def agreement(self, row: np.ndarray, indices: Sequence[int]) -> float:
+        """The weakest decision: for the set {0}, p(0) = 0.9, 1 - p(1) = 0.7 and 1 - p(2) = 0.8.
+
+        Example:
+            >>> round(MULTI_LABEL.agreement(np.array([0.9, 0.3, 0.2]), [0]), 2)
+            0.7
+        """
+        backed = np.where(np.isin(np.arange(len(row)), list(indices)), row, 1.0 - row)
+        return float(backed.min()) if len(row) else 1.0
 
     def sample(self, targets: np.ndarray, size: int, seed: int) -> np.ndarray:
         """A plain random sample (a label set has no single class to stratify by)."""
