@@ -214,7 +214,10 @@ class SqliteStore:
             return
         self._connection = connection
         refused = self._write_refused(connection)
-        if refused is not None and _error_code(refused) in _DAMAGED and self._start_afresh(refused):
+        if refused is not None and _error_code(refused) in _DAMAGED:
+            if not self._start_afresh(refused):  # closed, and cannot be moved aside: not used at all
+                self.state = "off"
+                self._warn(f"cache database {self.path} is damaged ({refused}): computing without it")
             return
         self.state = "rw" if refused is None else "ro"
         if refused is not None:
