@@ -42,7 +42,11 @@ from _common import RESULTS, ROOT, save
 
 # module (under src/tlearn) → the test files that guard its promises
 TESTS = {
-    "data/discovery.py": ["tests/data/test_discovery.py", "tests/data/test_label_files.py"],
+    "data/discovery.py": [
+        "tests/data/test_discovery.py",
+        "tests/data/test_label_files.py",
+        "tests/hostile/test_links.py",
+    ],
     "data/checks.py": ["tests/data/test_checks.py", "tests/data/test_label_files.py"],
     "data/label_files.py": ["tests/data/test_label_files.py"],
     "data/images.py": ["tests/data/test_images.py", "tests/hostile/test_images_hostile.py"],
