@@ -11,8 +11,8 @@ bench_suite.py does):
   full network is the one pruned, and recovery learns from its answers and the labels; S = 0: the labels alone).
 Then every model is exported to ONNX and timed in this process, one after the other (`tlearn.deploy.speed`:
 batches of 32, and one image at a time for the latency): compare the speeds as ratios, measured in one run.
-`--keep DIR` keeps the runs in DIR/SET/ (else they go with a temporary folder), e.g. to time them again with
-`tlearn compare --speed` on a quieter machine.
+`--keep DIR` keeps the runs in DIR/SET/ (else they go with a temporary folder); `--retime DIR` then times the
+kept models again, one after the other, without training (e.g. once the machine is quiet).
 """
 
 from __future__ import annotations
@@ -35,8 +35,12 @@ def main() -> None:
     parser.add_argument("--teacher-share", type=float, default=0.5)
     parser.add_argument("--flags", default="", help="more `tlearn train` flags for the pruned runs")
     parser.add_argument("--keep", type=Path, help="keep the runs in KEEP/SET/ instead of a temporary folder")
+    parser.add_argument("--retime", type=Path, help="only time the models kept in RETIME/SET/ by --keep")
     parser.add_argument("--name", default="prune")
     args = parser.parse_args()
+    if args.retime:
+        save(args.name, {"retimed": str(args.retime), "results": retime(args.retime, args.sets.split(","))})
+        return
     require_shared()
     results: dict[str, dict[str, object]] = {}
     for data_set in args.sets.split(","):
@@ -63,6 +67,26 @@ def main() -> None:
         print(data_set, {name: (cell["accuracy"], cell.get("speedup")) for name, cell in cells.items()}, flush=True)
         settings = {"prune": args.prune, "teacher_share": args.teacher_share, "flags": args.flags}
         save(args.name, {**settings, "results": results})
+
+
+def retime(kept: Path, data_sets: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """ONNX Runtime images/s and latency of every model `--keep` left under KEPT/SET/, with each pruned model's
+    speed-up over the full one of its set."""
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for data_set in data_sets:
+        runs = sorted(path.parent for path in (kept / data_set).glob("*/run/run.json"))
+        cells = {}
+        for run in runs:
+            speed = measure_speed(run)
+            cells[run.parent.name] = {
+                "onnx_images_per_second": round(speed.images_per_second, 1),
+                "onnx_latency_ms": round(speed.latency_ms, 2),
+            }
+        for cell in cells.values():
+            cell["speedup"] = round(cell["onnx_images_per_second"] / cells["full"]["onnx_images_per_second"], 3)
+        results[data_set] = cells
+        print(data_set, cells, flush=True)
+    return results
 
 
 if __name__ == "__main__":
