@@ -302,6 +302,21 @@ def test_a_training_run_that_reached_a_checkpoint_stays_to_be_resumed(tmp_path):
     ]
 
 
+def test_a_resume_that_fails_leaves_the_unfinished_run_as_it_found_it_still_resumable(tmp_path):
+    # Killed before its first checkpoint (or a linear run, which writes none): the marker, config and outputs.
+    root = tmp_path / "run"
+    unfinished(root)
+    shutil.rmtree(root / "checkpoints")
+    kept = snapshot(root)
+    with pytest.raises(KeyboardInterrupt), OutputFolder.open(root, kind="train", resume=True):
+        (root / "report.html").write_text("half")
+        raise KeyboardInterrupt
+    assert snapshot(root).items() >= kept.items() and is_incomplete_run(root)
+    with OutputFolder.open(root, kind="train", resume=True):  # and it can still be resumed
+        pass
+    assert read_marker(root)["complete"] is True
+
+
 def test_resume_is_refused_for_anything_but_an_unfinished_training_run_with_its_config(tmp_path):
     complete, evaluation, no_config, empty = (
         tmp_path / name for name in ("complete", "evaluation", "no-config", "empty")

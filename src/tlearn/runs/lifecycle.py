@@ -155,11 +155,12 @@ class OutputFolder:
         ...     write_everything(folder.root)
     """
 
-    def __init__(self, root: Path, kind: FolderKind, *, replacing: bool, created: bool) -> None:
+    def __init__(self, root: Path, kind: FolderKind, *, replacing: bool, created: bool, resumed: bool = False) -> None:
         self.root = root
         self.kind = kind
         self._replacing = replacing  # a previous run waits in ASIDE_DIR until this one completes
         self._created = created  # the folder did not exist before
+        self._resumed = resumed  # continuing an unfinished run: a failure leaves it unfinished, not removed
 
     @classmethod
     @contextmanager
@@ -241,7 +242,7 @@ class OutputFolder:
                 raise RunDirError(f"{root}: no run to resume (no unfinished tlearn run here)")
             if marker.get("complete"):
                 raise RunDirError(f"{root}: the run is already complete (nothing to resume)")
-            return cls(root, kind, replacing=False, created=False)
+            return cls(root, kind, replacing=False, created=False, resumed=True)
         foreign = [name for name in entries if name != MARKER_FILE]
         if foreign and marker is None:
             raise RunDirError(
@@ -295,10 +296,14 @@ class OutputFolder:
                 )
 
     def _roll_back(self) -> None:
-        """After a failure: a run that replaced a previous one gives the folder back to it; a fresh run that got as
-        far as a checkpoint stays (unfinished, resumable); anything else leaves the folder as it found it."""
+        """After a failure: a run that replaced a previous one gives the folder back to it; a resumed run, and a
+        fresh run that got as far as a checkpoint, stay (unfinished, resumable: a run killed before its first
+        checkpoint, or a linear run, which writes none, is resumed from its config); anything else leaves the
+        folder as it found it."""
         if self._replacing:
             _settle(self.root)
+        elif self._resumed:
+            return
         elif not (self.kind == "train" and any((self.root / CHECKPOINTS_DIR).glob("*/state.pt"))):
             _remove_outputs(self.root, self.kind)
             (self.root / MARKER_FILE).unlink(missing_ok=True)
