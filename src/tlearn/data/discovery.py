@@ -166,6 +166,7 @@ def discover_for_evaluation(
     root: str | Path,
     *,
     split: str | None = None,
+    fractions: tuple[float, float, float] | None = None,
     follow_links: bool = False,
     label_sep: str = LABEL_SEPARATOR,
     task: LabelTask = "auto",
@@ -173,16 +174,19 @@ def discover_for_evaluation(
     """The labelled images to evaluate a model on, and the name of the split they come from.
 
     A pre-split folder is evaluated on its `test` split (or `val` when there is no test); a folder of class
-    sub-folders is evaluated as a whole (split "all") unless `split` picks one of its hash splits. Symbolic
-    links, `label_sep` and `task` are handled as by `discover`.
+    sub-folders is evaluated as a whole (split "all") unless `split` picks one of its hash splits. The hash
+    splits are drawn with `fractions`: the model's own (`ModelConfig.split_fractions`), so `--split test` is the
+    test split its run measured (None: the default fractions). Symbolic links, `label_sep` and `task` are
+    handled as by `discover`.
     """
+    fractions = check_split_fractions(fractions or DEFAULT_SPLIT_FRACTIONS)
     if is_label_file(root):
         options = {"label_sep": label_sep, "task": task, "follow_links": follow_links}
-        return _label_file_for_evaluation(Path(root).expanduser(), split, **options)
+        return _label_file_for_evaluation(Path(root).expanduser(), split, fractions, **options)
     root = _existing_folder(root)
     walk = _Walk(root, follow_links)
     if (root / "train").is_dir():
-        source = _discover_pre_split(root, check_split_fractions(DEFAULT_SPLIT_FRACTIONS), walk)
+        source = _discover_pre_split(root, fractions, walk)
         present = [name for name in SPLITS if source.in_split(name)]
         chosen = split or ("test" if "test" in present else "val")
         if chosen == "all":
@@ -198,7 +202,6 @@ def discover_for_evaluation(
         return DataSource(root, "class_folders", classes, [_with_split(i, "all") for i in images], ignored), "all"
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of all, train, val, test")
-    fractions = check_split_fractions(DEFAULT_SPLIT_FRACTIONS)
     chosen = [_with_split(i, assign_split(i.relpath, fractions)) for i in images]
     source = DataSource(root, "class_folders", classes, chosen, ignored, fractions)
     return _only_split(source, split), split
@@ -447,7 +450,13 @@ def _discover_label_file(
 
 
 def _label_file_for_evaluation(
-    path: Path, split: str | None, *, label_sep: str, task: LabelTask, follow_links: bool
+    path: Path,
+    split: str | None,
+    fractions: tuple[float, float, float],
+    *,
+    label_sep: str,
+    task: LabelTask,
+    follow_links: bool,
 ) -> tuple[DataSource, str]:
     """Evaluation images of a label file: its test (else val) rows when it gives splits, else all rows."""
     rows, problems = _usable_rows(path, label_sep=label_sep, task=task, follow_links=follow_links)
@@ -456,7 +465,6 @@ def _label_file_for_evaluation(
     if chosen not in (*SPLITS, "all"):
         raise DataError(f"unknown split {split!r}; expected one of all, train, val, test")
     if chosen != "all" and not given:
-        fractions = check_split_fractions(DEFAULT_SPLIT_FRACTIONS)
         rows = [dataclasses.replace(row, split=assign_split(row.relpath, fractions)) for row in rows]
     images = [_labelled(row, "all" if chosen == "all" else row.split or "train") for row in rows]
     images = [image for image in images if image.split == chosen]

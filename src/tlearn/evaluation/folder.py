@@ -85,7 +85,9 @@ def evaluate_folder(
     started = time.perf_counter()
     task = engine.config.task_type
     # Label sets are read as they are; a single-label model is judged on each image's first label.
-    source, split_name = discover_for_evaluation(data, split=settings.split, follow_links=settings.follow_links)
+    source, split_name = discover_for_evaluation(
+        data, split=settings.split, fractions=engine.config.split_fractions, follow_links=settings.follow_links
+    )
     unknown = sorted({name for image in source.images for name in image.labels} - set(engine.classes))
     if unknown:
         raise DataError(

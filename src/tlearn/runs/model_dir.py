@@ -104,6 +104,9 @@ class ModelConfig(BaseModel):
     reject: RejectRule | None = None  # None: the model always answers one of its classes
     # `--prune`: the speed-up channel pruning aimed at; the layers' widths are then read from the weights' shapes
     pruned: float | None = Field(default=None, gt=1)
+    # train/val/test fractions of the hash split its run drew (class folders; a label file or pre-split folder
+    # without some split): `tlearn evaluate --split test` draws the same test split. None: the default's.
+    split_fractions: tuple[float, float, float] | None = None
     created: str = Field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     metrics: dict[str, dict[str, float]] = Field(default_factory=dict)  # split → headline figures
 

@@ -398,6 +398,7 @@ def _model_config(
         classifier_keys=info.classifier_keys,
         mode=mode,
         pruned=plan.prune if plan is not None else None,
+        split_fractions=prepared.checked.source.split_fractions,
     )
 
 
