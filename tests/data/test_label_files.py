@@ -545,3 +545,15 @@ def test_a_repeated_split_keeps_where_it_was_first_given_and_repeats_name_every_
         "kept once",
         f"{labels} line 5: red/img_000.png: split 'test' here but 'train' at line 2; row left out",
     ]
+
+
+def test_rows_left_out_are_said_on_the_console_and_kept_in_the_report_of_training_and_evaluation(tmp_path, capsys):
+    data = make_class_folder(tmp_path / "data", {"red": 8, "blue": 8})
+    labels = _write_csv(data / "labels.csv", [*_listing(data), ("red/missing.png", "red"), ("blue/img_000.png", "")])
+    code, _, err = run_cli(capsys, "train", labels, "--out", tmp_path / "run", "--mode", "linear")
+    assert code == 0 and f"left out 2 row(s) of {labels.resolve()}: " in err and "and 1 more; see data_report" in err
+    code, _, err = run_cli(capsys, "evaluate", tmp_path / "run", labels, "--out", tmp_path / "eval")
+    assert code == 0 and f"left out 2 row(s) of {labels.resolve()}: " in err
+    trained = json.loads((tmp_path / "run" / "data_report.json").read_text())["label_file_problems"]
+    evaluated = json.loads((tmp_path / "eval" / "data_report.json").read_text())["label_file_problems"]
+    assert len(evaluated) == 2 and evaluated == trained

@@ -131,6 +131,18 @@ def check_data(source: DataSource, content_hashes: list[str | None], failures: d
     return checked
 
 
+def left_out_line(label_file: str | Path, problems: list[str]) -> str:
+    """The console line for label-file rows left out (every one is listed in data_report.json).
+
+    Example:
+        >>> left_out_line("labels.csv", ["line 3: empty label", "line 9: no such file"])
+        'left out 2 row(s) of labels.csv: line 3: empty label and 1 more; see data_report.json'
+    """
+    more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+    first = printable(problems[0])
+    return f"left out {len(problems)} row(s) of {printable(str(label_file))}: {first}{more}; see data_report.json"
+
+
 def found_line(source: DataSource) -> str:
     """The console's first word on the data, before any file is opened: classes and images per split.
 
@@ -163,6 +175,8 @@ def summary_lines(report: dict[str, Any], announced: str | None = None) -> list[
         )
     if report["ignored"]:
         lines.append(f"ignored {len(report['ignored'])} non-image file(s), e.g. {printable(report['ignored'][0])}")
+    if report.get("label_file_problems"):
+        lines.append(left_out_line(report["label_file"], report["label_file_problems"]))
     imbalance = report["imbalance"]
     if imbalance["imbalanced"] and imbalance["ratio"] is None:  # the training step refuses this data next
         lines.append(f"class imbalance: {imbalance['minority']} has no usable training image")

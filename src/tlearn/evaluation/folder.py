@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tlearn.data.checks import left_out_line
 from tlearn.data.discovery import DataSource, discover_for_evaluation
 from tlearn.engines.options import PredictOptions
 from tlearn.errors import DataError
@@ -88,6 +89,8 @@ def evaluate_folder(
     source, split_name = discover_for_evaluation(
         data, split=settings.split, fractions=engine.config.split_fractions, follow_links=settings.follow_links
     )
+    if source.problems:
+        progress.info(left_out_line(source.label_file, source.problems))
     unknown = sorted({name for image in source.images for name in image.labels} - set(engine.classes))
     if unknown:
         raise DataError(
@@ -134,6 +137,7 @@ def write_evaluation(evaluation: Evaluation, out: Path, engine: InferenceEngine)
             "counts": {evaluation.split: {name: counts.get(name, 0) for name in classes}},
             "skipped": evaluation.skipped,
             "ignored": evaluation.source.ignored if evaluation.source else [],
+            "label_file_problems": evaluation.source.problems if evaluation.source else [],
         },
     )
     write_summary(
