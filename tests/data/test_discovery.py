@@ -569,3 +569,16 @@ def test_a_folder_that_cannot_be_read_is_noted_and_the_rest_is_still_found(tmp_p
     source = discover(data)
     assert list(_splits(source)) == [f"{c}/{n}.png" for c in "ab" for n in range(3)]
     assert source.ignored == ["a/locked/ (folder not readable: Permission denied)"]
+
+
+def test_a_val_folder_linked_from_outside_and_not_followed_leaves_validation_carved_from_train(tmp_path):
+    data = tmp_path / "data"
+    make_class_folder(data / "train", {"red": 20, "blue": 20})
+    make_class_folder(tmp_path / "elsewhere", {"red": 5, "blue": 5})
+    os.symlink(tmp_path / "elsewhere", data / "val")
+    source = discover(data)  # links are not followed by default
+    splits = {image.split for image in source.images}
+    assert splits == {"train", "val"} and all(image.relpath.startswith("train/") for image in source.images)
+    assert any("val" in note for note in source.ignored)  # the skipped link is still named
+    followed = discover(data, follow_links=True)
+    assert sum(image.relpath.startswith("val/") for image in followed.images) == 10

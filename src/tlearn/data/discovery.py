@@ -243,7 +243,10 @@ def _discover_pre_split(root: Path, fractions: tuple[float, float, float], walk:
     train = root / "train"
     scanned = _scan_class_folders(train, prefix="train/", walk=walk) if walk.may_enter(train, "train") else None
     images, classes, ignored = scanned or ([], [], [])
-    has_val = (root / "val").is_dir()
+    # A val/ or test/ the walk may not enter (a link out of the folder, without --follow-links) counts as absent:
+    # validation is then carved from train, as for a folder without val/.
+    usable = {split: (root / split).is_dir() and walk.may_enter(root / split, split) for split in ("val", "test")}
+    has_val = usable["val"]
     if has_val:
         train_images = [_with_split(image, "train") for image in images]
     else:
@@ -254,7 +257,7 @@ def _discover_pre_split(root: Path, fractions: tuple[float, float, float], walk:
     all_images = train_images
     for split in ("val", "test"):
         folder = root / split
-        if not folder.is_dir() or not walk.may_enter(folder, split):
+        if not usable[split]:
             continue
         split_images, split_classes, split_ignored = _scan_class_folders(folder, prefix=f"{split}/", walk=walk)
         unknown = sorted(set(split_classes) - set(classes))
