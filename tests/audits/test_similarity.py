@@ -200,3 +200,14 @@ def test_logme_and_knn_prefer_features_that_carry_the_labels():
     noise = np.random.default_rng(5).normal(size=informative.shape)
     assert logme(informative, labels, 2) > logme(noise, labels, 2)
     assert knn_accuracy(informative, labels) > 0.95 > 0.7 > knn_accuracy(noise, labels)
+
+
+def test_class_overlap_of_label_sets_counts_a_missed_label_answered_as_another():
+    given = np.array([[1, 0, 1], [1, 0, 0], [1, 1, 0], [0, 1, 0]])
+    answered = np.array([[0, 1, 1], [1, 0, 0], [1, 1, 1], [1, 0, 0]])  # 0: a missed, b added; 3: b missed, a added
+    probabilities = np.where(answered > 0, 0.8, 0.2)
+    rows = {tuple(row["classes"]): row for row in class_overlap(probabilities, given, answered, ["a", "b", "c"])}
+    assert (rows["a", "b"]["first_as_second"], rows["a", "b"]["second_as_first"]) == (1, 1)
+    assert rows["a", "b"]["images"] == 4  # images carrying a or b, each counted once
+    # Image 2 carries a and b and was answered c as well: c added, nothing missed, so no pair counts it.
+    assert ("a", "c") not in rows or rows["a", "c"]["first_as_second"] == 0
