@@ -95,6 +95,26 @@ def test_wrong_length_is_discarded_even_without_a_given_dimension(tmp_path):
     assert reopened.get(H2) is None and reopened.get(H1) is not None
 
 
+def _two_rows_the_second_damaged(tmp_path):
+    """A closed cache of H1 and H2 whose H2 row fails its checksum."""
+    cache = EmbeddingCache(tmp_path, "ns", {})
+    cache.put(H1, np.ones(4, dtype=np.float32))
+    cache.put(H2, np.ones(4, dtype=np.float32))
+    cache.close()
+    _tamper(cache, "UPDATE embeddings SET crc32 = 1 WHERE hash = ?", bytes.fromhex(H2))
+    return cache
+
+
+def _read_without_writing(tmp_path, messages):
+    """Open that cache where it cannot be written: H1 is served, H2 skipped as damaged, H3 not stored."""
+    read_only = EmbeddingCache(tmp_path, "ns", {}, warn=warn_once(messages.append))
+    np.testing.assert_array_equal(read_only.get(H1), np.ones(4))
+    assert read_only.get(H2) is None and read_only.corrupt_entries == 1
+    read_only.put(H3, np.ones(4, dtype=np.float32))
+    read_only.close()
+    assert not read_only.writable
+
+
 def _read_only(monkeypatch):
     """Open every database read-only, as on a read-only mount (the tests run as root, which ignores modes)."""
     real = cache_module._connect
@@ -102,19 +122,10 @@ def _read_only(monkeypatch):
 
 
 def test_read_only_cache_serves_hits_skips_damage_without_deleting_and_warns_once(tmp_path, monkeypatch):
-    cache = EmbeddingCache(tmp_path, "ns", {})
-    cache.put(H1, np.ones(4, dtype=np.float32))
-    cache.put(H2, np.ones(4, dtype=np.float32))
-    cache.close()
-    _tamper(cache, "UPDATE embeddings SET crc32 = 1 WHERE hash = ?", bytes.fromhex(H2))
+    cache = _two_rows_the_second_damaged(tmp_path)
     _read_only(monkeypatch)
     messages = []
-    read_only = EmbeddingCache(tmp_path, "ns", {}, warn=warn_once(messages.append))
-    np.testing.assert_array_equal(read_only.get(H1), np.ones(4))
-    assert read_only.get(H2) is None and read_only.corrupt_entries == 1
-    read_only.put(H3, np.ones(4, dtype=np.float32))
-    read_only.close()
-    assert not read_only.writable
+    _read_without_writing(tmp_path, messages)
     assert len(messages) == 1 and "not writable" in messages[0]
     monkeypatch.undo()
     assert _rows(cache) == 2  # the damaged row is still there; nothing was added
@@ -370,20 +381,11 @@ def _no_write_access(monkeypatch):
 
 
 def test_a_cache_that_cannot_be_opened_for_writing_is_read_and_left_untouched(tmp_path, monkeypatch):
-    cache = EmbeddingCache(tmp_path, "ns", {})
-    cache.put(H1, np.ones(4, dtype=np.float32))
-    cache.put(H2, np.ones(4, dtype=np.float32))
-    cache.close()
-    _tamper(cache, "UPDATE embeddings SET crc32 = 1 WHERE hash = ?", bytes.fromhex(H2))
+    cache = _two_rows_the_second_damaged(tmp_path)
     before = cache.path.read_bytes()
     _no_write_access(monkeypatch)
     messages = []
-    read_only = EmbeddingCache(tmp_path, "ns", {}, warn=warn_once(messages.append))
-    np.testing.assert_array_equal(read_only.get(H1), np.ones(4))
-    assert read_only.get(H2) is None and read_only.corrupt_entries == 1
-    read_only.put(H3, np.ones(4, dtype=np.float32))
-    read_only.close()
-    assert not read_only.writable
+    _read_without_writing(tmp_path, messages)
     assert messages == [
         f"cache {tmp_path / 'embeddings'} is not writable (unable to open database file): read-only, "
         "new results not cached"
