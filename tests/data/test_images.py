@@ -91,6 +91,19 @@ def test_transparency_is_composited_on_white():
     assert np.asarray(load_rgb(buffer.getvalue())).min() == 255
 
 
+@pytest.mark.parametrize(("mode", "key"), [("RGB", (255, 0, 0)), ("L", 40)])
+def test_a_png_colour_key_is_white_where_the_key_colour_is_and_untouched_elsewhere(mode, key):
+    """A tRNS chunk makes one colour transparent in an RGB or greyscale PNG (no alpha channel)."""
+    picture = Image.new(mode, (8, 8), key)
+    other = (0, 0, 255) if mode == "RGB" else 90
+    picture.paste(other, (0, 0, 4, 8))  # left half another colour, right half the key
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", transparency=key)
+    pixels = np.asarray(load_rgb(buffer.getvalue()))
+    assert (pixels[:, 4:] == 255).all()
+    assert (pixels[:, :4] == np.asarray(Image.new(mode, (1, 1), other).convert("RGB"))[0, 0]).all()
+
+
 def test_exif_orientation_is_applied():
     picture = Image.new("RGB", (40, 20), (10, 200, 10))
     exif = Image.Exif()

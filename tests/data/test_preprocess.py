@@ -51,6 +51,15 @@ def test_large_jpeg_draft_decoding_stays_close():
     assert np.abs(exact - fast).mean() < 0.02  # normalised units: under 1/100 of the value range
 
 
+def test_a_new_decoder_version_changes_the_fingerprint(monkeypatch):
+    """Pixels that change with a decoder fix are never served from the embeddings of the old pixels."""
+    from tlearn.data import preprocess
+
+    before = CONFIGS[0].fingerprint()
+    monkeypatch.setattr(preprocess, "DECODER_VERSION", preprocess.DECODER_VERSION + 1)
+    assert CONFIGS[0].fingerprint() != before
+
+
 def test_round_trip_and_fingerprint():
     pre = CONFIGS[2]
     assert Preprocessing.from_dict(pre.to_dict()) == pre

@@ -59,10 +59,12 @@ DEFAULT_MAX_ASPECT_RATIO = 50.0
 
 # Bumped whenever decoding changes in a way that changes pixels (so cached embeddings are recomputed).
 # 2: JPEG draft decoding down to 1.15x the resize target (was 2x); large pictures pre-reduced by an integer
-# factor before resampling (Pillow's reducing_gap).
-DECODER_VERSION = 2
+# factor before resampling (Pillow's reducing_gap). 3: RGB and greyscale PNGs with a tRNS colour key show white
+# where the key colour is transparent (they showed the key colour).
+DECODER_VERSION = 3
 
 _TRANSPARENT_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_KEYED_MODES = frozenset({"RGB", "L", "P"})  # modes whose transparency Pillow gives as a colour key or index
 
 # Leading bytes of formats people rename to .jpg/.png, so the refusal can say what the file is.
 _SIGNATURES = (
@@ -314,9 +316,10 @@ def read_file_bytes(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
 def to_rgb(picture: Image.Image) -> Image.Image:
     """Convert any PIL mode to RGB the way a person would see the picture on a white page."""
     mode = picture.mode
-    if mode == "RGB":
+    keyed = mode in _KEYED_MODES and "transparency" in picture.info  # a PNG tRNS colour key or palette index
+    if mode == "RGB" and not keyed:
         return picture
-    if mode in _TRANSPARENT_MODES or (mode == "P" and "transparency" in picture.info):
+    if mode in _TRANSPARENT_MODES or keyed:
         rgba = picture.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
