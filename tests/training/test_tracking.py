@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+
 import tlearn
 
 
@@ -13,6 +19,21 @@ def test_tensorboard_event_files(tiny_data, tmp_path):
     events.Reload()
     assert "val/accuracy" in events.Tags()["scalars"]
     assert events.Scalars("val/accuracy")[-1].value == run.metrics["val"]["accuracy"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="only where TensorFlow is installed")
+def test_tensorboard_files_are_written_without_importing_tensorflow(tmp_path):
+    """tensorboard's writer imports TensorFlow when it can, and torch + TensorFlow in one fine-tuning process
+    crashed (segmentation fault): the writer must use its own file API, in a process that never loaded it."""
+    script = (
+        "import sys; from pathlib import Path; from tlearn.training.tracking import TensorBoardSink; "
+        f"sink = TensorBoardSink(Path({str(tmp_path / 'tb')!r})); sink.log_metrics({{'val/accuracy': 0.5}}, 1); "
+        "sink.close(); print('tensorflow' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+    [events] = (tmp_path / "tb").iterdir()
+    assert events.name.startswith("events.out.tfevents.") and events.stat().st_size > 0
 
 
 def test_mlflow_local_store(tiny_data, tmp_path):

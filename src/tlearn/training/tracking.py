@@ -13,7 +13,9 @@ Each destination is a sink with the same four calls; the `Tracker` hands every c
 from __future__ import annotations
 
 import os
+import sys
 import time
+import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,6 +40,7 @@ class TensorBoardSink:
     """Scalars as TensorBoard event files (parameters and models have no place there)."""
 
     def __init__(self, tb_dir: Path) -> None:
+        _tensorboard_without_tensorflow()
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
         tb_dir.mkdir(parents=True, exist_ok=True)
@@ -58,6 +61,17 @@ class TensorBoardSink:
 
     def close(self) -> None:
         self._writer.close()
+
+
+def _tensorboard_without_tensorflow() -> None:
+    """Make tensorboard's writer use its own file API, never TensorFlow.
+
+    Where TensorFlow is installed, tensorboard's writer imports it (`tensorboard.compat.tf`) for its file API:
+    seconds of start-up, and with torch 2.14 and TensorFlow 2.21 in one process a fine-tuning run crashed
+    with a segmentation fault. A module named `tensorboard.compat.notf` is tensorboard's own switch to its
+    TensorFlow-free stub (what its `no_tensorflow` build target links in).
+    """
+    sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
 
 
 class MlflowSink:
