@@ -126,7 +126,7 @@ def test_a_failed_check_is_an_error_and_leaves_no_file(exported_model, tmp_path)
         ({"export_format": "torchscript", "int8": True}, "--format onnx only"),
         ({"calibration_data": "{tmp}"}, "add --int8"),
         ({"int8": True, "calibration_data": "{tmp}/empty"}, "no image files for calibration"),
-        ({"export_format": "tflite"}, "unknown export format"),
+        ({"export_format": "keras"}, "unknown export format"),
     ],
 )
 def test_conflicting_options_are_refused_before_any_work(exported_model, tmp_path, options, message):
@@ -222,9 +222,10 @@ def test_an_unknown_format_lists_the_registered_ones(scratch_registry):
     register(_Throwaway)
     with pytest.raises(
         ExportError,
-        match=r"^unknown export format 'tflite'; expected one of coreml, onnx, openvino, torchscript, throwaway$",
+        match=r"^unknown export format 'keras'; expected one of coreml, onnx, openvino, tflite, torchscript, "
+        r"throwaway$",
     ):
-        ExportOptions(export_format="tflite")
+        ExportOptions(export_format="keras")
 
 
 def test_int8_is_offered_by_the_exporters_that_say_they_quantize(scratch_registry):

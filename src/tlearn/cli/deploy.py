@@ -17,6 +17,7 @@ class ExportFormat(str, Enum):
     torchscript = "torchscript"
     openvino = "openvino"
     coreml = "coreml"
+    tflite = "tflite"
 
 
 @app.command()
@@ -25,7 +26,10 @@ def export(
     out: Annotated[
         Path,
         typer.Option(
-            "--out", "-o", help="File to write: model.onnx, model.pt, model.xml (+ model.bin), model.mlpackage."
+            "--out",
+            "-o",
+            help="File to write: model.onnx, model.pt, model.xml (+ model.bin), model.mlpackage, model.tflite "
+            "(+ model.json).",
         ),
     ],
     export_format: Annotated[

@@ -57,8 +57,8 @@ class ExportOptions:
     """How to export (the options of `tlearn export`).
 
     Attributes:
-        export_format: a registered format (`tlearn.deploy.exporters`): "onnx", "torchscript", "openvino" or
-            "coreml".
+        export_format: a registered format (`tlearn.deploy.exporters`): "onnx", "torchscript", "openvino",
+            "coreml" or "tflite".
         int8: quantize (formats that can: ONNX), static with `calibration_data`, dynamic otherwise.
         calibration_data: a folder of representative images (searched recursively) for static INT8.
         check_data: a folder of images to verify on. Default: the run's validation split when its data folder

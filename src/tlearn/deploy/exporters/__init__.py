@@ -8,6 +8,7 @@ from tlearn.deploy.exporters import (  # noqa: F401 (importing registers them)
     coreml_exporter,
     onnx_exporter,
     openvino_exporter,
+    tflite_exporter,
     torchscript_exporter,
 )
 from tlearn.deploy.exporters.registry import Exported, Exporter, exporter_for, exporter_names, register
