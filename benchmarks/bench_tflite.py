@@ -1,7 +1,7 @@
 """`tlearn export --format tflite` on trained models: its check against PyTorch on held-out images, the file's
 size, and the TFLite interpreter's speed beside onnxruntime's on the same model.
 
-    python benchmarks/bench_tflite.py RUN=CHECK_DIR [RUN=CHECK_DIR ...] [--name tflite]
+    python benchmarks/bench_tflite.py RUN=CHECK_DIR[=CALIBRATION_DIR] [...] [--name tflite]
 
 For each run: `tlearn export RUN --format tflite --check-data CHECK_DIR` and `--format onnx` (fresh processes;
 the checks are the exports' own: max |Δprob| and top-1 agreement with PyTorch on every image of CHECK_DIR, up to
@@ -9,6 +9,8 @@ the export's limit), then in this process, one after the other, random pixels at
 - TFLite: TensorFlow's interpreter with its default XNNPACK delegate and all cores, the NHWC input as MODEL.json
   describes it; images/s in batches of 32 (at least 2 s) and the median latency of 20 single pictures;
 - onnxruntime: `tlearn.deploy.speed.time_engine` on the ONNX export, the same batches.
+With a CALIBRATION_DIR, the run is also exported `--format tflite --int8 --calibration-data CALIBRATION_DIR`
+(its check: answers against the fp32 TFLite file) and timed the same way.
 Compare the speeds as ratios, measured in one run on a quiet machine.
 """
 
@@ -30,16 +32,17 @@ from tlearn.deploy.speed import BATCH_SIZE, LATENCY_CALLS, MIN_BATCHES, MIN_SECO
 from tlearn.engines.loading import load_engine
 
 
-def export(run: Path, out: Path, check: Path, export_format: str) -> dict[str, object]:
+def export(run: Path, out: Path, check: Path, export_format: str, *more: str) -> dict[str, object]:
     started = time.perf_counter()
-    command = ["export", str(run), "--out", str(out), "--format", export_format, "--check-data", str(check)]
+    command = ["export", str(run), "--out", str(out), "--format", export_format, "--check-data", str(check), *more]
     done = subprocess.run([sys.executable, "-m", "tlearn", *command], capture_output=True, text=True)
+    if done.returncode and "--int8" in more:  # its own check refused it: reported, and not timed
+        return {"refused": done.stderr.strip().splitlines()[-1]}
     if done.returncode:
         raise SystemExit(f"{export_format} export of {run} failed: {done.stderr.strip().splitlines()[-1]}")
-    check_line = next(line for line in done.stdout.splitlines() if line.startswith("check "))
     return {
         "seconds": round(time.perf_counter() - started, 1),
-        "check": check_line,
+        "checks": [line for line in done.stdout.splitlines() if line.startswith("check ")],
         "megabytes": round(sum(path.stat().st_size for path in _written(out, export_format)) / 1e6, 2),
     }
 
@@ -83,7 +86,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory(prefix="tlearn-bench-tflite-") as temp:
         for index, pair in enumerate(args.models):
-            run, check = (Path(part) for part in pair.split("=", 1))
+            run, check, *calibration = (Path(part) for part in pair.split("="))
             work = Path(temp) / str(index)
             work.mkdir()
             cell: dict[str, object] = {"check_data": str(check)}
@@ -99,6 +102,17 @@ def main() -> None:
             cell["tflite_vs_onnxruntime_images_per_second"] = round(
                 cell["tflite"]["images_per_second"] / cell["onnxruntime"]["images_per_second"], 3
             )
+            if calibration:
+                int8 = ["--int8", "--calibration-data", str(calibration[0])]
+                cell["tflite_int8_export"] = export(run, work / "int8.tflite", check, "tflite", *int8)
+                if "refused" in cell["tflite_int8_export"]:
+                    results[str(run)] = cell
+                    print(run, cell, flush=True)
+                    continue
+                cell["tflite_int8"] = time_tflite(work / "int8.tflite", engine.preprocessing.input_size)
+                cell["tflite_int8_vs_tflite_images_per_second"] = round(
+                    cell["tflite_int8"]["images_per_second"] / cell["tflite"]["images_per_second"], 3
+                )
             results[str(run)] = cell
             print(run, cell, flush=True)
     save(args.name, {"batch_size": BATCH_SIZE, "results": results})

@@ -119,7 +119,7 @@ def test_a_failed_check_is_an_error_and_leaves_no_file(exported_model, tmp_path)
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"export_format": "torchscript", "int8": True}, "--format onnx only"),
+        ({"export_format": "torchscript", "int8": True}, "--format onnx, tflite only"),
         ({"calibration_data": "{tmp}"}, "add --int8"),
         ({"int8": True, "calibration_data": "{tmp}/empty"}, "no image files for calibration"),
         ({"export_format": "keras"}, "unknown export format"),
@@ -225,7 +225,7 @@ def test_an_unknown_format_lists_the_registered_ones(scratch_registry):
 
 
 def test_int8_is_offered_by_the_exporters_that_say_they_quantize(scratch_registry):
-    with pytest.raises(ExportError, match=r"^--int8 and --calibration-data apply to --format onnx only$"):
+    with pytest.raises(ExportError, match=r"^--int8 and --calibration-data apply to --format onnx, tflite only$"):
         ExportOptions(export_format="torchscript", int8=True)
 
     @register
@@ -233,7 +233,7 @@ def test_int8_is_offered_by_the_exporters_that_say_they_quantize(scratch_registr
         name, quantizes = "quantizing", True
 
     assert ExportOptions(export_format="quantizing", int8=True).int8
-    with pytest.raises(ExportError, match=r"apply to --format onnx, quantizing only$"):
+    with pytest.raises(ExportError, match=r"apply to --format onnx, tflite, quantizing only$"):
         ExportOptions(export_format="torchscript", calibration_data=Path("data"), int8=True)
 
 

@@ -88,11 +88,76 @@ def test_tflite_export_of_knn_and_multilabel_models_checks_their_answers_and_hol
         assert description["config"]["task"] == "multilabel"
 
 
-def test_a_failed_tflite_check_writes_neither_file(exported_model, tmp_path):
+def _int8_tensors(content: bytes) -> tuple[int, int]:
+    """(int8 tensors holding weights, int8 tensors computed while the model runs) in a flatbuffer."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        interpreter = _tensorflow().lite.Interpreter(model_content=content)
+    interpreter.allocate_tensors()
+    weights = computed = 0
+    for tensor in interpreter.get_tensor_details():
+        if tensor["dtype"] != np.int8:
+            continue
+        try:
+            interpreter.get_tensor(tensor["index"])  # constant buffers are readable before any run
+            weights += 1
+        except ValueError:
+            computed += 1
+    return weights, computed
+
+
+def test_int8_tflite_with_calibration_data_is_integer_throughout_and_agrees_with_fp32(exported_model, tmp_path):
+    out = tmp_path / "int8.tflite"
+    result = tlearn.export(
+        exported_model.run,
+        out,
+        export_format="tflite",
+        int8=True,
+        calibration_data=exported_model.data,
+        check_data=exported_model.data,
+    )
+    fp32, int8 = result.checks
+    assert fp32.name == "tflite fp32 vs pytorch" and fp32.passed
+    assert int8.name == "tflite int8-static vs tflite fp32" and int8.passed and int8.images == 28
+    assert int8.limit == "agreement ≥ 99%" and int8.top1_agreement >= 0.99
+    assert result.precision == "int8-static" and "activation ranges from 28 calibration images" in result.notes[0]
+    weights, computed = _int8_tensors(out.read_bytes())
+    assert weights >= 10 and computed >= 10  # activations in int8 too, not only the weights
+    description = json.loads((tmp_path / "int8.json").read_text())
+    assert description["export"]["precision"] == "int8-static" and len(description["export"]["checks"]) == 2
+    fp32 = tlearn.export(exported_model.run, tmp_path / "fp32.tflite", export_format="tflite")
+    assert out.stat().st_size < 0.5 * fp32.path.stat().st_size
+    pixels = np.random.default_rng(5).integers(0, 256, (3, 160, 160, 3), dtype=np.uint8)
+    images = normalize(pixels, Classifier.load(exported_model.run, device="cpu").preprocessing)
+    probabilities = interpreter_runner(out.read_bytes())(input=np.ascontiguousarray(images.transpose(0, 2, 3, 1)))
+    assert probabilities["probabilities"].dtype == np.float32  # fed and read like the fp32 file
+
+
+def test_int8_tflite_without_calibration_data_quantizes_the_weights_only_and_says_so(exported_model, tmp_path):
+    out = tmp_path / "dynamic.tflite"
+    result = tlearn.export(exported_model.run, out, export_format="tflite", int8=True)
+    assert result.precision == "int8-dynamic" and result.checks[1].name == "tflite int8-dynamic vs tflite fp32"
+    assert result.notes == [
+        "dynamic range: weights in int8, activations computed in float32 (pass --calibration-data DIR for integer "
+        "activations too)"
+    ]
+    weights, computed = _int8_tensors(out.read_bytes())
+    assert weights >= 10 and computed == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "failed"),
+    [
+        ({"limits": ExportLimits(max_abs_diff=-1.0)}, "tflite fp32 vs pytorch"),
+        ({"int8": True, "limits": ExportLimits(min_int8_agreement=1.01)}, "tflite int8-static vs tflite fp32"),
+    ],
+)
+def test_a_failed_tflite_check_writes_neither_file(exported_model, tmp_path, options, failed):
     out = tmp_path / "exports" / "model.tflite"
     out.parent.mkdir()
-    with pytest.raises(ExportError, match=r"export not written: check tflite fp32 vs pytorch: .* FAILED"):
-        tlearn.export(exported_model.run, out, export_format="tflite", limits=ExportLimits(max_abs_diff=-1.0))
+    data = {"calibration_data": exported_model.data, "check_data": exported_model.data} if options.get("int8") else {}
+    with pytest.raises(ExportError, match=rf"export not written: check {failed}: .* FAILED"):
+        tlearn.export(exported_model.run, out, export_format="tflite", **data, **options)
     assert list(out.parent.iterdir()) == [] and atomic.leftover_temporaries(out.parent) == []
 
 

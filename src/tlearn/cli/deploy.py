@@ -33,12 +33,14 @@ def export(
         ),
     ],
     export_format: Annotated[
-        ExportFormat, typer.Option("--format", help="onnx, torchscript, openvino or coreml.")
+        ExportFormat, typer.Option("--format", help="onnx, torchscript, openvino, coreml or tflite.")
     ] = ExportFormat.onnx,
     int8: Annotated[
         bool,
         typer.Option(
-            "--int8", help="Quantize (onnx): static with --calibration-data, else dynamic (MatMul/Gemm only)."
+            "--int8",
+            help="Quantize (onnx, tflite): static with --calibration-data, else dynamic (onnx: MatMul/Gemm only; "
+            "tflite: weights only).",
         ),
     ] = False,
     calibration_data: Annotated[

@@ -76,7 +76,7 @@ class ExportOptions:
         >>> ExportOptions(export_format="torchscript", int8=True)
         Traceback (most recent call last):
         ...
-        tlearn.errors.ExportError: --int8 and --calibration-data apply to --format onnx only
+        tlearn.errors.ExportError: --int8 and --calibration-data apply to --format onnx, tflite only
     """
 
     export_format: str = "onnx"

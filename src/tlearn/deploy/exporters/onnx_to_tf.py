@@ -46,7 +46,7 @@ class OnnxToTf:
 
     Example:
         >>> OnnxToTf.supported()[:4]
-        ('Add', 'Clip', 'Concat', 'Constant')
+        ('Add', 'Cast', 'Clip', 'Concat')
     """
 
     def __init__(self, proto: onnx.ModelProto) -> None:

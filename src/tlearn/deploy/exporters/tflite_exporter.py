@@ -21,8 +21,9 @@ import json
 import os
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,7 +32,7 @@ from tlearn.data.preprocess import normalize
 from tlearn.deploy.exporters.onnx_exporter import onnx_proto
 from tlearn.deploy.exporters.onnx_to_tf import OnnxToTf
 from tlearn.deploy.exporters.registry import Exported, Exporter, register
-from tlearn.deploy.verify import CheckSet, Outputs, raise_if_failed
+from tlearn.deploy.verify import CheckSet, Outputs, decode_images, raise_if_failed
 from tlearn.engines.answers import needs_embeddings, reject_scores
 from tlearn.engines.onnx_engine import EMBEDDINGS_NAME, INPUT_NAME, OUTPUT_NAME
 from tlearn.engines.torch_engine import Classifier
@@ -47,9 +48,10 @@ if TYPE_CHECKING:
 
 @register
 class TfliteExporter(Exporter):
-    """TensorFlow Lite, fp32: `--out MODEL.tflite` also writes `MODEL.json` (config, checks) beside it."""
+    """TensorFlow Lite, fp32 or INT8 (`options.int8`): `--out MODEL.tflite` also writes `MODEL.json` (config,
+    checks) beside it."""
 
-    name, suffix, companions = "tflite", ".tflite", (".json",)
+    name, suffix, companions, quantizes = "tflite", ".tflite", (".json",), True
 
     def export(self, graph: nn.Module, check_set: CheckSet, options: ExportOptions, progress: Progress) -> Exported:
         classifier = check_set.classifier
@@ -58,20 +60,64 @@ class TfliteExporter(Exporter):
         with _native_logs_silenced(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TensorFlow 2.20+ points to ai-edge-litert: the same interpreter
             tf = _tensorflow()
-            flatbuffer = _convert(tf, OnnxToTf(proto), classifier)
-            runner = tf.lite.Interpreter(model_content=flatbuffer).get_signature_runner()
-            outputs = check_set.run(lambda pixels: _scored_probabilities(runner, classifier, pixels))
-        checks = [check_set.compare_with_pytorch("tflite fp32 vs pytorch", outputs, options.limits)]
-        raise_if_failed(checks)
+            converted = OnnxToTf(proto)
+            flatbuffer = _convert(tf, converted, classifier)
+            fp32_outputs = check_set.run(_answers(tf, flatbuffer, classifier))
+            checks = [check_set.compare_with_pytorch("tflite fp32 vs pytorch", fp32_outputs, options.limits)]
+            raise_if_failed(checks)
+            precision, notes = "fp32", []
+            if options.int8:
+                calibration = _calibration_images(check_set.calibration_files, classifier)
+                precision, notes = _int8_kind(calibration)
+                progress.info(f"quantizing to INT8 ({precision.removeprefix('int8-')}: {notes[0]})...")
+                flatbuffer = _convert(tf, converted, classifier, int8=True, calibration=calibration)
+                checks.append(
+                    check_set.compare(
+                        f"tflite {precision} vs tflite fp32",
+                        check_set.run(_answers(tf, flatbuffer, classifier)),
+                        reference=fp32_outputs,
+                        min_agreement=options.limits.min_int8_agreement if check_set.real else None,
+                    )
+                )
+                raise_if_failed(checks)
         description = {
             "config": json.loads(classifier.config.model_dump_json()),
-            "export": self.export_info("fp32", checks=[asdict(check) for check in checks]),
+            "export": self.export_info(precision, checks=[asdict(check) for check in checks]),
             "input": _input_description(classifier),
         }
         if needs_embeddings(classifier.config) and classifier.references is not None:
             description["reject_references"] = base64.b64encode(classifier.references.to_bytes()).decode("ascii")
         companion = (json.dumps(description, indent=1) + "\n").encode()
-        return Exported(flatbuffer, checks, "fp32", [], {".json": companion})
+        return Exported(flatbuffer, checks, precision, notes, {".json": companion})
+
+
+def _calibration_images(files: list[Path], classifier: Classifier) -> np.ndarray | None:
+    """The calibration images, normalised and channels-last as the file's input (None without any)."""
+    if not files:
+        return None
+    pixels = decode_images(files, classifier.preprocessing)
+    if len(pixels) == 0:
+        raise ExportError(f"none of the {len(files)} calibration image(s) could be decoded")
+    return np.ascontiguousarray(normalize(pixels, classifier.preprocessing).transpose(0, 2, 3, 1))
+
+
+def _int8_kind(calibration: np.ndarray | None) -> tuple[str, list[str]]:
+    """The INT8 precision a conversion gets, and what it leaves in float (as the ONNX exporter says it)."""
+    if calibration is None:
+        return "int8-dynamic", [
+            "dynamic range: weights in int8, activations computed in float32 "
+            "(pass --calibration-data DIR for integer activations too)"
+        ]
+    return "int8-static", [
+        f"weights and activations in int8, activation ranges from {len(calibration)} calibration images; "
+        "input and output stay float32"
+    ]
+
+
+def _answers(tf: Any, flatbuffer: bytes, classifier: Classifier) -> Callable[[np.ndarray], Outputs]:
+    """Probabilities and reject scores of decoded images from the flatbuffer in TFLite's interpreter."""
+    runner = tf.lite.Interpreter(model_content=flatbuffer).get_signature_runner()
+    return lambda pixels: _scored_probabilities(runner, classifier, pixels)
 
 
 @contextlib.contextmanager
@@ -100,8 +146,12 @@ def _tensorflow() -> Any:
     return tf
 
 
-def _convert(tf: Any, graph: OnnxToTf, classifier: Classifier) -> bytes:
-    """The TFLite flatbuffer of `graph`, its signature taking `input` (NHWC) and naming its outputs."""
+def _convert(
+    tf: Any, graph: OnnxToTf, classifier: Classifier, *, int8: bool = False, calibration: np.ndarray | None = None
+) -> bytes:
+    """The TFLite flatbuffer of `graph`, its signature taking `input` (NHWC) and naming its outputs; with `int8`,
+    TensorFlow's post-training quantization: integer activations calibrated on `calibration`, or weights only
+    without it (input and output stay float32 either way, so the file is fed like the fp32 one)."""
     height, width = classifier.preprocessing.input_size
     names = [OUTPUT_NAME, EMBEDDINGS_NAME][: len(graph.output_names)]
 
@@ -114,6 +164,10 @@ def _convert(tf: Any, graph: OnnxToTf, classifier: Classifier) -> bytes:
     try:
         converter = tf.lite.TFLiteConverter.from_concrete_functions([module.serve.get_concrete_function()], module)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if int8:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if int8 and calibration is not None:
+            converter.representative_dataset = lambda: ([image[None]] for image in calibration)
         return bytes(converter.convert())
     except Exception as error:  # the converter raises its own untyped errors
         raise ExportError(
