@@ -7,6 +7,7 @@ import base64
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 import warnings
 
@@ -131,6 +132,29 @@ def test_int8_tflite_with_calibration_data_is_integer_throughout_and_agrees_with
     images = normalize(pixels, Classifier.load(exported_model.run, device="cpu").preprocessing)
     probabilities = interpreter_runner(out.read_bytes())(input=np.ascontiguousarray(images.transpose(0, 2, 3, 1)))
     assert probabilities["probabilities"].dtype == np.float32  # fed and read like the fp32 file
+
+
+def test_the_console_shows_the_exports_steps_and_none_of_tensorflows_own_lines(exported_model, tmp_path):
+    """As a user's terminal sees it: a fresh process, its own stderr (TensorFlow writes to the descriptor)."""
+    out, data = tmp_path / "int8.tflite", exported_model.data
+    arguments = ["export", exported_model.run, "--out", out, "--format", "tflite", "--int8", "--check-data", data]
+    done = subprocess.run(
+        [sys.executable, "-m", "tlearn", *map(str, arguments), "--calibration-data", str(data)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0 and out.is_file()
+    assert done.stderr.splitlines() == [
+        f"checking on 28 images from {data}",
+        "exporting to TensorFlow Lite (fp32, channels-last, dynamic batch)...",
+        "quantizing to INT8 (static, calibrated on 28 images)...",
+    ]
+    assert [line.split(":")[0] for line in done.stdout.splitlines()] == [
+        "check tflite fp32 vs pytorch",
+        "check tflite int8-static vs tflite fp32",
+        "note",
+        "exported",
+    ]
 
 
 def test_int8_tflite_without_calibration_data_quantizes_the_weights_only_and_says_so(exported_model, tmp_path):
