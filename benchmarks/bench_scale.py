@@ -167,7 +167,7 @@ def measure_size(work: Path, count: int, big: int, cache: Path) -> dict[str, obj
 def prepare_backbone(work: Path, cache: Path) -> float:
     """Build the backbone and export + check its ONNX graph once (what any first run on a machine does)."""
     data = work / "prepare"
-    draw_folder(data, 12, big=0, seed=1)
+    draw_folder(data, 40, big=0, seed=1)  # 10 per class: every class has training images under any split
     env = {"TLEARN_CACHE_DIR": str(cache), "TLEARN_EMBEDDING_ENGINE": "onnx"}
     seconds = timed_run(
         ["train", str(data), "--out", str(work / "prepare-run"), "--mode", "linear", "--backbone", "lite0", "-q"], env

@@ -18,6 +18,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # never the user's own cache.
     cache = Path(config.rootpath) / ".pytest_cache" / "tlearn-cache"
     os.environ["TLEARN_CACHE_DIR"] = str(cache)
+    os.environ.pop("TLEARN_EMBEDDING_STORE", None)  # nor a shared store a developer may have set
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait for hub retries in tests
 
 

@@ -44,8 +44,8 @@ class TrainConfig(BaseModel):
 
     # What to learn from
     data: Path = Field(
-        description="DATA/<class>/*, DATA/{train,val[,test]}/<class>/*, or a label file (path,label[,split] .csv, "
-        ".json or .jsonl)."
+        description="DATA/<class>/*, DATA/{train,val[,test]}/<class>/*, a label file (path,label[,split] .csv, "
+        ".json or .jsonl), or WebDataset shards (DATA/*.tar, DATA/{train,val[,test]}/*.tar, or one .tar)."
     )
     split: tuple[float, float, float] | None = Field(
         None,
@@ -212,6 +212,11 @@ class TrainConfig(BaseModel):
     )
     compile: bool = Field(False, description="torch.compile the model for fine-tuning.")
     workers: int | None = Field(None, ge=0, description="Image decoding processes (default: from the core count).")
+    ray: str | None = Field(
+        None,
+        description='Embed the images the cache lacks on a Ray cluster: "local", "auto" or "ray://HOST:PORT" '
+        '(pip install "tlearn[ray]"; images at the same paths on every node).',
+    )
     # Tracking
     mlflow: str | None = Field(None, description="Also log to this MLflow tracking URI (server URL or folder).")
     wandb: str | None = Field(

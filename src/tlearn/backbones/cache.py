@@ -23,8 +23,9 @@ and compaction. The rollback journal is used, not WAL: WAL needs shared memory, 
 file systems and read-only media; writes are batched (`FLUSH_ROWS`), so the journal's cost is small
 (20,000 embeddings of 1,280 floats: 2.1 s to write, 0.3 s to read back, measured here). Several processes may
 write at once: SQLite serialises their short transactions (busy timeout `BUSY_TIMEOUT_S`). Cross-machine
-sharing needs a file system with working POSIX locks (local disks, NFSv4); elsewhere give each machine its own
-`TLEARN_CACHE_DIR`.
+sharing needs a file system with working POSIX locks (local disks, NFSv4); on other shared file systems (NFSv3,
+S3-fuse) set `TLEARN_EMBEDDING_STORE` to keep embeddings in `tlearn.backbones.parquet_store` instead: one immutable
+parquet file per writer's flush, no locks, a namespace read as one dataset.
 
 Nothing here is ever fatal. Every embedding row carries its dtype, length and CRC-32 and is checked on read: a
 damaged or foreign row is discarded (deleted when the cache is writable, skipped when it is not) and
@@ -51,11 +52,13 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import numpy as np
 import platformdirs
+
+from tlearn.data.shards import ShardError, stat_path
 
 CACHE_ENV = "TLEARN_CACHE_DIR"
 FILES_DB = "files.sqlite"
@@ -295,6 +298,33 @@ class SqliteStore:
             self._warn(f"cache {self.path.parent} cannot be written ({error}): new results are not cached")
 
 
+class EmbeddingStore(Protocol):
+    """Where the embedding step keeps embeddings: `EmbeddingCache` (SQLite, the default) or the parquet store
+    (`tlearn.backbones.parquet_store.ParquetEmbeddingStore`, for clusters). Both key them by content hash, check
+    each row on read and never raise for I/O trouble."""
+
+    description: dict[str, Any]
+    corrupt_entries: int  # rows found damaged or foreign (and recomputed) during this session
+
+    @property
+    def dim(self) -> int | None: ...
+
+    @property
+    def writable(self) -> bool: ...
+
+    def get_many(self, content_hashes: Iterable[str]) -> Iterator[tuple[str, np.ndarray]]: ...
+
+    def put(self, content_hash: str, embedding: np.ndarray) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def known_contents(self, files_db: str, decoder_key: str) -> Callable[[str], bool]:
+        """A picklable probe for decoding workers: whether a content is stored here or has a decoding verdict."""
+        ...
+
+
 _EMBEDDINGS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS embeddings (
@@ -392,6 +422,10 @@ class EmbeddingCache:
     def close(self) -> None:
         """Write the embeddings put so far and close the database."""
         self._store.close()
+
+    def known_contents(self, files_db: str, decoder_key: str) -> KnownContents:
+        """A picklable probe for decoding workers: this namespace's embeddings, or a verdict in `files_db`."""
+        return KnownContents(str(self.path), files_db, decoder_key)
 
     def _describe(self, dim: int) -> None:
         self._described = True
@@ -507,13 +541,18 @@ class FileIndex:
 
     @staticmethod
     def stat(paths: Sequence[str | Path]) -> tuple[list[FileState | None], dict[int, str]]:
-        """The state of each file, and a reason for each position that cannot be stat'ed."""
+        """The state of each file, and a reason for each position that cannot be stat'ed.
+
+        A member of a tar shard (`shards/train-000.tar/0001.jpg`) has the shard's device, inode and times with
+        the member's size (`tlearn.data.shards.stat_path`): any rewrite of the shard sends its members back to
+        be hashed, and no member of an unchanged shard is read again.
+        """
         states: list[FileState | None] = []
         errors: dict[int, str] = {}
         for position, path in enumerate(paths):
             try:
                 absolute = os.path.abspath(path)
-                info = os.stat(absolute)
+                info = stat_path(absolute)
                 states.append(
                     FileState(
                         os.fsencode(absolute),
@@ -528,6 +567,9 @@ class FileIndex:
             except OSError as error:
                 states.append(None)
                 errors[position] = f"cannot read file ({error.strerror or error})"
+            except ShardError as error:
+                states.append(None)
+                errors[position] = str(error)
         return states, errors
 
     def lookup(self, states: Sequence[FileState | None]) -> list[str | None]:

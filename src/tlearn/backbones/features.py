@@ -24,17 +24,17 @@ from typing import Protocol
 import numpy as np
 
 from tlearn.backbones.cache import (
-    EmbeddingCache,
+    EmbeddingStore,
     FileIndex,
     FileState,
-    KnownContents,
     RejectCache,
     Warn,
     warn_once,
 )
 from tlearn.backbones.onnx_models import GraphFiles, OnnxBackbone, default_threads
+from tlearn.backbones.parquet_store import open_embedding_store
 from tlearn.backbones.registry import BackboneInfo, BackboneRef, StoredBackbone
-from tlearn.data.decoding import BatchDecoder, DecodedBatch, default_workers
+from tlearn.data.decoding import BatchDecoder, DecodedBatch, DecodeTask, default_workers
 from tlearn.data.images import DECODER_VERSION, DEFAULT_MAX_IMAGE_PIXELS
 from tlearn.data.preprocess import Preprocessing
 from tlearn.errors import BackboneError
@@ -83,7 +83,8 @@ class FeatureExtractor:
 
     Args:
         ref: the backbone.
-        cache_root: where embeddings, the file index and the backbone's converted forms live.
+        cache_root: where embeddings, the file index and the backbone's converted forms live (embeddings go to
+            the parquet store in `$TLEARN_EMBEDDING_STORE` instead when it is set: `tlearn.backbones.parquet_store`).
         device: auto, cpu, cuda or cuda:N (PyTorch's engine runs on GPUs; onnxruntime on the CPU).
         batch_size: images per model call.
         workers: decoding processes (default: half the cores, most of them with a GPU).
@@ -95,6 +96,8 @@ class FeatureExtractor:
         threads: onnxruntime threads (default: the cores the decoding workers leave free).
         crop_mode: how pictures are fitted to the input ("center", "squash", "border"; None: the backbone's own,
             timm's centre crop). The embeddings' cache and the returned info's preprocessing follow it.
+        ray: a Ray cluster's address ("local", "auto", "ray://HOST:PORT") to embed what the cache lacks on
+            (backbones/ray_embedding.py); None: this machine.
 
     Example:
         >>> extractor = FeatureExtractor(resolve_backbone("lite0"), cache_root(), device="cpu")  # doctest: +SKIP
@@ -111,6 +114,7 @@ class FeatureExtractor:
     engine: str | None = None
     threads: int | None = None
     crop_mode: str | None = None
+    ray: str | None = None
     _backbone: object | None = field(default=None, init=False, repr=False)
     _onnx: OnnxBackbone | None = field(default=None, init=False, repr=False)
 
@@ -216,9 +220,24 @@ class FeatureExtractor:
         preprocessing: Preprocessing,
         progress: Progress,
     ) -> None:
-        """Decode (in workers, started first) and embed what the cache lacks; cache both outcomes."""
+        """Embed what the cache lacks (on the Ray cluster when `ray` is set); cache both outcomes."""
         # One file per already-known content; unknown files all go, each hashed by the worker that reads it.
         representatives = list({run.hashes[p] or f"#{p}": p for p in pending}.values())
+        if self.ray is not None:
+            representatives = self._compute_on_ray(run, representatives, states, stores, preprocessing, progress)
+        if representatives:
+            self._compute_here(run, representatives, states, stores, preprocessing, progress)
+
+    def _compute_here(
+        self,
+        run: _Run,
+        representatives: list[int],
+        states: list[FileState | None],
+        stores: _Stores,
+        preprocessing: Preprocessing,
+        progress: Progress,
+    ) -> None:
+        """Decode (in workers, started first) and embed on this machine."""
         workers = self.workers if self.workers is not None else default_workers(accelerator=self._accelerated())
         with (
             BatchDecoder(
@@ -257,6 +276,52 @@ class FeatureExtractor:
             run.engine = embedder.engine
         stores.embeddings.flush()
 
+    def _compute_on_ray(
+        self,
+        run: _Run,
+        representatives: list[int],
+        states: list[FileState | None],
+        stores: _Stores,
+        preprocessing: Preprocessing,
+        progress: Progress,
+    ) -> list[int]:
+        """Embed `representatives` on the Ray cluster at `self.ray` (backbones/ray_embedding.py); returns those
+        left to compute here. The cluster's workers embed with the backbone's checked ONNX graph: where it does
+        not exist yet, the first batch is embedded here and the graph exported and checked on it."""
+        from tlearn.backbones.ray_embedding import embed_on_ray
+
+        graph = self._checked_graph()
+        if graph is None:
+            progress.info(f"exporting {self.ref.arch}'s ONNX graph here first (once): the cluster embeds with it")
+            first, representatives = representatives[: self.batch_size], representatives[self.batch_size :]
+            self._compute_here(run, first, states, stores, preprocessing, progress)
+            graph = self._checked_graph()
+        if graph is None or not representatives:
+            if representatives:
+                progress.info(f"embedding on this machine, not on Ray: {self.ref.arch} has no usable ONNX graph")
+            return representatives
+        files, info = graph
+        task = DecodeTask(preprocessing, self.max_pixels, hash_contents=True)
+        paths = [run.paths[position] for position in representatives]
+        outcomes = embed_on_ray(paths, files, info, task, address=self.ray, batch_size=self.batch_size)
+        with progress.bar(total=len(paths), desc="embedding images on Ray") as bar:
+            for outcome in outcomes:
+                self._take_batch(run, outcome.batch, representatives, states, stores)
+                computed = [representatives[index] for index in outcome.batch.positions]
+                run.store_computed(computed, outcome.vectors, stores.embeddings)
+                bar.update(len(outcome.batch.positions) + len(outcome.batch.failures))
+        run.engine = "onnx"
+        stores.embeddings.flush()
+        return []
+
+    def _checked_graph(self) -> tuple[GraphFiles, BackboneInfo] | None:
+        """The backbone's stored ONNX graph and info when the graph passed its check and loads here."""
+        stored = StoredBackbone(self.cache_root, self.ref.key).info()
+        if stored is None:
+            return None
+        files = GraphFiles.of(self.cache_root, self.ref.key, stored)
+        return (files, stored) if OnnxBackbone.load(files, stored, threads=1) is not None else None
+
     @staticmethod
     def _take_batch(
         run: _Run, batch: DecodedBatch, representatives: list[int], states: list[FileState | None], stores: _Stores
@@ -293,7 +358,8 @@ class FeatureExtractor:
             return self._onnx, False
         backbone = self.backbone(progress)
         failure = GraphFiles.of(self.cache_root, self.ref.key, backbone.info).failure()
-        return backbone, choice == "onnx" or (to_compute >= EXPORT_MIN_IMAGES and failure is None)
+        wanted = to_compute >= EXPORT_MIN_IMAGES or self.ray is not None  # a cluster embeds with the graph
+        return backbone, choice == "onnx" or (wanted and failure is None)
 
     def _export_checked(
         self, backbone: Embedder, pixels: np.ndarray, reference: np.ndarray, progress: Progress, warn: Warn
@@ -378,10 +444,10 @@ def _gpu_present() -> bool:
 class _Stores:
     """The cache stores one call uses, sharing one warn-once."""
 
-    embeddings: EmbeddingCache
+    embeddings: EmbeddingStore  # the local SQLite cache, or the parquet store in $TLEARN_EMBEDDING_STORE
     rejects: RejectCache
     index: FileIndex
-    probe: KnownContents | None
+    probe: Callable[[str], bool] | None
     warn: Warn
 
     @classmethod
@@ -390,7 +456,7 @@ class _Stores:
     ) -> _Stores:
         root = extractor.cache_root
         decoder_key = f"v{DECODER_VERSION}-max{extractor.max_pixels}"
-        embeddings = EmbeddingCache(
+        embeddings = open_embedding_store(
             root,
             extractor._namespace(preprocessing),
             extractor._description(preprocessing),
@@ -398,7 +464,7 @@ class _Stores:
             warn=warn,
         )
         rejects = RejectCache(root, decoder_key, warn=warn)
-        probe = KnownContents(str(embeddings.path), str(rejects.path), decoder_key)
+        probe = embeddings.known_contents(str(rejects.path), decoder_key)
         return cls(embeddings, rejects, FileIndex(root, warn=warn), probe, warn)
 
     def close(self) -> None:
@@ -449,7 +515,7 @@ class _Run:
         self._rows(len(vector))[position] = vector
         self.row_of[content_hash] = position
 
-    def store_computed(self, positions: list[int], vectors: np.ndarray, cache: EmbeddingCache) -> None:
+    def store_computed(self, positions: list[int], vectors: np.ndarray, cache: EmbeddingStore) -> None:
         """Rows for freshly computed embeddings, each new content cached once."""
         for position, vector in zip(positions, vectors, strict=True):
             content_hash = self.hashes[position]

@@ -160,7 +160,7 @@ def _feed(digest: Any, part: Any) -> None:
     if isinstance(part, np.ndarray):
         array = np.ascontiguousarray(part)
         digest.update(f"<array {array.dtype.str} {array.shape}>".encode())
-        digest.update(array.tobytes())
+        digest.update(array.reshape(-1).view(np.uint8))  # the bytes in place: a memmap of gigabytes is not copied
     elif hasattr(part, "__dataclass_fields__"):
         digest.update(f"<{type(part).__name__}>".encode())
         for name in part.__dataclass_fields__:

@@ -28,7 +28,7 @@ PANELS: dict[str, tuple[str, ...]] = {
         "balance",
         "seed",
     ),
-    "Compute": ("device", "embedding_engine", "precision", "compile", "workers"),
+    "Compute": ("device", "embedding_engine", "precision", "compile", "workers", "ray"),
     "Run folder and tracking": ("mlflow", "wandb"),
 }
 PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names}

@@ -9,7 +9,7 @@ import typer
 
 from tlearn.cli.app import DeviceOption, QuietOption, app
 
-cache_app = typer.Typer(help="Inspect or clear the embedding cache.", no_args_is_help=True)
+cache_app = typer.Typer(help="Inspect, clear or compact the embedding cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 
 
@@ -69,3 +69,27 @@ def cache_clear() -> None:
 
     freed = clear(cache_root())
     print(f"cleared {cache_root()} ({freed / 1e6:.1f} MB freed)")
+
+
+@cache_app.command("compact")
+def cache_compact(
+    store: Annotated[
+        Path,
+        typer.Option(
+            "--store",
+            envvar="TLEARN_EMBEDDING_STORE",
+            help="The parquet embedding store (default: $TLEARN_EMBEDDING_STORE).",
+        ),
+    ],
+) -> None:
+    """Merge the small files of each namespace of a parquet embedding store into one (safe beside writers)."""
+    from tlearn.backbones.parquet_store import compact
+
+    for done in compact(store, warn=lambda message: print(f"warning: {message}")):
+        if done.path is None:
+            print(f"  {done.namespace}: nothing to merge")
+        else:
+            print(
+                f"  {done.namespace}: {done.merged_files} files merged into {done.path.name} "
+                f"({done.rows} embeddings, {done.bytes_before / 1e6:.1f} MB -> {done.bytes_after / 1e6:.1f} MB)"
+            )

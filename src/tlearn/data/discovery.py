@@ -11,6 +11,10 @@ A third source is a label file (`labels.csv`, `.json`, `.jsonl`; see `tlearn.dat
 the images, their labels (several per image for multi-label data) and optionally their splits; rows without a
 split are split by the same path hash as a class folder.
 
+A fourth is WebDataset tar shards (a folder of `*.tar` files, `train/`, `val/`, `test/` folders of them, or one
+`.tar` file; see `tlearn.data.webdataset`), read like a label file whose rows are the shards' labelled images:
+their paths are `<shard>.tar/<member>`, and nothing is unpacked.
+
 Nothing here decodes an image; that happens later, once per file content, with the outcome cached.
 
 Symbolic links: a walk never loops (a folder reached again through a link is not walked again), a link that
@@ -32,6 +36,7 @@ from pathlib import Path
 
 from tlearn.data.images import is_hidden_name, is_image_name
 from tlearn.data.label_files import LABEL_SEPARATOR, LabelRow, LabelTask, is_label_file, read_label_file
+from tlearn.data.webdataset import find_shards, read_shard_rows, shard_images
 from tlearn.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -66,7 +71,7 @@ class DataSource:
     """The labelled images found under a data folder, before any file is opened."""
 
     root: Path
-    layout: str  # "class_folders", "pre_split" or "label_file"
+    layout: str  # "class_folders", "pre_split", "label_file" or "shards"
     classes: list[str]
     images: list[LabelledImage]
     ignored: list[str] = field(default_factory=list)  # relpaths that are not image files
@@ -126,7 +131,8 @@ def discover(
     """Find the labelled images under `root` and assign each to train / val / test.
 
     Args:
-        root: `DATA/<class>/*`, `DATA/{train,val[,test]}/<class>/*`, or a label file (`.csv`, `.json`, `.jsonl`).
+        root: `DATA/<class>/*`, `DATA/{train,val[,test]}/<class>/*`, a label file (`.csv`, `.json`, `.jsonl`),
+            or WebDataset shards (`DATA/*.tar`, `DATA/{train,val[,test]}/*.tar`, or one `.tar` file).
         split_fractions: (train, val, test) for a folder of classes (and train : val when carving validation
             out of a pre-split `train`); None: the automatic 64/16/20 (`AUTO_SPLIT`).
         follow_links: also follow symbolic links that lead outside `root` (else they are skipped and listed
@@ -145,6 +151,13 @@ def discover(
     if is_label_file(root):
         options = {"label_sep": label_sep, "task": task, "follow_links": follow_links}
         source = _discover_label_file(Path(root).expanduser(), split_fractions, **options)
+        _check_classes(source, _Walk(source.root, follow_links))
+        return source
+    shards = find_shards(root, follow_links=follow_links)
+    if shards is not None:
+        rows, ignored = read_shard_rows(shards, task=task)
+        images, fractions = _split_rows(rows, split_fractions)
+        source = DataSource(shards.root, "shards", _classes(images), images, ignored, fractions)
         _check_classes(source, _Walk(source.root, follow_links))
         return source
     root = _existing_folder(root)
@@ -174,15 +187,20 @@ def discover_for_evaluation(
     """The labelled images to evaluate a model on, and the name of the split they come from.
 
     A pre-split folder is evaluated on its `test` split (or `val` when there is no test); a folder of class
-    sub-folders is evaluated as a whole (split "all") unless `split` picks one of its hash splits. The hash
-    splits are drawn with `fractions`: the model's own (`ModelConfig.split_fractions`), so `--split test` is the
-    test split its run measured (None: the default fractions). Symbolic links, `label_sep` and `task` are
-    handled as by `discover`.
+    sub-folders, like shards without split folders, is evaluated as a whole (split "all") unless `split` picks
+    one of its hash splits. The hash splits are drawn with `fractions`: the model's own
+    (`ModelConfig.split_fractions`), so `--split test` is the test split its run measured (None: the default
+    fractions). Symbolic links, `label_sep` and `task` are handled as by `discover`.
     """
     fractions = check_split_fractions(fractions or DEFAULT_SPLIT_FRACTIONS)
     if is_label_file(root):
         options = {"label_sep": label_sep, "task": task, "follow_links": follow_links}
         return _label_file_for_evaluation(Path(root).expanduser(), split, fractions, **options)
+    shards = find_shards(root, follow_links=follow_links)
+    if shards is not None:
+        rows, ignored = read_shard_rows(shards, task=task)
+        images, chosen = _evaluation_images(rows, split, fractions, shards.root)
+        return DataSource(shards.root, "shards", _classes(images), images, ignored), chosen
     root = _existing_folder(root)
     walk = _Walk(root, follow_links)
     if (root / "train").is_dir():
@@ -213,16 +231,21 @@ def list_image_files(paths: list[str | Path], *, follow_links: bool = True) -> l
     Files named explicitly are kept whatever their extension, so a mislabelled file still gets an answer;
     inside folders only image extensions count and hidden entries are skipped. Links are followed by default
     (the user named these folders to be predicted, and nothing is learnt from them), but never round a loop,
-    and a file reached twice in one folder is listed once.
+    and a file reached twice in one folder is listed once. The images inside WebDataset shards (a `.tar` file, or
+    a folder of them) are listed as paths inside their shards.
     """
     found: list[Path] = []
     for entry in map(Path, paths):
+        members = shard_images(entry)
+        found.extend(members)
         if entry.is_dir():
             walk = _Walk(entry.resolve(), follow_links)
             images = [
                 LabelledImage(path, relpath, "", "") for path, relpath in walk.files(entry, prefix="", ignored=[])
             ]
             found.extend(image.path for image in walk.count_once(images))
+        elif members:
+            continue
         elif entry.exists():
             found.append(entry)
         else:
@@ -440,6 +463,15 @@ def _discover_label_file(
     The classes are every label any row gives.
     """
     rows, problems = _usable_rows(path, label_sep=label_sep, task=task, follow_links=follow_links)
+    images, fractions = _split_rows(rows, split_fractions)
+    return DataSource(path.resolve().parent, "label_file", _classes(images), images, [], fractions, path, problems)
+
+
+def _split_rows(
+    rows: list[LabelRow], split_fractions: tuple[float, float, float] | None
+) -> tuple[list[LabelledImage], tuple[float, float, float]]:
+    """Labelled images of rows (of a label file or shards): the given split, else the path hash; validation
+    carved out of train by the same hash when no row is in val."""
     fractions = check_split_fractions(split_fractions or AUTO_SPLIT)
     images = [_labelled(row, row.split or assign_split(row.relpath, fractions)) for row in rows]
     if not any(image.split == "val" for image in images):
@@ -448,8 +480,7 @@ def _discover_label_file(
             _with_split(image, assign_split(image.relpath, carve)) if image.split == "train" else image
             for image in images
         ]
-    classes = sorted({label for row in rows for label in row.labels})
-    return DataSource(path.resolve().parent, "label_file", classes, images, [], fractions, path, problems)
+    return images, fractions
 
 
 def _label_file_for_evaluation(
@@ -463,6 +494,14 @@ def _label_file_for_evaluation(
 ) -> tuple[DataSource, str]:
     """Evaluation images of a label file: its test (else val) rows when it gives splits, else all rows."""
     rows, problems = _usable_rows(path, label_sep=label_sep, task=task, follow_links=follow_links)
+    images, chosen = _evaluation_images(rows, split, fractions, path)
+    return DataSource(path.resolve().parent, "label_file", _classes(images), images, [], None, path, problems), chosen
+
+
+def _evaluation_images(
+    rows: list[LabelRow], split: str | None, fractions: tuple[float, float, float], where: Path
+) -> tuple[list[LabelledImage], str]:
+    """The rows' images in the split to evaluate on (their test, else val rows when splits are given, else all)."""
     given = [name for name in SPLITS if any(row.split == name for row in rows)]
     chosen = split or ("test" if "test" in given else "val" if "val" in given else "all")
     if chosen not in (*SPLITS, "all"):
@@ -472,9 +511,12 @@ def _label_file_for_evaluation(
     images = [_labelled(row, "all" if chosen == "all" else row.split or "train") for row in rows]
     images = [image for image in images if image.split == chosen]
     if not images:
-        raise DataError(f"{path}: split {chosen!r} holds no images")
-    classes = sorted({label for image in images for label in image.labels})
-    return DataSource(path.resolve().parent, "label_file", classes, images, [], None, path, problems), chosen
+        raise DataError(f"{where}: split {chosen!r} holds no images")
+    return images, chosen
+
+
+def _classes(images: list[LabelledImage]) -> list[str]:
+    return sorted({label for image in images for label in image.labels})
 
 
 def _usable_rows(
@@ -507,8 +549,8 @@ def _check_classes(source: DataSource, walk: _Walk) -> None:
     hint = f" ({links} symbolic link(s) were not followed; see --follow-links)" if links else ""
     if len(source.classes) < 2:
         found = f"only {source.classes[0]!r}" if source.classes else "none"
-        if source.label_file is not None:
-            raise DataError(f"{source.label_file}: need at least two labels, found {found}")
+        if source.label_file is not None or source.layout == "shards":
+            raise DataError(f"{source.label_file or source.root}: need at least two labels, found {found}")
         raise DataError(
             f"{where}: need at least two class folders, found {found}{hint}. Expected {where}/<class>/*.jpg"
         )

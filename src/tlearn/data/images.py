@@ -17,6 +17,7 @@ This module imports neither torch nor torchvision so that decoding workers start
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
@@ -27,6 +28,8 @@ from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
+
+from tlearn.data.shards import ShardError, open_member
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
@@ -293,24 +296,60 @@ def check_aspect_ratio(size: tuple[int, int], max_aspect_ratio: float = DEFAULT_
 def read_file_bytes(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
     """The file's bytes; an unreadable file is an `ImageDecodeError` naming the OS's reason, one larger than
     `max_bytes` an `ImageTooLargeError` (checked before reading, and while reading: a device or a file that
-    grows says nothing true in its size)."""
+    grows says nothing true in its size).
+
+    A path inside a tar shard (`shards/train-000.tar/0001.jpg`) reads that member's bytes from the shard, under
+    the same limit, without extracting anything (see `tlearn.data.shards`); a shard that cannot be read is an
+    `ImageDecodeError` naming the shard.
+    """
     try:
         with open(path, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
             content = handle.read(max_bytes + 1) if size <= max_bytes else b""
         if size > max_bytes or len(content) > max_bytes:
-            shown = max(size, len(content))
-            raise ImageTooLargeError(
-                f"file of {shown:,} bytes{'' if size > max_bytes else ' or more'}: larger than any image tlearn "
-                f"reads (limit {max_bytes:,} bytes)"
-            )
+            raise ImageTooLargeError(_too_large(max(size, len(content)), max_bytes, exact=size > max_bytes))
         return content
+    except NotADirectoryError:
+        return _read_member(path, max_bytes)
     except OSError as error:
         raise ImageDecodeError(f"cannot read file ({error.strerror or error})") from None
     except MemoryError:
-        raise ImageMemoryError(
-            "out of memory while reading the file (not remembered: retried on the next run)"
-        ) from None
+        raise _out_of_memory() from None
+
+
+def _read_member(path: str | Path, max_bytes: int) -> bytes:
+    """The bytes of a shard member, read by offset; `read_file_bytes`'s errors."""
+    try:
+        opened = open_member(path)
+        if opened is None:
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        handle, member = opened
+        with handle:
+            if member.size > max_bytes:
+                raise ImageTooLargeError(_too_large(member.size, max_bytes, exact=True))
+            content = handle.read(member.size)
+        if len(content) != member.size:
+            raise ImageDecodeError(
+                f"cannot read file (the shard ends inside this member: {len(content):,} of {member.size:,} bytes)"
+            )
+        return content
+    except ShardError as error:
+        raise ImageDecodeError(str(error)) from None
+    except OSError as error:
+        raise ImageDecodeError(f"cannot read file ({error.strerror or error})") from None
+    except MemoryError:
+        raise _out_of_memory() from None
+
+
+def _too_large(size: int, max_bytes: int, *, exact: bool) -> str:
+    return (
+        f"file of {size:,} bytes{'' if exact else ' or more'}: larger than any image tlearn reads "
+        f"(limit {max_bytes:,} bytes)"
+    )
+
+
+def _out_of_memory() -> ImageMemoryError:
+    return ImageMemoryError("out of memory while reading the file (not remembered: retried on the next run)")
 
 
 def to_rgb(picture: Image.Image) -> Image.Image:

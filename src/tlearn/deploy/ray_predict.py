@@ -16,8 +16,6 @@ the actors receive paths, not pixels, so the cluster reads the images where they
 
 from __future__ import annotations
 
-import logging
-import socket
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,13 +25,9 @@ import numpy as np
 from tlearn.engines.base import InferenceEngine, Prediction
 from tlearn.engines.loading import check_engine, load_engine
 from tlearn.engines.options import PredictOptions
-from tlearn.errors import TlearnError
 from tlearn.runs.hub_models import local_model
 from tlearn.util.progress import Progress
-from tlearn.util.text import first_line
-
-LOCAL = "local"  # --ray local: a cluster of this machine's cores, started for the command
-CONNECT_TIMEOUT_S = 5.0  # how long a HOST:PORT address may take to accept a connection
+from tlearn.util.ray_cluster import connect, import_ray
 
 
 class RayBatchPredictor:
@@ -70,11 +64,11 @@ def predict_on_ray(
     Raises:
         TlearnError: Ray is not installed, or the cluster cannot be reached (one line each).
     """
-    ray = _import_ray()
+    ray = import_ray()
     model_path = local_model(model).resolve()
     check_engine(model_path, engine=engine, device="cpu")
     answering = load_engine(model_path, engine=engine, device="cpu")  # the driver shapes the answers
-    _connect(ray, address)
+    connect(ray, address)
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     context = ray.data.DataContext.get_current()
     context.print_on_execution_start = context.enable_auto_log_stats = False
@@ -140,44 +134,3 @@ def _single_threaded(model: str, engine: str | None) -> InferenceEngine:
 
     torch.set_num_threads(1)
     return load_engine(model, engine=engine, device="cpu")
-
-
-def _import_ray() -> Any:
-    try:
-        import ray
-        import ray.data
-    except ImportError:
-        raise TlearnError('--ray needs Ray Data: pip install "tlearn[ray]"') from None
-    return ray
-
-
-def _connect(ray: Any, address: str) -> None:
-    """Join the cluster at `address` (or start a local one), once per process (a process already connected, as
-    a notebook may be, keeps its cluster)."""
-    _require_listening(address)
-    if ray.is_initialized():
-        return
-    try:
-        ray.init(
-            address=None if address == LOCAL else address,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-        )
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
-    except (ConnectionError, RuntimeError, ValueError) as error:
-        raise TlearnError(f"cannot reach the Ray cluster at {address!r}: {first_line(error)}") from None
-
-
-def _require_listening(address: str) -> None:
-    """Fail fast when a HOST:PORT address (plain or `ray://`) accepts no connection: `ray.init` itself retries
-    for minutes before giving up on a mistyped address."""
-    host, separator, port = address.removeprefix("ray://").rpartition(":")
-    if not separator or not port.isdigit():
-        return  # "auto", "local" and other forms: Ray answers those quickly itself
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
-            pass
-    except OSError as error:
-        reason = error.strerror or type(error).__name__
-        raise TlearnError(f"cannot reach the Ray cluster at {address!r}: {reason}") from None

@@ -48,6 +48,12 @@ class LogisticFit(ABC):
     def fit(self, inputs: np.ndarray, targets: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
         """Fit with inverse L2 strength `c`; returns (K, D) coefficients and (K,) intercepts, one row per class."""
 
+    @abstractmethod
+    def summed_loss(self, torch_module: Any, targets: np.ndarray, num_classes: int) -> tuple[torch.nn.Module, float]:
+        """The same likelihood for a chunked fit in torch (the caller passes `torch`; training/streaming_head.py):
+        a loss module summing over the rows it is given, and the factor on the L2 penalty 0.5 * |W|^2 that makes
+        the optimum `fit`'s at the same C."""
+
 
 class Task(ABC):
     """What differs between single- and multi-label classification (see the module docstring).
@@ -613,6 +619,15 @@ class _Multinomial(LogisticFit):
             random_state=seed,
         )
 
+    def summed_loss(self, torch_module: Any, targets: np.ndarray, num_classes: int) -> tuple[torch.nn.Module, float]:
+        """Cross-entropy (class-weighted like scikit-learn's "balanced"). Two classes: scikit-learn fits one row w
+        under 0.5 * |w|^2; the symmetric rows (-w/2, w/2) carry a quarter of that each, so the penalty doubles."""
+        weights = None
+        if self.model.class_weight == "balanced":
+            weights = torch_module.from_numpy(SINGLE_LABEL.class_weights(targets, num_classes))
+        loss = torch_module.nn.CrossEntropyLoss(weight=weights, reduction="sum")
+        return loss, 2.0 if num_classes == 2 else 1.0
+
     def fit(self, inputs: np.ndarray, targets: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
         from sklearn.exceptions import ConvergenceWarning
 
@@ -634,6 +649,10 @@ class _OneVsRest(LogisticFit):
     def __init__(self, *, seed: int) -> None:
         self.seed = seed
         self.models: list[Any] = []
+
+    def summed_loss(self, torch_module: Any, targets: np.ndarray, num_classes: int) -> tuple[torch.nn.Module, float]:
+        """Binary cross-entropy per class, unweighted like `fit`'s regressions."""
+        return torch_module.nn.BCEWithLogitsLoss(reduction="sum"), 1.0
 
     def fit(self, inputs: np.ndarray, targets: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
         from sklearn.exceptions import ConvergenceWarning

@@ -31,6 +31,7 @@ import numpy as np
 
 from tlearn.backbones.result_cache import ResultCache, code_digest, input_digest
 from tlearn.evaluation.tasks import SINGLE_LABEL, LogisticFit, Task, task_named
+from tlearn.training import streaming_head
 
 # Inverse L2 strengths tried (half-decades). Accuracy is flat over most of this range on every suite data set;
 # the extremes are there for data sets that need them.
@@ -133,9 +134,36 @@ def fit_head(
     balanced: bool = False,
     seed: int = 0,
 ) -> LinearHead:
-    """Fit the head once with a chosen C (e.g. on every image not held out for testing)."""
+    """Fit the head once with a chosen C (e.g. on every image not held out for testing).
+
+    Beyond `STREAM_VALUES` values (rows x dims; x may be a float16 memmap) the fit is streamed
+    (training/streaming_head.py).
+    """
+    likelihood = task.logistic(balanced=balanced, seed=seed)
+    if x.shape[0] * x.shape[1] > streaming_head.STREAM_VALUES:
+        return _streamed_head(x, targets, c, likelihood, task, seed)
     with one_blas_thread():
-        return _StandardizedLogisticRegression(x, targets, task.logistic(balanced=balanced, seed=seed), task).fit(c)
+        return _StandardizedLogisticRegression(x, targets, likelihood, task).fit(c)
+
+
+def _streamed_head(x: Any, targets: np.ndarray, c: float, likelihood: LogisticFit, task: Task, seed: int) -> LinearHead:
+    """The head on every row, streamed from an in-memory fit on a stratified sample of them.
+
+    The sample's fit uses C scaled by rows / sample rows: scikit-learn's penalty is fixed while its summed loss
+    grows with the rows, so this gives the sample the full data's balance of loss and penalty (a closer start).
+    """
+    mean, scale = streaming_head.moments(x)
+    scale[scale < 1e-6] = 1.0
+    sample = task.sample(targets, streaming_head.START_ROWS, seed)
+    with one_blas_thread():
+        start = _StandardizedLogisticRegression(
+            np.asarray(x[sample], dtype=np.float32), targets[sample], likelihood, task
+        ).fit(c * len(x) / len(sample))
+    standardised_start = (start.weight * scale, start.bias + start.weight @ mean)
+    fit = streaming_head.fit_streaming(x, targets, (mean, scale), c, likelihood, standardised_start)
+    weight = fit.coefficients / scale
+    bias = fit.intercepts - weight @ mean
+    return LinearHead(weight=weight.astype(np.float32), bias=bias.astype(np.float32), task=task)
 
 
 def cached_select_c(

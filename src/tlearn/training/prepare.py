@@ -149,6 +149,7 @@ def _extractor(context: TrainingContext, ref: BackboneRef, task: Task) -> Featur
         on_compute_start=lambda: import_in_background(MODULES_NEEDED_LATER),
         engine=config.embedding_engine,
         crop_mode=task.crop_mode if config.crop == "auto" else config.crop,
+        ray=config.ray,
     )
 
 
