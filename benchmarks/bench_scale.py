@@ -1,6 +1,6 @@
 """Scale: cold, warm and incremental linear runs on drawn folders of N images, big photos, 12 MP decoding.
 
-    python benchmarks/bench_scale.py [--sizes 1000,5000,20000] [--big 200] [--skip-photos]
+    python benchmarks/bench_scale.py [--sizes 1000,5000,20000] [--big 200] [--skip-photos] [--data-root DIR]
 
 For each N in `--sizes` (default 1000, a few minutes here), a folder of N drawn images in 4 classes: varied
 sizes (JPEG and PNG, 120-900 px) of which `--big` (200) are 4000x3000 JPEGs with sensor-like grain (about
@@ -135,10 +135,14 @@ def folder_bytes(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
 
-def measure_size(work: Path, count: int, big: int, cache: Path) -> dict[str, object]:
-    data = work / f"data-{count}"
+def measure_size(work: Path, count: int, big: int, cache: Path, data_root: Path | None) -> dict[str, object]:
+    data = (data_root or work) / f"data-{count}-big{min(big, count)}"
+    drawn_marker = data / ".drawn"  # a folder kept in --data-root is drawn once and reused
     started = time.perf_counter()
-    draw_folder(data, count, big=min(big, count), seed=count)
+    if not drawn_marker.exists():
+        shutil.rmtree(data, ignore_errors=True)
+        draw_folder(data, count, big=min(big, count), seed=count)
+        drawn_marker.touch()
     drawn_s = time.perf_counter() - started
     env = {"TLEARN_CACHE_DIR": str(cache)}
     figures: dict[str, object] = {"images": count, "big_photos": min(big, count), "draw_s": round(drawn_s, 1)}
@@ -160,7 +164,12 @@ def measure_size(work: Path, count: int, big: int, cache: Path) -> dict[str, obj
         figures[phase] = result
         print(f"N={count} {phase}: {result}", flush=True)
     figures["cold_s_per_image_ms"] = round(1000 * figures["cold"]["wall_s"] / count, 2)
-    shutil.rmtree(data)
+    if data_root is None:
+        shutil.rmtree(data)
+    else:  # back to the drawn folder: the incremental phase's files go
+        for added in data.rglob("img_*"):
+            if int(added.stem.split("_")[1]) >= count:
+                added.unlink()
     return figures
 
 
@@ -327,6 +336,9 @@ def main() -> None:
         "--draft-accuracy", action="store_true", help="also: linear accuracy on the shared data sets per JPEG decoding"
     )
     parser.add_argument("--name", default="scale", help="results file: benchmarks/results/NAME.json")
+    parser.add_argument(
+        "--data-root", type=Path, help="keep the drawn folders here and reuse them (drawing 100k images takes 20 min)"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tlearn-bench-scale-"))
     prepared = work / "prepared-cache"
@@ -336,7 +348,7 @@ def main() -> None:
         for count in (int(value) for value in args.sizes.split(",") if value):
             cache = work / f"cache-{count}"
             shutil.copytree(prepared, cache)
-            sizes[str(count)] = measure_size(work, count, args.big, cache)
+            sizes[str(count)] = measure_size(work, count, args.big, cache, args.data_root)
         photos = None if args.skip_photos else photo_test(work, prepared)
         decoding = None if args.skip_photos else decode_speed(work)
         accuracy = draft_accuracy(prepared, work) if args.draft_accuracy else None

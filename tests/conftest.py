@@ -83,3 +83,13 @@ def exported_model(tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
     )
     result = tlearn.export(run.model_path, root / "model.onnx", check_data=data)
     return ExportedModel(data, run.path, result.path, result)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray cluster of 2 CPUs for one test module (skips without `tlearn[ray]`)."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -58,3 +58,9 @@ def test_shards_train_and_evaluate_like_the_folder_they_hold(tmp_path):
     assert evaluated.split == on_folder.split == "all" and evaluated.metrics["all"]["n"] == 10
     assert evaluated.metrics == on_folder.metrics
     assert sorted(path.relative_to(shards) for path in shards.rglob("*")) == before  # nothing unpacked
+    # A run on shards knows its validation images: an export is checked on them, as a folder run's is.
+    from tlearn.runs.records import split_files
+
+    assert len(split_files(tmp_path / "shard-run", "val")) == 10
+    exported = tlearn.export(tmp_path / "shard-run" / "model", tmp_path / "model.onnx")
+    assert [(check.images, check.image_source) for check in exported.checks][0] == (10, "the run's validation split")

@@ -343,7 +343,7 @@ def _audit(prepared: PreparedData, summary: RunSummary) -> dict[str, Any]:
         content_hashes=[checked.content_hashes[p] for split in splits for p in checked.positions[split]],
         task_name=prepared.task.name,
     )
-    embeddings = np.concatenate([prepared.features[split] for split in splits])
+    embeddings = prepared.stack(*splits)[0]
     settings = AuditSettings(c=summary.head.c) if summary.head else AuditSettings()
     try:
         # The findings are a pure function of these inputs: a warm run reads them back.

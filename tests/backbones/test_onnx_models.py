@@ -19,6 +19,7 @@ from tlearn.backbones import onnx_export
 from tlearn.backbones.features import FeatureExtractor
 from tlearn.backbones.onnx_models import MAX_RELATIVE_DIFFERENCE, GraphFiles, OnnxBackbone
 from tlearn.backbones.registry import StoredBackbone, resolve_backbone
+from tlearn.data.preprocess import normalize
 from tlearn.util.progress import Progress
 
 
@@ -229,3 +230,28 @@ def test_the_caller_decodes_before_its_model_is_loaded_only_when_that_is_a_store
     _embed(tiny_ref, cache, "onnx", _folder(tmp_path / "second", 4, start=10))
     _embed(tiny_ref, cache, "torch", _folder(tmp_path / "third", 4, start=20))
     assert helped == [False, True, False]
+
+
+def test_a_batch_runs_a_few_images_at_a_time_and_its_answers_join_in_order(tiny_ref, tmp_path):
+    """onnxruntime keeps the memory of its largest run: a batch is run `SESSION_ROWS` images at a time (the
+    remainder too), with the embeddings of one run of the whole batch, rows in order."""
+    from tlearn.backbones.onnx_models import SESSION_ROWS
+
+    _embed(tiny_ref, tmp_path / "cache", "onnx", _folder(tmp_path / "data", 4))
+    info = StoredBackbone(tmp_path / "cache", tiny_ref.key).info()
+    backbone = OnnxBackbone.load(GraphFiles.of(tmp_path / "cache", tiny_ref.key, info), info)
+    session, runs = backbone.session, []
+
+    class Recording:
+        def run(self, outputs, feed):
+            runs.append(len(next(iter(feed.values()))))
+            return session.run(outputs, feed)
+
+    size = info.preprocessing.input_size[-1]
+    pixels = np.random.default_rng(0).integers(0, 255, (4 * SESSION_ROWS + 3, size, size, 3), dtype=np.uint8)
+    whole = session.run(["embedding"], {"pixels": normalize(pixels, info.preprocessing)})[0]
+    backbone.session = Recording()
+    sliced = backbone.embed(pixels)
+    assert runs == [SESSION_ROWS] * 4 + [3]
+    np.testing.assert_allclose(sliced, whole, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(sliced[1:], sliced[:-1])  # distinct rows: a mix-up of their order would show

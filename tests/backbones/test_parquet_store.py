@@ -249,6 +249,30 @@ def test_compact_merges_parts_and_removes_only_those(tmp_path, capsys, monkeypat
     assert compact(tmp_path, warn=lambda message: None)[0].merged_files == 0  # nothing left to merge
 
 
+def test_compact_removes_the_temporary_files_of_killed_writers_on_this_machine_only(tmp_path, capsys, monkeypatch):
+    """A writer killed between creating its temporary file and renaming it leaves `.part-...parquet.tmp`: compact
+    removes those of this host whose process is gone, and nothing else."""
+    import subprocess
+    import sys
+
+    _filled(tmp_path, {H1: np.ones(4, dtype=np.float32)})
+    folder = tmp_path / "ns"
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    host = parquet_store._host()
+    dead = folder / f".part-{host}-{finished.pid}-{'a' * 16}.parquet.tmp"
+    alive = folder / f".part-{host}-{os.getpid()}-{'b' * 16}.parquet.tmp"  # a writer still running
+    elsewhere = folder / f".part-{host}x-{finished.pid}-{'c' * 16}.parquet.tmp"  # another machine's writer
+    foreign = [folder / ".part-notes.tmp", folder / f"part-{host}-{finished.pid}-{'d' * 16}.parquet.tmp"]
+    for path in (dead, alive, elsewhere, *foreign):
+        path.write_bytes(b"half a file")
+    monkeypatch.setenv(STORE_ENV, str(tmp_path))
+    code, out, _ = run_cli(capsys, "cache", "compact")
+    assert code == 0 and "ns: 1 temporary file(s) of stopped writers removed" in out
+    assert not dead.exists() and all(path.exists() for path in (alive, elsewhere, *foreign))
+    assert len(_parts(folder)) == 1  # the store's file untouched
+
+
 # The embedding step through FeatureExtractor, with timm's tiny test network.
 
 

@@ -14,15 +14,6 @@ from tlearn.util.progress import Progress
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray")
-    pytest.importorskip("ray.data")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def tiny_ref(tmp_path_factory):
     return resolve_backbone(TINY_BACKBONE, tiny_backbone_weights(tmp_path_factory.mktemp("weights")))
 
@@ -32,6 +23,18 @@ def _images(root, count, start=0):
     for n in range(start, start + count):
         colour_image(((n * 53) % 255, 120, 40), size=48 + n, seed=n).save(root / f"img_{n:03d}.png")
     return sorted(root.iterdir())
+
+
+def _record_cluster_outcomes(monkeypatch) -> list:
+    """The outcomes `embed_on_ray` hands back, in a list filled as they arrive."""
+    arrived = []
+    cluster = ray_embedding.embed_on_ray
+    monkeypatch.setattr(
+        ray_embedding,
+        "embed_on_ray",
+        lambda *args, **kwargs: (arrived.append(o) or o for o in cluster(*args, **kwargs)),
+    )
+    return arrived
 
 
 def _embed(ref, cache, paths, ray=None, messages=None, engine="onnx"):
@@ -53,13 +56,7 @@ def test_ray_embeds_what_the_local_path_embeds_and_caches_it(tiny_ref, tmp_path,
 
     local = _embed(tiny_ref, tmp_path / "cache-local", paths)
     messages: list[str] = []
-    arrived = []
-    cluster = ray_embedding.embed_on_ray
-    monkeypatch.setattr(
-        ray_embedding,
-        "embed_on_ray",
-        lambda *args, **kwargs: (arrived.append(o) or o for o in cluster(*args, **kwargs)),
-    )
+    arrived = _record_cluster_outcomes(monkeypatch)
     on_ray = _embed(tiny_ref, tmp_path / "cache-ray", paths, ray="auto", messages=messages)
     assert sum(len(o.batch.positions) + len(o.batch.failures) for o in arrived) == len(paths)  # all on the cluster
     assert not any("not on Ray" in message for message in messages)
@@ -77,13 +74,7 @@ def test_without_the_graph_the_first_batch_exports_it_here_and_the_rest_goes_to_
 ):
     paths = _images(tmp_path / "data", 11)
     messages: list[str] = []
-    arrived = []
-    cluster = ray_embedding.embed_on_ray
-    monkeypatch.setattr(
-        ray_embedding,
-        "embed_on_ray",
-        lambda *args, **kwargs: (arrived.append(o) or o for o in cluster(*args, **kwargs)),
-    )
+    arrived = _record_cluster_outcomes(monkeypatch)
     result = _embed(tiny_ref, tmp_path / "cache", paths, ray="auto", messages=messages, engine="auto")
     assert result.computed == 11 and result.onnx_exported
     assert any("ONNX graph here first" in message for message in messages)

@@ -14,15 +14,6 @@ from helpers import run_cli, write_broken_files
 from tlearn.errors import TlearnError
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray")
-    pytest.importorskip("ray.data")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def test_ray_answers_equal_the_local_ones_in_order_with_failures_in_place(exported_model, local_ray, tmp_path, capsys):
     folder = tmp_path / "mixed"
     shutil.copytree(exported_model.data, folder / "good")

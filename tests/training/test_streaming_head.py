@@ -107,3 +107,28 @@ def test_small_data_never_streams(monkeypatch) -> None:
     monkeypatch.setattr(streaming_head, "fit_streaming", lambda *args: pytest.fail("streamed 400 rows"))
     monkeypatch.setattr(streaming_head, "STREAM_VALUES", 400 * 24)
     head.fit_head(x, y, 3, 1.0)
+
+
+STREAM_IN_A_FRESH_PROCESS = """
+import sys
+import numpy as np
+from tlearn.training import head, streaming_head
+streaming_head.STREAM_VALUES, streaming_head.START_ROWS, streaming_head.CHUNK_ROWS = 100 * 8, 100, 150
+x = np.random.default_rng(0).normal(size=(600, 8)).astype(sys.argv[1])
+y = (x[:, 0] > 0).astype(int)
+fitted = head.fit_head(x, y, 2, 1.0)
+print((fitted.logits(x.astype(np.float32)).argmax(1) == y).mean() > 0.9, "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(("dtype", "imports_torch"), [("float32", False), ("float16", True)])
+def test_only_float16_rows_import_torch(dtype, imports_torch) -> None:
+    """A run's own float32 matrix streams without torch (its import is ~480 MB of RSS); float16 rows of a store
+    are converted by it."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", STREAM_IN_A_FRESH_PROCESS, dtype], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["True", str(imports_torch)]

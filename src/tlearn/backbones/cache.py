@@ -335,11 +335,13 @@ _PUT_EMBEDDING = "INSERT OR REPLACE INTO embeddings (hash, dtype, dim, crc32, ve
 _DELETE_EMBEDDING = "DELETE FROM embeddings WHERE hash = ? AND crc32 = ?"
 
 
-def _crc32(data: bytes) -> int:
+def row_crc32(data: bytes) -> int:
+    """The CRC32 stored beside a vector's bytes (every embedding store checks a row against it on reading)."""
     return zlib.crc32(data) & 0xFFFFFFFF
 
 
-def _key(content_hash: str) -> bytes:
+def content_key(content_hash: str) -> bytes:
+    """A content hash (hex SHA-256) as the 32-byte key every store files it under."""
     return bytes.fromhex(content_hash)
 
 
@@ -393,7 +395,7 @@ class EmbeddingCache:
 
     def get_many(self, content_hashes: Iterable[str]) -> Iterator[tuple[str, np.ndarray]]:
         """(hash, embedding) for each given hash that holds a sound entry, read a chunk at a time."""
-        keys = [_key(content_hash) for content_hash in dict.fromkeys(content_hashes)]
+        keys = [content_key(content_hash) for content_hash in dict.fromkeys(content_hashes)]
         for start in range(0, len(keys), _READ_CHUNK):
             chunk = keys[start : start + _READ_CHUNK]
             rows = self._store.read(
@@ -413,7 +415,7 @@ class EmbeddingCache:
         if not self._described:
             self._describe(len(vector))
         data = vector.astype(VECTOR_DTYPE, copy=False).tobytes()
-        self._store.queue(_PUT_EMBEDDING, (_key(content_hash), VECTOR_DTYPE, len(vector), _crc32(data), data))
+        self._store.queue(_PUT_EMBEDDING, (content_key(content_hash), VECTOR_DTYPE, len(vector), row_crc32(data), data))
 
     def flush(self) -> None:
         """Write the embeddings put so far."""
@@ -440,7 +442,7 @@ class EmbeddingCache:
         expected = self.dim
         if dtype != VECTOR_DTYPE or (expected is not None and dim != expected):
             return None
-        if len(vector) != dim * np.dtype(VECTOR_DTYPE).itemsize or _crc32(vector) != crc32:
+        if len(vector) != dim * np.dtype(VECTOR_DTYPE).itemsize or row_crc32(vector) != crc32:
             return None
         return np.frombuffer(vector, dtype=VECTOR_DTYPE).astype(np.float32, copy=True)
 
@@ -477,13 +479,13 @@ class RejectCache:
     def get(self, content_hash: str) -> str | None:
         """The stored reason, or None."""
         rows = self._store.read(
-            "SELECT reason FROM rejects WHERE decoder = ? AND hash = ?", (self.decoder_key, _key(content_hash))
+            "SELECT reason FROM rejects WHERE decoder = ? AND hash = ?", (self.decoder_key, content_key(content_hash))
         )
         return str(rows[0][0]) if rows else None
 
     def get_many(self, content_hashes: Iterable[str]) -> dict[str, str]:
         """{hash: reason} for the given hashes that have a stored verdict."""
-        keys = [_key(content_hash) for content_hash in dict.fromkeys(content_hashes)]
+        keys = [content_key(content_hash) for content_hash in dict.fromkeys(content_hashes)]
         found: dict[str, str] = {}
         for start in range(0, len(keys), _READ_CHUNK):
             chunk = keys[start : start + _READ_CHUNK]
@@ -498,7 +500,7 @@ class RejectCache:
         """Record a lasting decoding failure for this content."""
         self._store.queue(
             "INSERT OR REPLACE INTO rejects (decoder, hash, reason) VALUES (?, ?, ?)",
-            (self.decoder_key, _key(content_hash), reason),
+            (self.decoder_key, content_key(content_hash), reason),
         )
 
     def close(self) -> None:
@@ -604,7 +606,7 @@ class FileIndex:
         self._store.queue(
             "INSERT OR REPLACE INTO files (path, device, inode, size, mtime_ns, ctime_ns, hash) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (state.path_key, *state.signature, _key(content_hash)),
+            (state.path_key, *state.signature, content_key(content_hash)),
         )
         return True
 
@@ -631,7 +633,7 @@ class KnownContents:
     decoder_key: str
 
     def __call__(self, content_hash: str) -> bool:
-        key = _key(content_hash)
+        key = content_key(content_hash)
         embeddings = _probe_connection(self.embeddings_db)
         if embeddings is not None and _probe(embeddings, "SELECT 1 FROM embeddings WHERE hash = ?", (key,)):
             return True

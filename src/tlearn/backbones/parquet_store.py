@@ -34,7 +34,7 @@ import secrets
 import socket
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +46,8 @@ from tlearn.backbones.cache import (
     EmbeddingStore,
     KnownContents,
     Warn,
-    _crc32,
-    _key,
+    content_key,
+    row_crc32,
     warn_once,
 )
 from tlearn.errors import TlearnError
@@ -85,8 +85,38 @@ def open_embedding_store(
 
 def part_name() -> str:
     """A file name no other writer will pick: host, process and 64 random bits."""
-    host = re.sub(r"[^A-Za-z0-9.]+", "_", socket.gethostname())[:64] or "host"
-    return f"part-{host}-{os.getpid()}-{secrets.token_hex(8)}.parquet"
+    return f"part-{_host()}-{os.getpid()}-{secrets.token_hex(8)}.parquet"
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "_", socket.gethostname())[:64] or "host"
+
+
+def _remove_abandoned_temporaries(folder: Path) -> int:
+    """Remove the temporary files (`.part-HOST-PID-....parquet.tmp`) of writers on this machine that no longer
+    run: a writer killed between creating its file and renaming it leaves one behind. Only files of that exact
+    form, of this host, whose process is gone; another host's are left alone (their processes cannot be asked).
+    """
+    pattern = re.compile(rf"\.part-{re.escape(_host())}-(\d+)-[0-9a-f]{{16}}\.parquet\.tmp")
+    removed = 0
+    for path in folder.iterdir():
+        matched = pattern.fullmatch(path.name)
+        if matched is None or not path.is_file() or path.is_symlink() or _running(int(matched.group(1))):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed += 1
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process (or a number no process has): never take it for a dead writer
+    return True
 
 
 @dataclass
@@ -173,7 +203,7 @@ def _sound_rows(part: _Part, rows: np.ndarray, dim: int | None) -> Iterator[tupl
             found = [
                 (key, vector.astype(np.float32, copy=True))
                 for key, crc, vector in zip(keys, crcs, matrix, strict=True)
-                if key is not None and crc == _crc32(vector.tobytes())
+                if key is not None and crc == row_crc32(vector.tobytes())
             ]
             yield found, len(local) - len(found)
 
@@ -255,7 +285,7 @@ class ParquetEmbeddingStore:
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        wanted = {_key(content_hash) for content_hash in content_hashes}
+        wanted = {content_key(content_hash) for content_hash in content_hashes}
         for _ in range(2):  # twice only if a file vanished (merged by `compact`) while it was read
             parts = self._refresh()
             if not wanted or not parts:
@@ -297,7 +327,7 @@ class ParquetEmbeddingStore:
             self.flush()  # a file holds one length
         if not self._queued:
             self._last_flush = time.monotonic()  # the age that counts is the oldest queued row's
-        self._queued.append((_key(content_hash), vector.astype(VECTOR_DTYPE, copy=True)))
+        self._queued.append((content_key(content_hash), vector.astype(VECTOR_DTYPE, copy=True)))
         if len(self._queued) >= FLUSH_ROWS or time.monotonic() - self._last_flush >= FLUSH_SECONDS:
             self.flush()
 
@@ -384,7 +414,7 @@ def _table(rows: list[tuple[bytes, np.ndarray]], metadata: dict[bytes, bytes]): 
     import pyarrow as pa
 
     matrix = np.stack([vector for _, vector in rows]).astype(VECTOR_DTYPE, copy=False)  # (n, dim)
-    crcs = np.array([_crc32(vector.tobytes()) for vector in matrix], dtype=np.uint32)
+    crcs = np.array([row_crc32(vector.tobytes()) for vector in matrix], dtype=np.uint32)
     vectors = pa.FixedSizeListArray.from_arrays(_arrow(matrix.reshape(-1), pa.float32()), matrix.shape[1])
     keys = _arrow(b"".join(key for key, _ in rows), pa.binary(_KEY_BYTES))
     table = pa.Table.from_arrays([keys, vectors, _arrow(crcs, pa.uint32())], names=_COLUMNS)
@@ -428,7 +458,7 @@ class ParquetContents:
     token: str = field(default_factory=lambda: secrets.token_hex(8))  # one per run: a later run reads keys again
 
     def __call__(self, content_hash: str) -> bool:
-        return _key(content_hash) in self._keys() or self.verdicts(content_hash)
+        return content_key(content_hash) in self._keys() or self.verdicts(content_hash)
 
     def _keys(self) -> frozenset[bytes]:
         slot = (os.getpid(), self.folder)
@@ -453,6 +483,7 @@ class Compaction:
     bytes_before: int
     bytes_after: int
     path: Path | None  # the merged file (None when nothing was merged)
+    abandoned_removed: int = 0  # temporary files of stopped writers on this machine, removed
 
 
 def compact(root: Path, *, below_rows: int = COMPACT_BELOW_ROWS, warn: Warn | None = None) -> list[Compaction]:
@@ -460,7 +491,7 @@ def compact(root: Path, *, below_rows: int = COMPACT_BELOW_ROWS, warn: Warn | No
 
     The merged file is written and renamed into place before the files it merged are removed, and only those;
     files written meanwhile, foreign files and files of another length are left alone. Damaged rows and copies
-    of a key are dropped.
+    of a key are dropped. Temporary files of writers on this machine that were killed mid-write are removed.
 
     Raises:
         TlearnError: `root` is not a folder, or pyarrow is not installed.
@@ -471,7 +502,10 @@ def compact(root: Path, *, below_rows: int = COMPACT_BELOW_ROWS, warn: Warn | No
         raise TlearnError(f"{root}: no such folder (expected the folder {STORE_ENV} points to)")
     warn = warn or warn_once()
     folders = sorted(path for path in Path(root).iterdir() if path.is_dir())
-    return [_compact_namespace(folder, below_rows, warn) for folder in folders]
+    return [
+        replace(_compact_namespace(folder, below_rows, warn), abandoned_removed=_remove_abandoned_temporaries(folder))
+        for folder in folders
+    ]
 
 
 def _compact_namespace(folder: Path, below_rows: int, warn: Warn) -> Compaction:

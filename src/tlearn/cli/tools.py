@@ -93,3 +93,5 @@ def cache_compact(
                 f"  {done.namespace}: {done.merged_files} files merged into {done.path.name} "
                 f"({done.rows} embeddings, {done.bytes_before / 1e6:.1f} MB -> {done.bytes_after / 1e6:.1f} MB)"
             )
+        if done.abandoned_removed:
+            print(f"  {done.namespace}: {done.abandoned_removed} temporary file(s) of stopped writers removed")

@@ -142,6 +142,16 @@ def stat_path(path: str | Path) -> os.stat_result | MemberStat:
     return MemberStat(device, inode, index.member(name).size, mtime_ns, ctime_ns)
 
 
+def is_file_or_member(path: str | Path) -> bool:
+    """Whether `path` is a regular file or a member of a readable shard (`Path.is_file` for either kind of
+    image path a run records)."""
+    try:
+        info = stat_path(path)
+    except (OSError, ShardError):
+        return False
+    return isinstance(info, MemberStat) or stat.S_ISREG(info.st_mode)
+
+
 def open_member(path: str | Path) -> tuple[BinaryIO, Member] | None:
     """The shard opened at the first byte of the member `path` names, and the member; None when no ancestor
     of `path` is a shard. The caller closes the handle. The index is checked against the open file, so the

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
+from tlearn.backbones.onnx_models import run_in_slices
 from tlearn.data.preprocess import normalize
 from tlearn.engines.answers import KnnReferences, fitting_references, needs_embeddings
 from tlearn.engines.base import InferenceEngine
@@ -111,8 +112,8 @@ class OnnxClassifier(InferenceEngine):
     def _forward(self, pixels: np.ndarray, *, embeddings: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         batch = normalize(pixels, self.preprocessing)  # (B, 3, H, W) float32
         if not embeddings:
-            return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0], None
-        probabilities, features = self.session.run([OUTPUT_NAME, EMBEDDINGS_NAME], {INPUT_NAME: batch})
+            return run_in_slices(self.session, [OUTPUT_NAME], INPUT_NAME, batch)[0], None
+        probabilities, features = run_in_slices(self.session, [OUTPUT_NAME, EMBEDDINGS_NAME], INPUT_NAME, batch)
         return probabilities, features  # (B, C), (B, D)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -35,6 +35,8 @@ from tlearn.util.numeric import cross_entropy, sigmoid, softmax
 if TYPE_CHECKING:
     import torch
 
+# (logits of some rows, the slice of `targets` they are) -> (loss summed over them, its gradient on the logits)
+SummedLoss = Callable[[np.ndarray, slice], tuple[float, np.ndarray]]
 LABEL_SET_SEPARATOR = "|"  # between the labels of one image in predictions.csv (multi-label runs)
 MAX_POSITIVE_WEIGHT = 20.0  # multi-label: a rare class's positives weigh at most this many negatives
 MIN_POSITIVE_RATE = 1e-4  # multi-label: probability floor/ceiling of a class with nothing to separate
@@ -49,10 +51,10 @@ class LogisticFit(ABC):
         """Fit with inverse L2 strength `c`; returns (K, D) coefficients and (K,) intercepts, one row per class."""
 
     @abstractmethod
-    def summed_loss(self, torch_module: Any, targets: np.ndarray, num_classes: int) -> tuple[torch.nn.Module, float]:
-        """The same likelihood for a chunked fit in torch (the caller passes `torch`; training/streaming_head.py):
-        a loss module summing over the rows it is given, and the factor on the L2 penalty 0.5 * |W|^2 that makes
-        the optimum `fit`'s at the same C."""
+    def summed_loss(self, targets: np.ndarray, num_classes: int) -> tuple[SummedLoss, float]:
+        """The same likelihood for a fit over chunks of rows (training/streaming_head.py): a function of one
+        chunk's logits and row slice giving the loss summed over those rows and its gradient on the logits, and
+        the factor on the L2 penalty 0.5 * |W|^2 that makes the optimum `fit`'s at the same C."""
 
 
 class Task(ABC):
@@ -619,13 +621,23 @@ class _Multinomial(LogisticFit):
             random_state=seed,
         )
 
-    def summed_loss(self, torch_module: Any, targets: np.ndarray, num_classes: int) -> tuple[torch.nn.Module, float]:
+    def summed_loss(self, targets: np.ndarray, num_classes: int) -> tuple[SummedLoss, float]:
         """Cross-entropy (class-weighted like scikit-learn's "balanced"). Two classes: scikit-learn fits one row w
         under 0.5 * |w|^2; the symmetric rows (-w/2, w/2) carry a quarter of that each, so the penalty doubles."""
-        weights = None
-        if self.model.class_weight == "balanced":
-            weights = torch_module.from_numpy(SINGLE_LABEL.class_weights(targets, num_classes))
-        loss = torch_module.nn.CrossEntropyLoss(weight=weights, reduction="sum")
+        balanced = self.model.class_weight == "balanced"
+        weights = SINGLE_LABEL.class_weights(targets, num_classes) if balanced else np.ones(num_classes)
+        row_weights = weights.astype(np.float32)[targets]
+
+        def loss(logits: np.ndarray, rows: slice) -> tuple[float, np.ndarray]:
+            labels, weight = targets[rows], row_weights[rows]
+            shifted = logits - logits.max(axis=1, keepdims=True)
+            log_norm = np.log(np.exp(shifted).sum(axis=1))
+            picked = np.arange(len(labels)), labels
+            summed = -float(np.dot(weight, shifted[picked] - log_norm))
+            gradient = np.exp(shifted - log_norm[:, None])  # softmax; minus the true class's one-hot below
+            gradient[picked] -= 1.0
+            return summed, gradient * weight[:, None]
+
         return loss, 2.0 if num_classes == 2 else 1.0
 
     def fit(self, inputs: np.ndarray, targets: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
@@ -650,9 +662,15 @@ class _OneVsRest(LogisticFit):
         self.seed = seed
         self.models: list[Any] = []
 
-    def summed_loss(self, torch_module: Any, targets: np.ndarray, num_classes: int) -> tuple[torch.nn.Module, float]:
+    def summed_loss(self, targets: np.ndarray, num_classes: int) -> tuple[SummedLoss, float]:
         """Binary cross-entropy per class, unweighted like `fit`'s regressions."""
-        return torch_module.nn.BCEWithLogitsLoss(reduction="sum"), 1.0
+
+        def loss(logits: np.ndarray, rows: slice) -> tuple[float, np.ndarray]:
+            truth = targets[rows]
+            summed = float((np.logaddexp(0.0, logits) - truth * logits).sum())  # -log sigmoid terms, stably
+            return summed, sigmoid(logits) - truth
+
+        return loss, 1.0
 
     def fit(self, inputs: np.ndarray, targets: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
         from sklearn.exceptions import ConvergenceWarning

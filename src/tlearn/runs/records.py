@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from tlearn.data.shards import is_file_or_member
 from tlearn.errors import ModelFileError, TlearnError
 from tlearn.evaluation.tasks import Task, measured_by
 from tlearn.runs.layout import RunFolder, report_split
@@ -141,7 +142,7 @@ def read_run(folder: str | Path) -> RunRecords:
 
 def split_files(run_dir: Path, split: str) -> list[Path]:
     """The image files of one split of a training run (`splits.json` + the data folder of `config.yaml`)
-    that are still there; empty when the run or its data folder is gone.
+    that are still there (members of WebDataset shards too); empty when the run or its data folder is gone.
 
     Example:
         >>> split_files(Path("runs/ants"), "val")[:1]  # doctest: +SKIP
@@ -152,7 +153,7 @@ def split_files(run_dir: Path, split: str) -> list[Path]:
         return []
     data = (yaml.safe_load(files.config.read_text(encoding="utf-8")) or {}).get("data")
     relpaths = json.loads(files.splits.read_text(encoding="utf-8")).get(split, [])
-    return [path for path in (Path(data) / relpath for relpath in relpaths) if path.is_file()] if data else []
+    return [path for path in (Path(data) / relpath for relpath in relpaths) if is_file_or_member(path)] if data else []
 
 
 def _json(path: Path) -> dict[str, Any]:

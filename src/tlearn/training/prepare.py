@@ -24,6 +24,7 @@ from tlearn.runs.summary import EmbeddingRecord
 from tlearn.training.backbone_choice import BackboneChoice, CandidateFeatures, compare_backbones, comparison_rows
 from tlearn.training.candidates import PreparedData
 from tlearn.training.context import TrainingContext
+from tlearn.training.split_rows import split_views
 from tlearn.util.background import import_in_background
 
 EVALUATED_SPLITS = ("val", "test")
@@ -181,7 +182,7 @@ def _embed_and_check(
         checked=checked,
         classes=source.classes,
         task=task,
-        features={split: embedded.embeddings[checked.positions[split]] for split in splits},
+        features=split_views(embedded.embeddings, {split: checked.positions[split] for split in splits}),
         targets=targets,
         evaluated=[split for split in EVALUATED_SPLITS if len(targets[split])],
         embedding=EmbeddingRecord(

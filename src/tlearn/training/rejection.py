@@ -25,6 +25,7 @@ from tlearn.evaluation.rejection import choose_threshold, selective_metrics
 from tlearn.runs.model_dir import RejectRule
 from tlearn.training.candidates import Candidate, PreparedData
 from tlearn.training.context import TrainingContext
+from tlearn.training.split_rows import joined
 
 KNN_NEIGHBOURS = 5  # the k-th nearest training image: measured best of 1, 5, 10 on held-out classes
 # Without a target, "knn" answers 95% of validation images (it says how unfamiliar an image is, not how likely
@@ -61,9 +62,7 @@ def fit_reject(context: TrainingContext, prepared: PreparedData, result: Candida
         scores = {split: confidence(result.probabilities[split]) for split in correct}
     else:
         embeddings = _embeddings(context, prepared, result)
-        final = KnnReferences.from_embeddings(
-            np.concatenate([embeddings["train"], embeddings["val"]]), seed=config.seed
-        )
+        final = KnnReferences.from_embeddings(joined([embeddings["train"], embeddings["val"]]), seed=config.seed)
         # A validation image is among the references the model ships with: its nearest one is itself, so it is
         # scored on the next k (leave-one-out), as a new image is scored on the same references. Choosing on
         # references without val instead set thresholds too low: new images, scored on more references,
