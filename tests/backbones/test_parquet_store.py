@@ -273,6 +273,26 @@ def test_compact_removes_the_temporary_files_of_killed_writers_on_this_machine_o
     assert len(_parts(folder)) == 1  # the store's file untouched
 
 
+def test_cache_info_describes_the_store_from_its_files_footers(tmp_path, capsys, monkeypatch):
+    store = ParquetEmbeddingStore(tmp_path / "store", "ns", {"backbone": {"arch": "x"}})
+    store.put(H1, np.ones(4, dtype=np.float32))
+    store.put(H2, np.ones(4, dtype=np.float32))
+    store.close()
+    _filled(tmp_path / "store", {H3: np.ones(4, dtype=np.float32)})  # a second file of the same namespace
+    (tmp_path / "store" / "ns" / "part-garbage.parquet").write_bytes(b"garbage")
+    _filled(tmp_path / "store", {H4: np.ones(4, dtype=np.float32)}, namespace="other")
+    (other,) = _parts(tmp_path / "store" / "other")
+    shutil.copy(other, tmp_path / "store" / "ns" / other.name)  # another namespace's file, in the wrong folder
+    monkeypatch.setenv(STORE_ENV, str(tmp_path / "store"))
+    code, out, _ = run_cli(capsys, "cache", "info")
+    assert code == 0 and f"embedding store: {tmp_path / 'store'}" in out
+    assert "embeddings ns: 3 rows in 2 files" in out and "(x, ?); 2 other file(s) skipped" in out
+    assert "embeddings other: 1 rows in 1 files" in out
+    monkeypatch.setenv(STORE_ENV, str(tmp_path / "nowhere"))
+    code, _, err = run_cli(capsys, "cache", "info")
+    assert code != 0 and "nowhere: no such folder" in err and "Traceback" not in err
+
+
 # The embedding step through FeatureExtractor, with timm's tiny test network.
 
 

@@ -473,6 +473,57 @@ class ParquetContents:
         return cached[1]
 
 
+@dataclass
+class StoredNamespace:
+    """One namespace of the store as `tlearn cache info` shows it (read from the files' footers only)."""
+
+    namespace: str
+    files: int
+    rows: int  # rows in its files (a content embedded on two machines before a compaction counts twice)
+    bytes: int
+    description: dict[str, Any]  # what the namespace is (backbone, preprocessing), from its first file
+    skipped: int  # files in its folder that are not readable tlearn embedding files of it
+
+
+def _require_store_folder(root: Path) -> None:
+    """Raise a one-line `TlearnError` unless pyarrow is installed and `root` is a folder."""
+    if importlib.util.find_spec("pyarrow") is None:
+        raise TlearnError('the parquet embedding store needs pyarrow: pip install "tlearn[store]"')
+    if not Path(root).is_dir():
+        raise TlearnError(f"{root}: no such folder (expected the folder {STORE_ENV} points to)")
+
+
+def summarize_store(root: Path) -> list[StoredNamespace]:
+    """What the store at `root` holds, per namespace folder, without reading any vector.
+
+    Raises:
+        TlearnError: `root` is not a folder, or pyarrow is not installed.
+    """
+    _require_store_folder(root)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    found = []
+    for folder in sorted(path for path in Path(root).iterdir() if path.is_dir()):
+        summary = StoredNamespace(folder.name, 0, 0, 0, {}, 0)
+        for path in _part_files(folder):
+            try:
+                footer = pq.read_metadata(path)
+                metadata = footer.metadata or {}
+                if (
+                    metadata.get(_META_FORMAT) != FORMAT.encode()
+                    or metadata.get(_META_NAMESPACE) != folder.name.encode()
+                ):
+                    raise ValueError("not a file of this namespace")
+                summary.description = summary.description or json.loads(metadata.get(_META_DESCRIPTION, b"{}"))
+                summary.files, summary.rows = summary.files + 1, summary.rows + footer.num_rows
+                summary.bytes += path.stat().st_size
+            except (OSError, ValueError, pa.ArrowException):
+                summary.skipped += 1
+        found.append(summary)
+    return found
+
+
 @dataclass(frozen=True)
 class Compaction:
     """What `compact` did in one namespace."""
@@ -496,10 +547,7 @@ def compact(root: Path, *, below_rows: int = COMPACT_BELOW_ROWS, warn: Warn | No
     Raises:
         TlearnError: `root` is not a folder, or pyarrow is not installed.
     """
-    if importlib.util.find_spec("pyarrow") is None:
-        raise TlearnError('the parquet embedding store needs pyarrow: pip install "tlearn[store]"')
-    if not Path(root).is_dir():
-        raise TlearnError(f"{root}: no such folder (expected the folder {STORE_ENV} points to)")
+    _require_store_folder(root)
     warn = warn or warn_once()
     folders = sorted(path for path in Path(root).iterdir() if path.is_dir())
     return [

@@ -60,6 +60,26 @@ def cache_info() -> None:
     )
     if summary.legacy_entries:
         print(f"  {summary.legacy_entries} entries of an older cache layout (never read; `tlearn cache clear`)")
+    _store_info()
+
+
+def _store_info() -> None:
+    """The parquet embedding store's namespaces, when $TLEARN_EMBEDDING_STORE points to one."""
+    from tlearn.backbones.parquet_store import store_dir_from_env, summarize_store
+
+    root = store_dir_from_env()
+    if root is None:
+        return
+    namespaces = summarize_store(root)
+    total = sum(namespace.bytes for namespace in namespaces) / 1e6
+    print(f"embedding store: {root}  (parquet, {total:.1f} MB; $TLEARN_EMBEDDING_STORE; embeddings go there)")
+    for namespace in namespaces:
+        backbone = namespace.description.get("backbone", {})
+        skipped = f"; {namespace.skipped} other file(s) skipped" if namespace.skipped else ""
+        print(
+            f"  embeddings {namespace.namespace}: {namespace.rows} rows in {namespace.files} files, "
+            f"{namespace.bytes / 1e6:.1f} MB ({backbone.get('arch', '?')}, {backbone.get('weights', '?')}){skipped}"
+        )
 
 
 @cache_app.command("clear")
