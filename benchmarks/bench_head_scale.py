@@ -6,7 +6,8 @@ Draws `--rows` embeddings (float16, like a cluster's embedding store; non-negati
 with overlapping classes so a linear head reaches roughly 90%) into a memory-mapped .npy file, then, in a fresh
 process, does what a linear run does with them: C cross-validated on a stratified sample of 2,000 rows
 (`candidates.CV_LIMIT`), then `fit_head` on every row — which streams beyond `STREAM_VALUES` values (SciPy's L-BFGS
-over chunked NumPy passes from a sample's fit, float16 chunks converted by torch; training/streaming_head.py). Reported: seconds of each step, passes over the rows,
+over chunked NumPy passes from a sample's fit, float16 chunks converted by torch;
+training/streaming_head.py). Reported: seconds of each step, passes over the rows,
 the process's peak RSS (`ru_maxrss`: the mapped float16 rows count once they are read), and accuracy on
 `--test-rows` fresh rows of the streamed head against the head fitted on the starting sample alone.
 Results: benchmarks/results/head_scale.json.

@@ -63,4 +63,5 @@ def test_shards_train_and_evaluate_like_the_folder_they_hold(tmp_path):
 
     assert len(split_files(tmp_path / "shard-run", "val")) == 10
     exported = tlearn.export(tmp_path / "shard-run" / "model", tmp_path / "model.onnx")
-    assert [(check.images, check.image_source) for check in exported.checks][0] == (10, "the run's validation split")
+    first_check = exported.checks[0]
+    assert (first_check.images, first_check.image_source) == (10, "the run's validation split")

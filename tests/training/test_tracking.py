@@ -117,6 +117,11 @@ def test_wandb_offline_writes_a_run_to_sync_later(tiny_data, tmp_path, monkeypat
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     run = tlearn.train(tiny_data, out=tmp_path / "run", quiet=True, wandb="offline-project")
+    # wandb's service process writes the record asynchronously and completes it at the latest when it is torn
+    # down (a CLI run's exit does that); in this long-lived test process, tear it down before reading.
+    import wandb
+
+    wandb.teardown()
     [record] = list((run.path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert b"val/accuracy" in record.read_bytes()
 
