@@ -15,18 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import PROJECT, TINY_BACKBONE, colour_image, tiny_backbone_weights
+from helpers import PROJECT, TINY_BACKBONE, colour_image
 from tlearn.backbones import cache as cache_module
 from tlearn.backbones.cache import EmbeddingCache, RejectCache
 from tlearn.backbones.features import FeatureExtractor
-from tlearn.backbones.registry import resolve_backbone
 from tlearn.data.preprocess import EvalPreprocess
 from tlearn.util.progress import Progress
-
-
-@pytest.fixture(scope="module")
-def tiny_ref(tmp_path_factory):
-    return resolve_backbone(TINY_BACKBONE, tiny_backbone_weights(tmp_path_factory.mktemp("weights")))
 
 
 @pytest.fixture(autouse=True)

@@ -11,21 +11,15 @@ import textwrap
 
 import numpy as np
 import onnx
-import pytest
 from onnx import numpy_helper
 
-from helpers import PROJECT, TINY_BACKBONE, colour_image, tiny_backbone_weights
+from helpers import PROJECT, TINY_BACKBONE, colour_image
 from tlearn.backbones import onnx_export
 from tlearn.backbones.features import FeatureExtractor
 from tlearn.backbones.onnx_models import MAX_RELATIVE_DIFFERENCE, GraphFiles, OnnxBackbone
-from tlearn.backbones.registry import StoredBackbone, resolve_backbone
+from tlearn.backbones.registry import StoredBackbone
 from tlearn.data.preprocess import normalize
 from tlearn.util.progress import Progress
-
-
-@pytest.fixture(scope="module")
-def tiny_ref(tmp_path_factory):
-    return resolve_backbone(TINY_BACKBONE, tiny_backbone_weights(tmp_path_factory.mktemp("weights")))
 
 
 def _folder(root, count, start=0):

@@ -14,15 +14,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
-from helpers import TINY_BACKBONE, colour_image, run_cli, tiny_backbone_weights
+from helpers import colour_image, run_cli
 from tlearn.backbones import cache as cache_module
 from tlearn.backbones import parquet_store
 from tlearn.backbones.cache import EmbeddingCache, warn_once
 from tlearn.backbones.features import FeatureExtractor
 from tlearn.backbones.parquet_store import STORE_ENV, ParquetEmbeddingStore, compact, open_embedding_store
-from tlearn.backbones.registry import resolve_backbone
 from tlearn.data.preprocess import EvalPreprocess
 from tlearn.util.progress import Progress
 
@@ -294,11 +292,6 @@ def test_cache_info_describes_the_store_from_its_files_footers(tmp_path, capsys,
 
 
 # The embedding step through FeatureExtractor, with timm's tiny test network.
-
-
-@pytest.fixture(scope="module")
-def tiny_ref(tmp_path_factory):
-    return resolve_backbone(TINY_BACKBONE, tiny_backbone_weights(tmp_path_factory.mktemp("weights")))
 
 
 def _images(folder: Path, count: int) -> list[Path]:

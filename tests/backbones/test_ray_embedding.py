@@ -4,18 +4,11 @@ local path, cached where the local path caches them; the local path until the ba
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from helpers import TINY_BACKBONE, colour_image, tiny_backbone_weights, write_broken_files
+from helpers import colour_image, write_broken_files
 from tlearn.backbones import ray_embedding
 from tlearn.backbones.features import FeatureExtractor
-from tlearn.backbones.registry import resolve_backbone
 from tlearn.util.progress import Progress
-
-
-@pytest.fixture(scope="module")
-def tiny_ref(tmp_path_factory):
-    return resolve_backbone(TINY_BACKBONE, tiny_backbone_weights(tmp_path_factory.mktemp("weights")))
 
 
 def _images(root, count, start=0):

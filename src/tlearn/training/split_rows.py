@@ -24,9 +24,9 @@ def split_views(matrix: np.ndarray, positions: Mapping[str, Sequence[int]]) -> d
     the rows of no split (unusable files, excluded copies) end up after them. A position may be in one split only.
     """
     order = [position for rows in positions.values() for position in rows]
-    if len(set(order)) != len(order):
-        raise ValueError("a row is in more than one split")
     listed = set(order)
+    if len(listed) != len(order):
+        raise ValueError("a row is in more than one split")
     order += [row for row in range(len(matrix)) if row not in listed]
     _permute_rows(matrix, order)
     matrix.flags.writeable = False
